@@ -1,0 +1,54 @@
+"""Public functions in the idiom of `safetensors.numpy`: `save_file`, `load_file`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import dtypes
+from .container import ContainerReader, ContainerWriter
+from .errors import InvalidArgumentError
+from .format import Limits
+
+
+def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, str] | None = None, *,
+              threads: int | None = None, chunk_size: int | None = None) -> None:
+    """Write numpy arrays to an `.llmc` file, losslessly; the write is atomic.
+
+    `threads` defaults to $LLMCODEC_THREADS, else every core; `chunk_size` is the bytes of raw data
+    per independently decodable chunk (default 1 MiB).
+
+    >>> import numpy as np, llmcodec
+    >>> llmcodec.save_file({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)
+    >>> llmcodec.load_file(path)["w"].tolist()
+    [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    """
+    if not isinstance(tensors, Mapping):
+        raise InvalidArgumentError(f"tensors must be a mapping of names to arrays, not {type(tensors).__name__}")
+    metadata = _check_metadata(metadata)
+    with ContainerWriter(path, threads=threads, chunk_size=chunk_size) as writer:
+        for name, array in tensors.items():
+            if not isinstance(name, str):
+                raise InvalidArgumentError(f"tensor names must be str, not {type(name).__name__}")
+            if not isinstance(array, np.ndarray):
+                raise InvalidArgumentError(f"tensor {name!r} is a {type(array).__name__}, not a numpy array")
+            dtype = dtypes.from_numpy(array.dtype)
+            shape = array.shape  # np.ascontiguousarray would turn a 0-d array into 1-d
+            writer.add_tensor(name, dtype, shape, np.ascontiguousarray(array, dtype=dtype.numpy))
+        writer.finish(metadata)
+
+
+def load_file(path, *, threads: int | None = None, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """Read every tensor of an `.llmc` file into numpy arrays, bit-exact, checksums verified."""
+    with ContainerReader(path, threads=threads, limits=limits) as reader:
+        return {t.name: reader.read_tensor(t) for t in reader.tensors}
+
+
+def _check_metadata(metadata) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in metadata.items()):
+        raise InvalidArgumentError("metadata must be a mapping of str to str")
+    return dict(metadata)

@@ -1,0 +1,86 @@
+"""Chunks <-> coded planes, and the thread count every parallel entry point uses.
+
+`encode_chunk` turns a chunk's raw bytes into one coded stream per plane; `decode_chunk` checks a
+chunk's streams and writes its raw bytes into the caller's output, then verifies its checksum.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import kernels, models
+from .errors import ChecksumError, FormatError, InvalidArgumentError
+from .format import METHOD_CONSTANT, METHOD_RANS0, METHOD_RAW, Chunk, checksum64
+
+DEFAULT_CHUNK_SIZE = 1 << 20  # bytes of raw tensor data per chunk
+
+
+def resolve_threads(threads: int | None) -> int:
+    """`threads`, else $LLMCODEC_THREADS, else every core."""
+    if threads is None:
+        env = os.environ.get("LLMCODEC_THREADS")
+        if env:
+            try:
+                threads = int(env)
+            except ValueError:
+                raise InvalidArgumentError(f"LLMCODEC_THREADS must be a whole number, not {env!r}") from None
+        else:
+            threads = os.cpu_count() or 1
+    if threads < 1:
+        raise InvalidArgumentError(f"threads must be >= 1, not {threads}")
+    return threads
+
+
+def chunk_elements(chunk_size: int | None, itemsize: int) -> int:
+    """Elements per chunk for a chunk size in bytes (default 1 MiB)."""
+    size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if size < itemsize:
+        raise InvalidArgumentError(f"chunk size must be at least one element ({itemsize} bytes), not {size}")
+    return size // itemsize
+
+
+def encode_chunk(raw: np.ndarray, layout: int, itemsize: int) -> tuple[int, list[models.CodedPlane]]:
+    """Checksum and coded planes of one chunk; `raw` is its n * itemsize bytes (uint8, n >= 1)."""
+    planes = np.empty((itemsize, raw.shape[0] // itemsize), np.uint8)
+    kernels.split_planes(raw, layout, planes)
+    counts = kernels.histograms(planes)
+    coded = [models.encode_plane(planes[j], counts[j]) for j in range(itemsize)]
+    return checksum64(raw), coded
+
+
+def decode_chunk(data: np.ndarray, chunk: Chunk, layout: int, out: np.ndarray, where: str) -> None:
+    """Decode `chunk` from the file bytes `data` into `out` (its n * itemsize raw bytes).
+
+    The header parser has checked the chunk's ranges and plane lengths against the file.
+    """
+    k = len(chunk.planes)
+    n = out.shape[0] // k
+    planes = np.empty((k, n), np.uint8)
+    pos = chunk.offset
+    for j, ref in enumerate(chunk.planes):
+        stream = data[pos:pos + ref.length]
+        pos += ref.length
+        if ref.method == METHOD_RAW:
+            planes[j] = stream
+        elif ref.method == METHOD_CONSTANT:
+            planes[j] = ref.parameter
+        elif ref.method == METHOD_RANS0:
+            _decode_rans0(stream, planes[j], f"{where} plane {j}")
+    kernels.merge_planes(planes, layout, out)
+    computed = checksum64(out)
+    if computed != chunk.checksum:
+        raise ChecksumError(f"{where}: stored checksum {chunk.checksum:#018x}, computed {computed:#018x}")
+
+
+def _decode_rans0(stream: np.ndarray, out: np.ndarray, where: str) -> None:
+    table = models.parse_table(memoryview(stream), where)
+    status = kernels.rans_decode(stream[table.size:], table.decode_table(), table.precision, table.lanes, out)
+    if status != kernels.DECODE_OK:
+        problem = {
+            kernels.DECODE_BAD_STATE: "an initial state is below 2^16",
+            kernels.DECODE_STREAM_SHORT: "the words run out before the last symbol",
+            kernels.DECODE_BAD_END: "the stream does not end in the encoder's start state",
+        }[status]
+        raise FormatError(f"{where}: corrupt RANS0 stream: {problem}")

@@ -1,0 +1,239 @@
+"""Reading and writing `.llmc` containers: atomic streaming writer, validating reader.
+
+The writer streams chunks to a temporary file beside the destination, appends the header, patches
+the preamble and renames the file into place, so a failure never leaves a partial file under the
+final name. The reader validates preamble and header before any kernel sees the data.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from . import codec, dtypes, format
+from .errors import ChecksumError, InvalidArgumentError, TruncatedError
+from .format import Chunk, Header, Limits, PlaneRef, Segment, Source, TensorEntry
+
+
+class ContainerWriter:
+    """Write a container to `path` atomically: nothing appears there unless `finish()` succeeds.
+
+    Use as a context manager; an exception inside the block removes the temporary file.
+    """
+
+    def __init__(self, path, *, threads: int | None = None, chunk_size: int | None = None):
+        self.path = Path(path)
+        self.threads = codec.resolve_threads(threads)
+        self.chunk_size = chunk_size
+        self.tensors: list[TensorEntry] = []
+        self.segments: list[Segment] = []
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent or ".", prefix=f".{self.path.name}.", suffix=".tmp")
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(bytes(format.PREAMBLE_SIZE))
+        self._pos = format.PREAMBLE_SIZE
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def __enter__(self) -> ContainerWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _write(self, buffers) -> None:
+        for b in buffers:
+            self._file.write(b)
+            self._pos += len(memoryview(b).cast("B"))
+
+    def add_tensor(self, name: str, dtype: dtypes.Dtype, shape, raw, progress=None) -> int:
+        """Encode a tensor whose raw little-endian bytes are `raw` (any buffer); return its index.
+
+        `progress(nbytes)` is called after each chunk is written.
+        """
+        data = np.frombuffer(raw, np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1).view(np.uint8)
+        shape = tuple(int(d) for d in shape)
+        entry = TensorEntry(name, dtype, shape, dtype.default_layout,
+                            codec.chunk_elements(self.chunk_size, dtype.itemsize))
+        if data.shape[0] != entry.nbytes:
+            raise InvalidArgumentError(f"tensor {name!r}: {data.shape[0]} bytes for shape {list(shape)} "
+                                       f"of {dtype.name} ({entry.nbytes} bytes expected)")
+        step = entry.chunk_elements * dtype.itemsize
+        spans = [data[i:i + step] for i in range(0, data.shape[0], step)]
+        for raw_chunk, (check, planes) in zip(spans, self._map(entry, spans)):
+            entry.chunks.append(Chunk(self._pos, check, [PlaneRef(p.method, p.parameter, p.length)
+                                                         for p in planes]))
+            for p in planes:
+                self._write(p.payload)
+            if progress is not None:
+                progress(raw_chunk.shape[0])
+        self.tensors.append(entry)
+        return len(self.tensors) - 1
+
+    def _map(self, entry: TensorEntry, spans):
+        """Encoded chunks in order; at most 2 x threads chunks in flight, so memory stays bounded."""
+        encode = lambda raw: codec.encode_chunk(raw, entry.layout, entry.dtype.itemsize)  # noqa: E731
+        if self._pool is None or len(spans) == 1:
+            yield from map(encode, spans)
+            return
+        pending: deque = deque()
+        for raw in spans:
+            pending.append(self._pool.submit(encode, raw))
+            if len(pending) >= 2 * self.threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def add_blob(self, data) -> None:
+        """Append verbatim bytes of the original file as the next segment."""
+        self.segments.append(Segment(format.SEGMENT_BLOB, offset=self._pos, length=len(data),
+                                     checksum=format.checksum64(data)))
+        self._write([data])
+
+    def add_tensor_segment(self, index: int) -> None:
+        """Make tensor `index`'s raw bytes the next segment of the original file."""
+        self.segments.append(Segment(format.SEGMENT_TENSOR, tensor_index=index))
+
+    def finish(self, metadata: dict[str, str] | None = None, source_kind: int = format.SOURCE_ARRAYS,
+               original_size: int = 0, original_sha256: bytes = b"") -> None:
+        """Write the header, then move the file into place."""
+        try:
+            source = Source(source_kind, original_size, original_sha256, self.segments)
+            header = format.serialize_header(Header(dict(metadata or {}), source, self.tensors))
+            header_offset = self._pos
+            self._write([header])
+            self._file.seek(0)
+            self._file.write(format.build_preamble(header_offset, header))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._shutdown()
+
+    def abort(self) -> None:
+        """Drop the temporary file; the destination is left as it was."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class ContainerReader:
+    """A validated view of a container: its metadata, source, tensor index, and decoding.
+
+    `source` is a path, a bytes-like object, or a binary file object (read whole if it has no
+    file descriptor to map).
+    """
+
+    def __init__(self, source, *, limits: Limits | None = None, threads: int | None = None):
+        self.limits = limits or Limits()
+        self.threads = codec.resolve_threads(threads)
+        self.name = _describe(source)
+        self._file = None
+        self._mmap = None
+        self._pool = None
+        try:
+            self._data = self._map(source)
+            size = self._data.shape[0]
+            pre = format.parse_preamble(self._data[:format.PREAMBLE_SIZE].tobytes(), size, self.limits)
+            raw_header = self._data[pre.header_offset:pre.header_offset + pre.header_length].tobytes()
+            header = format.parse_header(raw_header, pre, self.limits)
+        except BaseException:
+            self.close()
+            raise
+        self.version = (pre.major, pre.minor)
+        self.metadata = header.metadata
+        self.source = header.source
+        self.tensors = header.tensors
+        self.by_name = {t.name: t for t in self.tensors}
+
+    def _map(self, source) -> np.ndarray:
+        if isinstance(source, (str, os.PathLike)):
+            self._file = open(source, "rb")
+            fileno = self._file.fileno()
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            return np.frombuffer(source, np.uint8)
+        elif hasattr(source, "read"):
+            try:
+                fileno = source.fileno()
+            except (OSError, AttributeError):
+                return np.frombuffer(source.read(), np.uint8)
+        else:
+            raise InvalidArgumentError(f"cannot read a container from {type(source).__name__}")
+        if os.fstat(fileno).st_size == 0:
+            raise TruncatedError(f"{self.name}: file is empty")
+        self._mmap = mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+        return np.frombuffer(self._mmap, np.uint8)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._data = None
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # an array handed out still views the map; it closes with it
+                pass
+            self._mmap = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ContainerReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read_raw(self, entry: TensorEntry, out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor's raw bytes (uint8[nbytes]), every chunk checksum verified."""
+        if out is None:
+            out = np.empty(entry.nbytes, np.uint8)
+        k = entry.dtype.itemsize
+
+        def decode(index: int) -> None:
+            start, n = entry.chunk_span(index)
+            codec.decode_chunk(self._data, entry.chunks[index], entry.layout,
+                               out[start * k:(start + n) * k], f"tensor {entry.name!r} chunk {index}")
+
+        if self.threads > 1 and len(entry.chunks) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads)
+            for f in [self._pool.submit(decode, i) for i in range(len(entry.chunks))]:
+                f.result()
+        else:
+            for i in range(len(entry.chunks)):
+                decode(i)
+        return out
+
+    def read_tensor(self, entry: TensorEntry) -> np.ndarray:
+        return self.read_raw(entry).view(entry.dtype.numpy).reshape(entry.shape)
+
+    def read_blob(self, seg: Segment) -> memoryview:
+        data = memoryview(self._data[seg.offset:seg.offset + seg.length])
+        computed = format.checksum64(data)
+        if computed != seg.checksum:
+            raise ChecksumError(f"blob at byte {seg.offset}: stored checksum {seg.checksum:#018x}, "
+                                f"computed {computed:#018x}")
+        return data
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return getattr(source, "name", None) or f"<{type(source).__name__}>"

@@ -1,0 +1,164 @@
+"""Numba kernels: plane split/merge, histograms, rANS encode/decode (spec sections 5 and 6).
+
+Pure functions over arrays, no I/O. Callers validate every length and table first: numba does no
+bounds checks, so each kernel states what it assumes. Integer arithmetic is int64 throughout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+RANS_L = 1 << 16  # lower bound of a state; states live in [RANS_L, 2^32) between symbols
+
+# rans_decode status codes
+DECODE_OK = 0
+DECODE_BAD_STATE = 1
+DECODE_STREAM_SHORT = 2
+DECODE_BAD_END = 3
+
+_jit = njit(cache=True, nogil=True)
+
+
+@_jit
+def split_planes(src, layout, planes):
+    """Split `n` elements of raw little-endian bytes `src` into `planes[k, n]` (spec section 5).
+
+    Assumes len(src) == n * k with k = planes.shape[0] and `layout` allowed for k.
+    """
+    k = planes.shape[0]
+    n = planes.shape[1]
+    if layout == 1:  # FIELDS16
+        for i in range(n):
+            lo = np.int64(src[2 * i])
+            hi = np.int64(src[2 * i + 1])
+            planes[0, i] = ((hi & 0x7F) << 1) | (lo >> 7)
+            planes[1, i] = (hi & 0x80) | (lo & 0x7F)
+    elif layout == 2:  # FIELDS32
+        for i in range(n):
+            b2 = np.int64(src[4 * i + 2])
+            b3 = np.int64(src[4 * i + 3])
+            planes[0, i] = ((b3 & 0x7F) << 1) | (b2 >> 7)
+            planes[1, i] = (b3 & 0x80) | (b2 & 0x7F)
+            planes[2, i] = src[4 * i + 1]
+            planes[3, i] = src[4 * i]
+    else:  # BYTES
+        for i in range(n):
+            for j in range(k):
+                planes[j, i] = src[i * k + j]
+
+
+@_jit
+def merge_planes(planes, layout, dst):
+    """Inverse of split_planes: write the raw bytes of `planes[k, n]` into `dst` (n * k bytes)."""
+    k = planes.shape[0]
+    n = planes.shape[1]
+    if layout == 1:  # FIELDS16
+        for i in range(n):
+            p0 = np.int64(planes[0, i])
+            p1 = np.int64(planes[1, i])
+            dst[2 * i] = ((p0 & 1) << 7) | (p1 & 0x7F)
+            dst[2 * i + 1] = (p1 & 0x80) | (p0 >> 1)
+    elif layout == 2:  # FIELDS32
+        for i in range(n):
+            p0 = np.int64(planes[0, i])
+            p1 = np.int64(planes[1, i])
+            dst[4 * i] = planes[3, i]
+            dst[4 * i + 1] = planes[2, i]
+            dst[4 * i + 2] = ((p0 & 1) << 7) | (p1 & 0x7F)
+            dst[4 * i + 3] = (p1 & 0x80) | (p0 >> 1)
+    else:  # BYTES
+        for i in range(n):
+            for j in range(k):
+                dst[i * k + j] = planes[j, i]
+
+
+@_jit
+def histograms(planes):
+    """Symbol counts of each plane: int64[k, 256]."""
+    k = planes.shape[0]
+    counts = np.zeros((k, 256), np.int64)
+    for j in range(k):
+        row = planes[j]
+        c = counts[j]
+        for i in range(row.shape[0]):
+            c[row[i]] += 1
+    return counts
+
+
+@_jit
+def rans_encode(symbols, freq, cum, precision, lanes, out):
+    """Encode `symbols` with an order-0 model into the tail of `out`; return where the stream starts.
+
+    The stream out[start:] is the lane states (u32 each, lane 0 first) then the u16 words, as
+    spec section 6.1 lays them out. Assumes freq[s] >= 1 for every symbol present, sum(freq) ==
+    2^precision, precision <= 15, and len(out) >= 4 * lanes + 2 * len(symbols) (at most one word
+    per symbol is emitted, since freq << (32 - precision) >= 2^17).
+    """
+    n = symbols.shape[0]
+    states = np.full(lanes, RANS_L, np.int64)
+    shift = 32 - precision
+    pos = out.shape[0]
+    j = (n - 1) % lanes if n > 0 else 0
+    for i in range(n - 1, -1, -1):
+        s = symbols[i]
+        f = freq[s]
+        x = states[j]
+        if x >= (f << shift):
+            pos -= 2
+            out[pos] = x & 0xFF
+            out[pos + 1] = (x >> 8) & 0xFF
+            x >>= 16
+        states[j] = ((x // f) << precision) + (x % f) + cum[s]
+        j = j - 1 if j > 0 else lanes - 1
+    for j in range(lanes - 1, -1, -1):
+        x = states[j]
+        pos -= 4
+        out[pos] = x & 0xFF
+        out[pos + 1] = (x >> 8) & 0xFF
+        out[pos + 2] = (x >> 16) & 0xFF
+        out[pos + 3] = (x >> 24) & 0xFF
+    return pos
+
+
+@_jit
+def rans_decode(stream, table, precision, lanes, out):
+    """Decode len(out) symbols from `stream` (lane states, then u16 words) into `out`.
+
+    `table[slot]` packs, for each slot in [0, 2^precision): symbol | freq << 8 | (slot - cum) << 32,
+    built from a validated frequency table. Never reads outside `stream` or writes outside `out`;
+    returns a DECODE_* status (spec section 6.2: end states must be RANS_L, all words consumed).
+    """
+    n = out.shape[0]
+    mask = (np.int64(1) << precision) - 1
+    n_words = (stream.shape[0] - 4 * lanes) // 2
+    if n_words < 0:
+        return DECODE_STREAM_SHORT
+    states = np.empty(lanes, np.int64)
+    for j in range(lanes):
+        x = (np.int64(stream[4 * j]) | (np.int64(stream[4 * j + 1]) << 8)
+             | (np.int64(stream[4 * j + 2]) << 16) | (np.int64(stream[4 * j + 3]) << 24))
+        if x < RANS_L:
+            return DECODE_BAD_STATE
+        states[j] = x
+    wpos = 4 * lanes
+    wend = wpos + 2 * n_words
+    j = 0
+    for i in range(n):
+        x = states[j]
+        e = table[x & mask]
+        out[i] = e & 0xFF
+        x = ((e >> 8) & 0xFFFFFF) * (x >> precision) + (e >> 32)
+        if x < RANS_L:
+            if wpos >= wend:
+                return DECODE_STREAM_SHORT
+            x = (x << 16) | np.int64(stream[wpos]) | (np.int64(stream[wpos + 1]) << 8)
+            wpos += 2
+        states[j] = x
+        j = j + 1 if j + 1 < lanes else 0
+    for j in range(lanes):
+        if states[j] != RANS_L:
+            return DECODE_BAD_END
+    if wpos != wend:
+        return DECODE_BAD_END
+    return DECODE_OK

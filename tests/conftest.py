@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+import llmcodec
+from llmcodec import dtypes
+
+ALL_DTYPES = [d.numpy for d in dtypes.BY_ID.values()]
+
+
+def assert_same_tensors(got: dict, want: dict) -> None:
+    """Same names in the same order, and each tensor the same dtype, shape and bytes."""
+    assert list(got) == list(want)
+    for name, array in want.items():
+        assert got[name].dtype == array.dtype, name
+        assert got[name].shape == array.shape, name
+        assert got[name].tobytes() == array.tobytes(), name
+
+
+@pytest.fixture
+def roundtrip(tmp_path):
+    counter = iter(range(10**9))
+
+    def run(tensors, metadata=None, **kwargs):
+        path = tmp_path / f"t{next(counter)}.llmc"
+        llmcodec.save_file(tensors, path, metadata, **kwargs)
+        got = llmcodec.load_file(path)
+        assert_same_tensors(got, {k: np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<"))
+                                  if v.dtype.byteorder == ">" else v for k, v in tensors.items()})
+        return path
+
+    return run
