@@ -7,6 +7,7 @@ chunk's streams and writes its raw bytes into the caller's output, then verifies
 from __future__ import annotations
 
 import os
+from collections import deque
 
 import numpy as np
 
@@ -50,14 +51,35 @@ def encode_chunk(raw: np.ndarray, layout: int, itemsize: int) -> tuple[int, list
     return checksum64(raw), coded
 
 
-def decode_chunk(data: np.ndarray, chunk: Chunk, layout: int, out: np.ndarray, where: str) -> None:
-    """Decode `chunk` from the file bytes `data` into `out` (its n * itemsize raw bytes).
+def ordered_map(pool, threads: int, fn, items):
+    """`fn` over `items`, results in order. With a pool, at most 2 x threads are in flight, so
+    memory stays bounded however many items there are."""
+    if pool is None or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    window = 2 * threads
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
-    The header parser has checked the chunk's ranges and plane lengths against the file.
-    """
-    k = len(chunk.planes)
-    n = out.shape[0] // k
-    planes = np.empty((k, n), np.uint8)
+
+def decode_chunk(data: np.ndarray, chunk: Chunk, layout: int, out: np.ndarray, where: str) -> None:
+    """Decode `chunk` from the file bytes `data` into `out` (its n * itemsize raw bytes), and
+    verify its checksum. The header parser has checked the chunk's ranges and plane lengths."""
+    planes = decode_planes(data, chunk, out.shape[0] // len(chunk.planes), where)
+    kernels.merge_planes(planes, layout, out)
+    computed = checksum64(out)
+    if computed != chunk.checksum:
+        raise ChecksumError(f"{where}: stored checksum {chunk.checksum:#018x}, computed {computed:#018x}")
+
+
+def decode_planes(data: np.ndarray, chunk: Chunk, n: int, where: str) -> np.ndarray:
+    """The chunk's planes, uint8[k, n], decoded from the file bytes `data`."""
+    planes = np.empty((len(chunk.planes), n), np.uint8)
     pos = chunk.offset
     for j, ref in enumerate(chunk.planes):
         stream = data[pos:pos + ref.length]
@@ -68,10 +90,7 @@ def decode_chunk(data: np.ndarray, chunk: Chunk, layout: int, out: np.ndarray, w
             planes[j] = ref.parameter
         elif ref.method == METHOD_RANS0:
             _decode_rans0(stream, planes[j], f"{where} plane {j}")
-    kernels.merge_planes(planes, layout, out)
-    computed = checksum64(out)
-    if computed != chunk.checksum:
-        raise ChecksumError(f"{where}: stored checksum {chunk.checksum:#018x}, computed {computed:#018x}")
+    return planes
 
 
 def _decode_rans0(stream: np.ndarray, out: np.ndarray, where: str) -> None:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from . import codec, dtypes, format
-from .errors import ChecksumError, InvalidArgumentError, TruncatedError
+from . import codec, dtypes, format, kernels
+from .atomic import AtomicFile
+from .errors import ChecksumError, InvalidArgumentError, LlmcodecError, TruncatedError
 from .format import Chunk, Header, Limits, PlaneRef, Segment, Source, TensorEntry
 
 
@@ -33,9 +32,8 @@ class ContainerWriter:
         self.chunk_size = chunk_size
         self.tensors: list[TensorEntry] = []
         self.segments: list[Segment] = []
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent or ".", prefix=f".{self.path.name}.", suffix=".tmp")
-        self._tmp = Path(tmp)
-        self._file = os.fdopen(fd, "wb")
+        self._out = AtomicFile(self.path)
+        self._file = self._out.file
         self._file.write(bytes(format.PREAMBLE_SIZE))
         self._pos = format.PREAMBLE_SIZE
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
@@ -52,43 +50,41 @@ class ContainerWriter:
             self._file.write(b)
             self._pos += len(memoryview(b).cast("B"))
 
-    def add_tensor(self, name: str, dtype: dtypes.Dtype, shape, raw, progress=None) -> int:
-        """Encode a tensor whose raw little-endian bytes are `raw` (any buffer); return its index.
+    def add_tensor(self, name: str, dtype: dtypes.Dtype, shape, raw, on_chunk=None) -> int:
+        """Encode a tensor and return its index.
 
-        `progress(nbytes)` is called after each chunk is written.
+        `raw` is the tensor's raw little-endian bytes (any buffer), or a function `read(start, stop)`
+        returning those bytes of it as a uint8 array, called once per chunk (possibly from worker
+        threads) so a tensor larger than memory streams through. `on_chunk(raw_chunk)` is called with
+        each chunk's raw bytes, in order, after the chunk is written.
         """
-        data = np.frombuffer(raw, np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1).view(np.uint8)
         shape = tuple(int(d) for d in shape)
         entry = TensorEntry(name, dtype, shape, dtype.default_layout,
                             codec.chunk_elements(self.chunk_size, dtype.itemsize))
-        if data.shape[0] != entry.nbytes:
-            raise InvalidArgumentError(f"tensor {name!r}: {data.shape[0]} bytes for shape {list(shape)} "
-                                       f"of {dtype.name} ({entry.nbytes} bytes expected)")
+        if callable(raw):
+            read = raw
+        else:
+            data = raw.reshape(-1).view(np.uint8) if isinstance(raw, np.ndarray) else np.frombuffer(raw, np.uint8)
+            if data.shape[0] != entry.nbytes:
+                raise InvalidArgumentError(f"tensor {name!r}: {data.shape[0]} bytes for shape {list(shape)} "
+                                           f"of {dtype.name} ({entry.nbytes} bytes expected)")
+            read = lambda start, stop: data[start:stop]  # noqa: E731
         step = entry.chunk_elements * dtype.itemsize
-        spans = [data[i:i + step] for i in range(0, data.shape[0], step)]
-        for raw_chunk, (check, planes) in zip(spans, self._map(entry, spans)):
+        spans = [(i, min(i + step, entry.nbytes)) for i in range(0, entry.nbytes, step)]
+
+        def encode(span):
+            chunk = read(*span)
+            return chunk, *codec.encode_chunk(chunk, entry.layout, dtype.itemsize)
+
+        for chunk, check, planes in codec.ordered_map(self._pool, self.threads, encode, spans):
             entry.chunks.append(Chunk(self._pos, check, [PlaneRef(p.method, p.parameter, p.length)
                                                          for p in planes]))
             for p in planes:
                 self._write(p.payload)
-            if progress is not None:
-                progress(raw_chunk.shape[0])
+            if on_chunk is not None:
+                on_chunk(chunk)
         self.tensors.append(entry)
         return len(self.tensors) - 1
-
-    def _map(self, entry: TensorEntry, spans):
-        """Encoded chunks in order; at most 2 x threads chunks in flight, so memory stays bounded."""
-        encode = lambda raw: codec.encode_chunk(raw, entry.layout, entry.dtype.itemsize)  # noqa: E731
-        if self._pool is None or len(spans) == 1:
-            yield from map(encode, spans)
-            return
-        pending: deque = deque()
-        for raw in spans:
-            pending.append(self._pool.submit(encode, raw))
-            if len(pending) >= 2 * self.threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
     def add_blob(self, data) -> None:
         """Append verbatim bytes of the original file as the next segment."""
@@ -110,10 +106,7 @@ class ContainerWriter:
             self._write([header])
             self._file.seek(0)
             self._file.write(format.build_preamble(header_offset, header))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self._tmp, self.path)
+            self._out.commit()
         except BaseException:
             self.abort()
             raise
@@ -122,8 +115,7 @@ class ContainerWriter:
 
     def abort(self) -> None:
         """Drop the temporary file; the destination is left as it was."""
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        self._out.discard()
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -152,6 +144,9 @@ class ContainerReader:
             pre = format.parse_preamble(self._data[:format.PREAMBLE_SIZE].tobytes(), size, self.limits)
             raw_header = self._data[pre.header_offset:pre.header_offset + pre.header_length].tobytes()
             header = format.parse_header(raw_header, pre, self.limits)
+        except LlmcodecError as exc:
+            self.close()
+            raise self._named(exc) from None
         except BaseException:
             self.close()
             raise
@@ -160,6 +155,10 @@ class ContainerReader:
         self.source = header.source
         self.tensors = header.tensors
         self.by_name = {t.name: t for t in self.tensors}
+
+    def _named(self, exc: LlmcodecError) -> LlmcodecError:
+        """The same error, its message prefixed with the file's name."""
+        return type(exc)(f"{self.name}: {exc}")
 
     def _map(self, source) -> np.ndarray:
         if isinstance(source, (str, os.PathLike)):
@@ -175,7 +174,7 @@ class ContainerReader:
         else:
             raise InvalidArgumentError(f"cannot read a container from {type(source).__name__}")
         if os.fstat(fileno).st_size == 0:
-            raise TruncatedError(f"{self.name}: file is empty")
+            raise TruncatedError("file is empty")
         self._mmap = mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
         return np.frombuffer(self._mmap, np.uint8)
 
@@ -211,15 +210,65 @@ class ContainerReader:
             codec.decode_chunk(self._data, entry.chunks[index], entry.layout,
                                out[start * k:(start + n) * k], f"tensor {entry.name!r} chunk {index}")
 
-        if self.threads > 1 and len(entry.chunks) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads)
-            for f in [self._pool.submit(decode, i) for i in range(len(entry.chunks))]:
-                f.result()
-        else:
-            for i in range(len(entry.chunks)):
-                decode(i)
+        try:
+            for _ in codec.ordered_map(self._workers(), self.threads, decode, range(len(entry.chunks))):
+                pass
+        except LlmcodecError as exc:
+            raise self._named(exc) from None
         return out
+
+    def iter_raw(self, entry: TensorEntry):
+        """The tensor's raw bytes chunk by chunk, in order, decoded in parallel a few at a time.
+
+        Memory stays bounded by a few chunks per thread: each yielded array is new, and the file's
+        pages behind a decoded chunk are released from this process's resident set.
+        """
+        k = entry.dtype.itemsize
+
+        def decode(index: int) -> np.ndarray:
+            start, n = entry.chunk_span(index)
+            out = np.empty(n * k, np.uint8)
+            chunk = entry.chunks[index]
+            codec.decode_chunk(self._data, chunk, entry.layout, out, f"tensor {entry.name!r} chunk {index}")
+            self._release(chunk.offset, chunk.length)
+            return out
+
+        try:
+            yield from codec.ordered_map(self._workers(), self.threads, decode, range(len(entry.chunks)))
+        except LlmcodecError as exc:
+            raise self._named(exc) from None
+
+    def plane_histograms(self, entry: TensorEntry) -> np.ndarray:
+        """Symbol counts of each plane over the whole tensor: int64[itemsize, 256]."""
+        k = entry.dtype.itemsize
+        total = np.zeros((k, 256), np.int64)
+
+        def count(index: int) -> np.ndarray:
+            _, n = entry.chunk_span(index)
+            planes = codec.decode_planes(self._data, entry.chunks[index], n,
+                                         f"tensor {entry.name!r} chunk {index}")
+            return kernels.histograms(planes)
+
+        try:
+            for counts in codec.ordered_map(self._workers(), self.threads, count, range(len(entry.chunks))):
+                total += counts
+        except LlmcodecError as exc:
+            raise self._named(exc) from None
+        return total
+
+    def _workers(self) -> ThreadPoolExecutor | None:
+        if self.threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads)
+        return self._pool
+
+    def _release(self, offset: int, length: int) -> None:
+        """Drop the mapped pages of a range already decoded, so streaming keeps RSS small."""
+        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = (offset + length) // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def read_tensor(self, entry: TensorEntry) -> np.ndarray:
         return self.read_raw(entry).view(entry.dtype.numpy).reshape(entry.shape)
@@ -228,7 +277,7 @@ class ContainerReader:
         data = memoryview(self._data[seg.offset:seg.offset + seg.length])
         computed = format.checksum64(data)
         if computed != seg.checksum:
-            raise ChecksumError(f"blob at byte {seg.offset}: stored checksum {seg.checksum:#018x}, "
+            raise ChecksumError(f"{self.name}: blob at byte {seg.offset}: stored checksum {seg.checksum:#018x}, "
                                 f"computed {computed:#018x}")
         return data
 

@@ -1,0 +1,294 @@
+"""Checkpoint files: safetensors files and sharded folders to containers and back, byte-identical.
+
+Encoding reads the source chunk by chunk (never the whole file), keeps every byte that is not
+tensor data as a blob, and records the source's SHA-256; decoding streams the original back out
+and checks that SHA-256 before the output appears under its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import format, safetensors_io
+from .atomic import AtomicFile
+from .container import ContainerReader, ContainerWriter
+from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
+from .format import Limits
+
+SUFFIX = ".llmc"
+SOURCE_SUFFIX = {format.SOURCE_SAFETENSORS: ".safetensors", format.SOURCE_ARRAYS: ".safetensors"}
+BLOB_PIECE = 16 << 20  # blobs are read and stored in pieces of at most this many bytes
+
+
+def encoded_name(src: Path) -> Path:
+    """Default output of `encode`: `x.safetensors` -> `x.llmc`, folder `m` -> `m.llmc`."""
+    return src.with_name(src.name + SUFFIX) if src.is_dir() else src.with_suffix(SUFFIX)
+
+
+def decoded_name(src: Path, source_kind: int | None = None) -> Path:
+    """Default output of `decode`: `x.llmc` -> `x.safetensors`, folder `m.llmc` -> `m`."""
+    if src.suffix != SUFFIX:
+        raise InvalidArgumentError(f"{src}: name does not end in {SUFFIX}; give the output name")
+    if src.is_dir():
+        return src.with_suffix("")
+    return src.with_suffix(SOURCE_SUFFIX.get(source_kind, ".safetensors"))
+
+
+def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | None = None,
+                progress=None) -> Path:
+    """Encode a safetensors file, or a folder holding a sharded checkpoint, losslessly.
+
+    A folder becomes a folder: each `*.safetensors` is encoded to `*.llmc`, every other file is
+    copied. `progress(nbytes)` is called as source bytes are consumed. Returns the output path;
+    the output appears only when complete (an existing one is replaced).
+
+    >>> llmcodec.encode_file("model.safetensors")            # doctest: +SKIP
+    PosixPath('model.llmc')
+    """
+    src = Path(src)
+    dst = encoded_name(src) if dst is None else Path(dst)
+    if src.is_dir():
+        _map_folder(src, dst, ".safetensors", SUFFIX,
+                    lambda a, b: _encode_one(a, b, threads, chunk_size, progress), progress)
+    else:
+        _encode_one(src, dst, threads, chunk_size, progress)
+    return dst
+
+
+def decode_file(src, dst=None, *, threads: int | None = None, progress=None) -> Path:
+    """Write back the original of an encoded file or folder, byte-identical, SHA-256 checked.
+
+    A container made by `save_file` (no original file) decodes to a safetensors file of its
+    tensors and metadata. Returns the output path.
+    """
+    src = Path(src)
+    if src.is_dir():
+        dst = decoded_name(src) if dst is None else Path(dst)
+        _map_folder(src, dst, SUFFIX, ".safetensors",
+                    lambda a, b: _decode_one(a, b, threads, progress), progress)
+        return dst
+    with ContainerReader(src, threads=threads) as reader:
+        dst = decoded_name(src, reader.source.kind) if dst is None else Path(dst)
+        with AtomicFile(dst) as out:
+            _write_original(reader, out.file.write, progress)
+            out.commit()
+    return dst
+
+
+def verify_file(src, *, threads: int | None = None, progress=None, limits: Limits | None = None) -> None:
+    """Decode everything in memory and check every checksum and the original's SHA-256.
+
+    Raises an `LlmcodecError` subclass at the first problem; writes nothing.
+    """
+    src = Path(src)
+    if src.is_dir():
+        for path in sorted(src.rglob(f"*{SUFFIX}")):
+            verify_file(path, threads=threads, progress=progress, limits=limits)
+        return
+    with ContainerReader(src, threads=threads, limits=limits) as reader:
+        _write_original(reader, lambda b: None, progress)
+
+
+@dataclass
+class PlaneStats:
+    method_counts: dict[str, int]
+    coded_bytes: int
+    bits_per_symbol: float
+    entropy: float  # order-0 entropy of the plane over the whole tensor, bits per symbol
+
+
+@dataclass
+class TensorStats:
+    name: str
+    dtype: str
+    shape: list[int]
+    layout: str
+    original_bytes: int
+    coded_bytes: int
+    chunks: int
+    planes: list[PlaneStats] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.coded_bytes / self.original_bytes if self.original_bytes else 1.0
+
+
+_METHOD_NAMES = {format.METHOD_RAW: "raw", format.METHOD_CONSTANT: "constant", format.METHOD_RANS0: "rans0"}
+_LAYOUT_NAMES = {0: "bytes", 1: "fields16", 2: "fields32"}
+
+
+def file_stats(src, *, threads: int | None = None, progress=None) -> dict:
+    """What `llmcodec info` shows: per tensor and plane, coded size next to order-0 entropy."""
+    src = Path(src)
+    with ContainerReader(src, threads=threads) as reader:
+        tensors = [_tensor_stats(reader, t, progress) for t in reader.tensors]
+        source = reader.source
+        return {
+            "file": str(src),
+            "version": "%d.%d" % reader.version,
+            "file_bytes": src.stat().st_size,
+            "source": {0: "arrays", 1: "safetensors", 2: "gguf"}[source.kind],
+            "original_bytes": source.original_size if source.kind else sum(t.original_bytes for t in tensors),
+            "original_sha256": source.original_sha256.hex() if source.kind else None,
+            "metadata": reader.metadata,
+            "tensors": tensors,
+        }
+
+
+def _tensor_stats(reader: ContainerReader, t, progress) -> TensorStats:
+    stats = TensorStats(t.name, t.dtype.name, list(t.shape), _LAYOUT_NAMES[t.layout], t.nbytes,
+                        t.coded_bytes, len(t.chunks))
+    counts = reader.plane_histograms(t)
+    for j in range(t.dtype.itemsize):
+        methods: dict[str, int] = {}
+        coded = 0
+        for c in t.chunks:
+            p = c.planes[j]
+            methods[_METHOD_NAMES[p.method]] = methods.get(_METHOD_NAMES[p.method], 0) + 1
+            coded += p.length
+        stats.planes.append(PlaneStats(methods, coded, 8 * coded / t.numel if t.numel else 0.0,
+                                       entropy_bits(counts[j])))
+    if progress is not None:
+        progress(t.nbytes)
+    return stats
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """Order-0 entropy in bits per symbol of a histogram."""
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return max(0.0, float(-(p * np.log2(p)).sum()))
+
+
+# --- one file ------------------------------------------------------------------------------------
+
+
+def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
+    with open(src, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        layout = safetensors_io.read_layout(f, size, str(src))
+        fd = f.fileno()
+        sha = hashlib.sha256()
+
+        def consumed(data) -> None:
+            sha.update(data)
+            if progress is not None:
+                progress(len(data))
+
+        def blobs(start: int, stop: int) -> None:
+            for pos in range(start, stop, BLOB_PIECE):
+                data = os.pread(fd, min(BLOB_PIECE, stop - pos), pos)
+                writer.add_blob(data)
+                consumed(data)
+
+        with ContainerWriter(dst, threads=threads, chunk_size=chunk_size) as writer:
+            pos = 0
+            for t in layout.tensors:
+                blobs(pos, t.begin)
+                if t.dtype is None:  # a dtype llmcodec does not code: kept verbatim
+                    blobs(t.begin, t.end)
+                else:
+                    index = writer.add_tensor(t.name, t.dtype, t.shape, _file_reader(fd, t.begin), consumed)
+                    writer.add_tensor_segment(index)
+                pos = t.end
+            blobs(pos, size)
+            if os.fstat(fd).st_size != size:
+                raise InvalidArgumentError(f"{src}: file changed size while being encoded")
+            writer.finish(layout.metadata, format.SOURCE_SAFETENSORS, size, sha.digest())
+
+
+def _file_reader(fd: int, base: int):
+    def read(start: int, stop: int) -> np.ndarray:
+        data = os.pread(fd, stop - start, base + start)
+        if len(data) != stop - start:
+            raise InvalidArgumentError(f"source file shrank while being encoded (short read at {base + start})")
+        return np.frombuffer(data, np.uint8)
+    return read
+
+
+def _decode_one(src: Path, dst: Path, threads, progress) -> None:
+    with ContainerReader(src, threads=threads) as reader, AtomicFile(dst) as out:
+        _write_original(reader, out.file.write, progress)
+        out.commit()
+
+
+def _write_original(reader: ContainerReader, write, progress) -> None:
+    """Stream the original file to `write`, checking its size and SHA-256 at the end."""
+    source = reader.source
+    if source.kind == format.SOURCE_ARRAYS:
+        entries = [(t.name, t.dtype.name, t.shape, t.nbytes) for t in reader.tensors]
+        write(safetensors_io.build_header(entries, reader.metadata))
+        for t in reader.tensors:
+            for raw in reader.iter_raw(t):
+                write(raw)
+                if progress is not None:
+                    progress(raw.shape[0])
+        return
+    if source.kind != format.SOURCE_SAFETENSORS:
+        raise UnsupportedFeatureError(f"{reader.name}: this version cannot rebuild a Source_Kind {source.kind} file")
+    sha = hashlib.sha256()
+    total = 0
+    for seg in source.segments:
+        pieces = ([reader.read_blob(seg)] if seg.kind == format.SEGMENT_BLOB
+                  else reader.iter_raw(reader.tensors[seg.tensor_index]))
+        for piece in pieces:
+            sha.update(piece)
+            write(piece)
+            total += len(piece)
+            if progress is not None:
+                progress(len(piece))
+    if total != source.original_size or sha.digest() != source.original_sha256:
+        raise ChecksumError(f"{reader.name}: rebuilt file has SHA-256 {sha.hexdigest()} ({total} bytes); "
+                            f"the original had {source.original_sha256.hex()} ({source.original_size} bytes)")
+
+
+# --- folders -------------------------------------------------------------------------------------
+
+
+def _map_folder(src: Path, dst: Path, from_suffix: str, to_suffix: str, convert, progress) -> None:
+    """Build `dst` from folder `src`: files ending in `from_suffix` converted (renamed to
+    `to_suffix`), every other file copied. `dst` appears only when complete."""
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    targets = {}
+    for p in files:
+        rel = p.relative_to(src)
+        out = rel.with_suffix(to_suffix) if p.suffix == from_suffix else rel
+        if out in targets:
+            raise InvalidArgumentError(f"{src}: both {targets[out]} and {rel} would become {out}")
+        targets[out] = rel
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    try:
+        for out, rel in targets.items():
+            (tmp / out).parent.mkdir(parents=True, exist_ok=True)
+            if rel.suffix == from_suffix:
+                convert(src / rel, tmp / out)
+            else:
+                shutil.copy2(src / rel, tmp / out)
+                if progress is not None:
+                    progress((src / rel).stat().st_size)
+        _replace_folder(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_folder(tmp: Path, dst: Path) -> None:
+    """Move the finished folder `tmp` to `dst`, replacing what is there."""
+    if dst.is_dir():
+        old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
+        os.replace(dst, old / "x")
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if dst.exists():
+            dst.unlink()
+        os.replace(tmp, dst)
