@@ -177,3 +177,7 @@ def _print_table(stats: dict) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

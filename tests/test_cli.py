@@ -1,0 +1,133 @@
+"""The command line: exit codes, one-line errors, default names, --force, no partial output."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file as st_save
+from typer.testing import CliRunner
+
+from llmcodec.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model(tmp_path):
+    src = tmp_path / "model.safetensors"
+    rng = np.random.default_rng(0)
+    st_save({"w": (rng.standard_normal((200, 100)) * 0.02).astype(np.float32), "n": np.arange(5)}, src)
+    return src
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_encode_decode_default_names(model, tmp_path):
+    original = model.read_bytes()
+    r = run("encode", model, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "model.llmc").exists()
+    model.unlink()
+    r = run("decode", tmp_path / "model.llmc", "-q")
+    assert r.exit_code == 0, r.output
+    assert model.read_bytes() == original
+
+
+def test_refuses_to_overwrite_without_force(model, tmp_path):
+    out = tmp_path / "model.llmc"
+    out.write_bytes(b"keep me")
+    r = run("encode", model)
+    assert r.exit_code == 1
+    assert "already exists" in r.output and "--force" in r.output
+    assert out.read_bytes() == b"keep me"
+    assert run("encode", model, "--force", "-q").exit_code == 0
+    assert out.read_bytes()[:5] == b"\x89LLMC"
+
+
+def test_missing_file(tmp_path):
+    r = run("encode", tmp_path / "nope.safetensors")
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [f"llmcodec: error: {tmp_path / 'nope.safetensors'}: no such file or folder"]
+
+
+def test_not_a_safetensors_file(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a checkpoint at all")
+    r = run("encode", bad)
+    assert r.exit_code == 1
+    assert len(r.output.strip().splitlines()) == 1 and "not a safetensors file" in r.output
+    assert not (tmp_path / "bad.llmc").exists()
+
+
+def test_verify_good_and_corrupted(model, tmp_path):
+    run("encode", model, "-q")
+    enc = tmp_path / "model.llmc"
+    r = run("verify", enc)
+    assert r.exit_code == 0 and "OK" in r.output
+    data = bytearray(enc.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    enc.write_bytes(data)
+    r = run("verify", enc)
+    assert r.exit_code == 1 and r.output.startswith("llmcodec: error:")
+    assert "Traceback" not in r.output
+
+
+def test_info_table_and_json(model, tmp_path):
+    run("encode", model, "-q")
+    r = run("info", tmp_path / "model.llmc")
+    assert r.exit_code == 0 and "total" in r.output and "F32" in r.output
+    r = run("info", tmp_path / "model.llmc", "--json")
+    stats = json.loads(r.output)
+    assert {t["name"] for t in stats["tensors"]} == {"w", "n"}
+    assert stats["original_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    plane = stats["tensors"][0]["planes"][0]
+    assert set(plane) == {"method_counts", "coded_bytes", "bits_per_symbol", "entropy"}
+
+
+def test_usage_error_exits_2(tmp_path):
+    assert run("encode").exit_code == 2
+    assert run("encode", tmp_path, "--threads", "0").exit_code == 2
+    assert run("frobnicate").exit_code == 2
+
+
+def test_decode_of_non_container(tmp_path):
+    junk = tmp_path / "junk.llmc"
+    junk.write_bytes(b"x" * 100)
+    r = run("decode", junk)
+    assert r.exit_code == 1 and "not an llmcodec file" in r.output
+    assert not (tmp_path / "junk.safetensors").exists()
+
+
+def test_folder_round_trip(model, tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    os.replace(model, folder / "model.safetensors")
+    (folder / "config.json").write_text("{}")
+    assert run("encode", folder, "-q").exit_code == 0
+    assert run("verify", tmp_path / "ckpt.llmc", "-q").exit_code == 0
+    assert run("decode", tmp_path / "ckpt.llmc", "-o", tmp_path / "back", "-q").exit_code == 0
+    assert (tmp_path / "back" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+
+
+def test_killed_encode_leaves_no_output(tmp_path):
+    """SIGKILL in the middle of an encode: no file under the output's name."""
+    src = tmp_path / "big.safetensors"
+    st_save({"w": np.random.default_rng(0).standard_normal(6_000_000).astype(np.float32)}, src)
+    out = tmp_path / "big.llmc"
+    proc = subprocess.Popen([sys.executable, "-m", "llmcodec.cli", "encode", str(src), "-q", "--threads", "1",
+                             "--chunk-size", "65536"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "encode ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
