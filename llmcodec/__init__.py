@@ -12,12 +12,14 @@ from .errors import (
     UnsupportedFeatureError,
     UnsupportedVersionError,
 )
+from .files import decode_file, encode_file, verify_file
 from .format import Limits
+from .loader import LlmcodecFile, open
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChecksumError", "FormatError", "InvalidArgumentError", "LimitExceededError", "Limits",
+    "ChecksumError", "FormatError", "InvalidArgumentError", "LimitExceededError", "Limits", "LlmcodecFile", "open",
     "LlmcodecError", "TensorNotFoundError", "TruncatedError", "UnsupportedFeatureError",
-    "UnsupportedVersionError", "load_file", "save_file",
+    "UnsupportedVersionError", "decode_file", "encode_file", "load_file", "save_file", "verify_file",
 ]

@@ -7,6 +7,15 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 class AtomicFile:
     """A binary file that appears at `path` only when `commit()` succeeds.
 
@@ -20,6 +29,7 @@ class AtomicFile:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         self.tmp = Path(tmp)
         self.file = os.fdopen(fd, "w+b")
+        os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
 
     def __enter__(self) -> AtomicFile:
         return self

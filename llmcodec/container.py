@@ -203,15 +203,20 @@ class ContainerReader:
         """The tensor's raw bytes (uint8[nbytes]), every chunk checksum verified."""
         if out is None:
             out = np.empty(entry.nbytes, np.uint8)
+        return self.read_chunks(entry, 0, len(entry.chunks), out)
+
+    def read_chunks(self, entry: TensorEntry, first: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Decode chunks [first, stop) of a tensor, in parallel, into `out` (their raw bytes)."""
         k = entry.dtype.itemsize
+        base = entry.chunk_span(first)[0] * k if stop > first else 0
 
         def decode(index: int) -> None:
             start, n = entry.chunk_span(index)
             codec.decode_chunk(self._data, entry.chunks[index], entry.layout,
-                               out[start * k:(start + n) * k], f"tensor {entry.name!r} chunk {index}")
+                               out[start * k - base:(start + n) * k - base], f"tensor {entry.name!r} chunk {index}")
 
         try:
-            for _ in codec.ordered_map(self._workers(), self.threads, decode, range(len(entry.chunks))):
+            for _ in codec.ordered_map(self._workers(), self.threads, decode, range(first, stop)):
                 pass
         except LlmcodecError as exc:
             raise self._named(exc) from None

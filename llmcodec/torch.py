@@ -1,0 +1,77 @@
+"""torch helpers mirroring `safetensors.torch`: `save_file`, `load_file`, and `load_model`.
+
+Needs torch (`pip install 'llmcodec[torch]'`). bf16 and fp8 tensors keep their dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import api
+from .errors import InvalidArgumentError
+from .loader import _import_torch, open, to_torch
+
+torch = _import_torch()
+
+_VIA_INT = {torch.bfloat16: ("bfloat16", torch.int16), torch.float8_e4m3fn: ("float8_e4m3fn", torch.uint8),
+            torch.float8_e5m2: ("float8_e5m2", torch.uint8)}
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """A numpy array sharing a CPU tensor's memory (bf16 and fp8 as ml_dtypes)."""
+    import ml_dtypes
+
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if tensor.dtype in _VIA_INT:
+        name, base = _VIA_INT[tensor.dtype]
+        return tensor.view(base).numpy().view(getattr(ml_dtypes, name))
+    return tensor.numpy()
+
+
+def save_file(tensors: dict, path, metadata: dict[str, str] | None = None, *, threads: int | None = None) -> None:
+    """Write a dict of torch tensors to an `.llmc` file, losslessly (like `safetensors.torch.save_file`)."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise InvalidArgumentError(f"tensor {name!r} is a {type(t).__name__}, not a torch.Tensor")
+    api.save_file({name: to_numpy(t) for name, t in tensors.items()}, path, metadata, threads=threads)
+
+
+def load_file(path, device: str = "cpu", *, threads: int | None = None) -> dict:
+    """Read every tensor of an `.llmc` file as torch tensors (like `safetensors.torch.load_file`)."""
+    with open(path, framework="pt", device=device, threads=threads) as f:
+        return dict(f.items())
+
+
+def load_model(model, path, *, strict: bool = True, threads: int | None = None) -> tuple[list[str], list[str]]:
+    """Decode a file's tensors straight into `model`'s parameters and buffers, in place.
+
+    No second copy of the weights is ever held: each tensor is decoded into the memory of the
+    parameter it belongs to (CPU, contiguous, same dtype and shape). Returns (missing, unexpected)
+    names; with `strict`, any of either raises `InvalidArgumentError`.
+    """
+    state = model.state_dict(keep_vars=True)
+    with open(path, threads=threads) as f:
+        names = f.keys()
+        missing = [k for k in state if k not in f]
+        unexpected = [k for k in names if k not in state]
+        if strict and (missing or unexpected):
+            raise InvalidArgumentError(f"{path}: missing tensors {missing}, unexpected tensors {unexpected}")
+        for name in names:
+            if name not in state:
+                continue
+            target = state[name].data
+            entry = f.entry(name)
+            if tuple(target.shape) != entry.shape or not target.is_contiguous() or target.device.type != "cpu":
+                raise InvalidArgumentError(f"{name}: file has shape {list(entry.shape)}, the model "
+                                           f"{list(target.shape)} (or it is not a contiguous CPU tensor)")
+            out = to_numpy(target)
+            if out.dtype != entry.dtype.numpy:
+                raise InvalidArgumentError(f"{name}: file has dtype {entry.dtype.name}, the model {target.dtype}")
+            with torch.no_grad():
+                f.reader.read_raw(entry, out=out.reshape(-1).view(np.uint8))
+    return missing, unexpected
+
+
+__all__ = ["load_file", "load_model", "save_file", "to_numpy", "to_torch"]

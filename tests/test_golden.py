@@ -1,0 +1,97 @@
+"""Golden vectors (written once by tests/golden/make_golden.py) and the reference decoder.
+
+The committed containers must keep decoding to the recorded SHA-256s, by the fast decoder and by
+`llmcodec.reference`, the slow decoder written from spec/FORMAT.md alone; and each broken file
+must raise its recorded error from both.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llmcodec
+from llmcodec import errors, files, reference
+from llmcodec.container import ContainerReader
+
+GOLDEN = Path(__file__).parent / "golden"
+MANIFEST = json.loads((GOLDEN / "MANIFEST.json").read_text())
+
+
+def sha(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_arrays_vector_decodes_to_recorded_tensors():
+    want = MANIFEST["vectors"]["arrays.llmc"]
+    with ContainerReader(GOLDEN / "arrays.llmc") as r:
+        assert r.metadata == want["metadata"]
+        got = {t.name: t for t in r.tensors}
+        assert list(got) == list(want["tensors"])
+        for name, spec in want["tensors"].items():
+            t = got[name]
+            assert (t.dtype.name, list(t.shape)) == (spec["dtype"], spec["shape"])
+            assert sha(r.read_raw(t)) == spec["sha256"], name
+
+
+def test_checkpoint_vector_decodes_to_recorded_original(tmp_path):
+    want = MANIFEST["vectors"]["checkpoint.llmc"]
+    out = files.decode_file(GOLDEN / "checkpoint.llmc", tmp_path / "c.safetensors")
+    assert out.stat().st_size == want["original_size"]
+    assert sha(out.read_bytes()) == want["original_sha256"]
+
+
+def test_reference_decoder_agrees_on_golden_vectors():
+    want = MANIFEST["vectors"]["arrays.llmc"]
+    ref = reference.decode((GOLDEN / "arrays.llmc").read_bytes())
+    assert ref.metadata == want["metadata"]
+    assert {k: (t.dtype, list(t.shape), sha(t.data)) for k, t in ref.tensors.items()} == {
+        k: (s["dtype"], s["shape"], s["sha256"]) for k, s in want["tensors"].items()}
+    ref = reference.decode((GOLDEN / "checkpoint.llmc").read_bytes())
+    assert sha(ref.original) == MANIFEST["vectors"]["checkpoint.llmc"]["original_sha256"]
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["broken"]))
+def test_broken_files_raise_their_error(name):
+    error = getattr(errors, MANIFEST["broken"][name])
+    data = (GOLDEN / "broken" / name).read_bytes()
+    with pytest.raises(error):
+        llmcodec.load_file(GOLDEN / "broken" / name)
+    with pytest.raises(error):
+        reference.decode(data)
+
+
+@st.composite
+def containers(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kinds = [np.float32, ml_dtypes.bfloat16, np.float16, np.uint8, np.int64, np.bool_]
+    tensors = {}
+    for i in range(draw(st.integers(0, 3))):
+        dtype = np.dtype(draw(st.sampled_from(kinds)))
+        shape = tuple(draw(st.lists(st.integers(0, 9), max_size=3)))
+        values = rng.standard_normal(shape) * draw(st.sampled_from([0.02, 1.0, 1e4]))
+        if draw(st.booleans()):
+            tensors[f"t{i}"] = values.astype(dtype)
+        else:
+            tensors[f"t{i}"] = rng.integers(0, 256, int(np.prod(shape)) * dtype.itemsize,
+                                            dtype=np.uint8).view(dtype).reshape(shape)
+    return tensors, draw(st.sampled_from([None, 16, 64]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=containers())
+def test_reference_decoder_agrees_with_fast_decoder(tmp_path_factory, case):
+    tensors, chunk = case
+    path = tmp_path_factory.mktemp("ref") / "x.llmc"
+    llmcodec.save_file(tensors, path, {"m": "1"}, chunk_size=chunk)
+    ref = reference.decode(path.read_bytes())
+    fast = llmcodec.load_file(path)
+    assert list(ref.tensors) == list(fast)
+    for name, array in fast.items():
+        assert ref.tensors[name].data == array.tobytes()
+        assert ref.tensors[name].shape == array.shape
