@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 RANS_L = 1 << 16  # lower bound of a state; states live in [RANS_L, 2^32) between symbols
+ENCODE_LANES = 8  # lanes the encoder writes; the decoder has a fast path for them
 
 # rans_decode status codes
 DECODE_OK = 0
@@ -87,31 +88,42 @@ def histograms(planes):
 
 
 @_jit
-def rans_encode(symbols, freq, cum, precision, lanes, out):
-    """Encode `symbols` with an order-0 model into the tail of `out`; return where the stream starts.
+def rans_encode(symbols, freq, cum, precision, out):
+    """Encode `symbols` with an order-0 model and ENCODE_LANES lanes into the tail of `out`;
+    return where the stream starts.
 
     The stream out[start:] is the lane states (u32 each, lane 0 first) then the u16 words, as
     spec section 6.1 lays them out. Assumes freq[s] >= 1 for every symbol present, sum(freq) ==
     2^precision, precision <= 15, and len(out) >= 4 * lanes + 2 * len(symbols) (at most one word
     per symbol is emitted, since freq << (32 - precision) >= 2^17).
+
+    x // f is computed as floor(x * (1/f) + 2^-20) in float64, which is exact here: x / f <
+    2^31, so the product is within 2^-21 of it, while a non-integer x / f is at least 1/f >=
+    2^-15 away from the integers on either side.
     """
     n = symbols.shape[0]
-    states = np.full(lanes, RANS_L, np.int64)
-    shift = 32 - precision
+    states = np.full(ENCODE_LANES, RANS_L, np.int64)
+    inverse = np.zeros(256, np.float64)
+    limit = np.zeros(256, np.int64)
+    for s in range(256):
+        if freq[s] > 0:
+            inverse[s] = 1.0 / freq[s]
+            limit[s] = freq[s] << (32 - precision)
     pos = out.shape[0]
-    j = (n - 1) % lanes if n > 0 else 0
+    j = (n - 1) % ENCODE_LANES if n > 0 else 0
     for i in range(n - 1, -1, -1):
         s = symbols[i]
         f = freq[s]
         x = states[j]
-        if x >= (f << shift):
+        if x >= limit[s]:
             pos -= 2
             out[pos] = x & 0xFF
             out[pos + 1] = (x >> 8) & 0xFF
             x >>= 16
-        states[j] = ((x // f) << precision) + (x % f) + cum[s]
-        j = j - 1 if j > 0 else lanes - 1
-    for j in range(lanes - 1, -1, -1):
+        q = np.int64(x * inverse[s] + 9.5367431640625e-07)  # 2^-20
+        states[j] = (q << precision) + (x - q * f) + cum[s]
+        j = j - 1 if j > 0 else ENCODE_LANES - 1
+    for j in range(ENCODE_LANES - 1, -1, -1):
         x = states[j]
         pos -= 4
         out[pos] = x & 0xFF
@@ -143,8 +155,22 @@ def rans_decode(stream, table, precision, lanes, out):
         states[j] = x
     wpos = 4 * lanes
     wend = wpos + 2 * n_words
-    j = 0
-    for i in range(n):
+    i = 0
+    if lanes == ENCODE_LANES:
+        # Fast path: whole groups of lanes while a word for every lane is surely left.
+        while i + ENCODE_LANES <= n and wpos + 2 * ENCODE_LANES <= wend:
+            for j in range(ENCODE_LANES):
+                x = states[j]
+                e = table[x & mask]
+                out[i + j] = e & 0xFF
+                x = ((e >> 8) & 0xFFFFFF) * (x >> precision) + (e >> 32)
+                if x < RANS_L:
+                    x = (x << 16) | np.int64(stream[wpos]) | (np.int64(stream[wpos + 1]) << 8)
+                    wpos += 2
+                states[j] = x
+            i += ENCODE_LANES
+    j = i % lanes
+    for i in range(i, n):
         x = states[j]
         e = table[x & mask]
         out[i] = e & 0xFF

@@ -16,7 +16,7 @@ from .errors import FormatError
 from .format import METHOD_CONSTANT, METHOD_RANS0, METHOD_RAW
 
 PRECISION = 12  # order-0 tables: 4096 slots, a 32 KiB decode table that stays in L1
-LANES = 8
+LANES = kernels.ENCODE_LANES
 MAX_PRECISION = 15
 MAX_LANES = 64
 TABLE_FIXED = 34  # Precision, Lanes, Symbol_Bitmap
@@ -125,7 +125,7 @@ def encode_plane(plane: np.ndarray, counts: np.ndarray) -> CodedPlane:
     if estimate < n:  # skip coding planes that cannot shrink; the estimate is within a few bytes
         cum = np.concatenate(([0], np.cumsum(freq)[:-1]))
         out = np.empty(4 * LANES + 2 * n, np.uint8)
-        start = kernels.rans_encode(plane, freq, cum, PRECISION, LANES, out)
+        start = kernels.rans_encode(plane, freq, cum, PRECISION, out)
         coded = TABLE_FIXED + 2 * present.size + out.shape[0] - start
         if coded < n:
             return CodedPlane(METHOD_RANS0, 0, [serialize_table(freq, PRECISION, LANES), out[start:]])

@@ -34,7 +34,7 @@ def _encode(symbols):
     freq = models.quantize_frequencies(counts)
     cum = np.concatenate(([0], np.cumsum(freq)[:-1]))
     out = np.empty(4 * models.LANES + 2 * symbols.size, np.uint8)
-    start = kernels.rans_encode(symbols, freq, cum, models.PRECISION, models.LANES, out)
+    start = kernels.rans_encode(symbols, freq, cum, models.PRECISION, out)
     return counts, freq, out[start:]
 
 
