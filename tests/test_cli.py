@@ -131,3 +131,19 @@ def test_killed_encode_leaves_no_output(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
+
+
+def test_terminated_encode_removes_its_temporary_file(tmp_path):
+    """SIGTERM unwinds like Ctrl-C: no output and no temporary file are left."""
+    src = tmp_path / "big.safetensors"
+    st_save({"w": np.random.default_rng(0).standard_normal(6_000_000).astype(np.float32)}, src)
+    proc = subprocess.Popen([sys.executable, "-m", "llmcodec.cli", "encode", str(src), "-q", "--threads", "1",
+                             "--chunk-size", "65536"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "encode ended before it could be stopped"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"interrupted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
