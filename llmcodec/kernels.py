@@ -94,12 +94,12 @@ def rans_encode(symbols, freq, cum, precision, out):
 
     The stream out[start:] is the lane states (u32 each, lane 0 first) then the u16 words, as
     spec section 6.1 lays them out. Assumes freq[s] >= 1 for every symbol present, sum(freq) ==
-    2^precision, precision <= 15, and len(out) >= 4 * lanes + 2 * len(symbols) (at most one word
-    per symbol is emitted, since freq << (32 - precision) >= 2^17).
+    2^precision, precision <= 12, and len(out) >= 4 * lanes + 2 * len(symbols) (at most one word
+    per symbol is emitted, since freq << (32 - precision) >= 2^20).
 
     x // f is computed as floor(x * (1/f) + 2^-20) in float64, which is exact here: x / f <
     2^31, so the product is within 2^-21 of it, while a non-integer x / f is at least 1/f >=
-    2^-15 away from the integers on either side.
+    2^-12 away from the integers on either side.
     """
     n = symbols.shape[0]
     states = np.full(ENCODE_LANES, RANS_L, np.int64)
@@ -137,9 +137,10 @@ def rans_encode(symbols, freq, cum, precision, out):
 def rans_decode(stream, table, precision, lanes, out):
     """Decode len(out) symbols from `stream` (lane states, then u16 words) into `out`.
 
-    `table[slot]` packs, for each slot in [0, 2^precision): symbol | freq << 8 | (slot - cum) << 32,
-    built from a validated frequency table. Never reads outside `stream` or writes outside `out`;
-    returns a DECODE_* status (spec section 6.2: end states must be RANS_L, all words consumed).
+    `table[slot]` (uint32) packs, for each slot in [0, 2^precision): symbol | (freq - 1) << 8 |
+    (slot - cum) << 20, built from a validated frequency table with precision <= 12. Never reads
+    outside `stream` or writes outside `out`; returns a DECODE_* status (spec section 6.2: the end
+    states must be RANS_L and every word consumed).
     """
     n = out.shape[0]
     mask = (np.int64(1) << precision) - 1
@@ -157,24 +158,25 @@ def rans_decode(stream, table, precision, lanes, out):
     wend = wpos + 2 * n_words
     i = 0
     if lanes == ENCODE_LANES:
-        # Fast path: whole groups of lanes while a word for every lane is surely left.
+        # Fast path: whole groups of lanes while a word for every lane is surely left, so the
+        # branchless refill may read the next word whether or not it takes it.
         while i + ENCODE_LANES <= n and wpos + 2 * ENCODE_LANES <= wend:
             for j in range(ENCODE_LANES):
                 x = states[j]
-                e = table[x & mask]
+                e = np.int64(table[x & mask])
                 out[i + j] = e & 0xFF
-                x = ((e >> 8) & 0xFFFFFF) * (x >> precision) + (e >> 32)
-                if x < RANS_L:
-                    x = (x << 16) | np.int64(stream[wpos]) | (np.int64(stream[wpos + 1]) << 8)
-                    wpos += 2
-                states[j] = x
+                x = (((e >> 8) & 0xFFF) + 1) * (x >> precision) + (e >> 20)
+                take = np.int64(x < RANS_L)
+                word = np.int64(stream[wpos]) | (np.int64(stream[wpos + 1]) << 8)
+                states[j] = (x << (take << 4)) | (word & -take)
+                wpos += take << 1
             i += ENCODE_LANES
     j = i % lanes
     for i in range(i, n):
         x = states[j]
-        e = table[x & mask]
+        e = np.int64(table[x & mask])
         out[i] = e & 0xFF
-        x = ((e >> 8) & 0xFFFFFF) * (x >> precision) + (e >> 32)
+        x = (((e >> 8) & 0xFFF) + 1) * (x >> precision) + (e >> 20)
         if x < RANS_L:
             if wpos >= wend:
                 return DECODE_STREAM_SHORT

@@ -17,7 +17,7 @@ from .format import METHOD_CONSTANT, METHOD_RANS0, METHOD_RAW
 
 PRECISION = 12  # order-0 tables: 4096 slots, a 32 KiB decode table that stays in L1
 LANES = kernels.ENCODE_LANES
-MAX_PRECISION = 15
+MAX_PRECISION = 12  # decode table entries pack into 32 bits
 MAX_LANES = 64
 TABLE_FIXED = 34  # Precision, Lanes, Symbol_Bitmap
 # A plane is entropy-coded only if that saves at least this fraction of its raw size: coding a
@@ -72,12 +72,12 @@ class Rans0Table:
     size: int  # bytes the table takes in the stream
 
     def decode_table(self) -> np.ndarray:
-        """int64[2^P] entries: symbol | freq << 8 | (slot - cum) << 32 (see kernels.rans_decode)."""
+        """uint32[2^P]: symbol | (freq - 1) << 8 | (slot - cum) << 20 (see kernels.rans_decode)."""
         f = self.freq
         cum = np.concatenate(([0], np.cumsum(f)[:-1]))
         sym = np.repeat(np.arange(256, dtype=np.int64), f)
         bias = np.arange(1 << self.precision, dtype=np.int64) - cum[sym]
-        return sym | (f[sym] << 8) | (bias << 32)
+        return (sym | ((f[sym] - 1) << 8) | (bias << 20)).astype(np.uint32)
 
 
 def parse_table(stream: memoryview, where: str) -> Rans0Table:
