@@ -31,6 +31,8 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
         for name, array in tensors.items():
             if not isinstance(name, str):
                 raise InvalidArgumentError(f"tensor names must be str, not {type(name).__name__}")
+            if isinstance(array, np.generic):  # a numpy scalar is a 0-d tensor
+                array = np.asarray(array)
             if not isinstance(array, np.ndarray):
                 raise InvalidArgumentError(f"tensor {name!r} is a {type(array).__name__}, not a numpy array")
             dtype = dtypes.from_numpy(array.dtype)

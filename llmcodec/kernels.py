@@ -167,7 +167,8 @@ def rans_decode(stream, table, precision, lanes, out):
                 out[i + j] = e & 0xFF
                 x = (((e >> 8) & 0xFFF) + 1) * (x >> precision) + (e >> 20)
                 take = np.int64(x < RANS_L)
-                word = np.int64(stream[wpos]) | (np.int64(stream[wpos + 1]) << 8)
+                at = np.uint64(wpos)  # an unsigned index skips numba's negative-index wraparound
+                word = np.int64(stream[at]) | (np.int64(stream[at + np.uint64(1)]) << 8)
                 states[j] = (x << (take << 4)) | (word & -take)
                 wpos += take << 1
             i += ENCODE_LANES
