@@ -46,7 +46,8 @@ def write_section(name: str, command: str, body: str) -> None:
     """Replace (or append) the section `## name` of bench/RESULTS.md."""
     stamp = datetime.date.today().isoformat()
     section = f"## {name}\n\nCommand: `{command}`  \nMachine: {machine()}  \nDate: {stamp}\n\n{body}\n"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is rewritten by the command it names.\n"
+    intro = "# Benchmark results\n\nEach section is rewritten by the command it names.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else intro
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     RESULTS.write_text(text.rstrip("\n") + "\n")

@@ -97,12 +97,11 @@ def main() -> None:
         for label, path in make_files(folder).items():
             raw = path.read_bytes()
             mb = len(raw) / 1e6
-            runs = [("llmcodec", lambda: bench_llmcodec(path, folder)),
-                    ("ZipNN 0.5.4", lambda: bench_zipnn(raw, {"fp32": "float32", "bf16": "bfloat16",
-                                                              "fp16": "float16"}[label])),
-                    ("zstd -3", lambda: bench_zstd(raw, 3))]
-            for codec, run in runs:
-                size, t_enc, t_dec = run()
+            zipnn_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[label]
+            runs = [("llmcodec", bench_llmcodec, (path, folder)), ("ZipNN 0.5.4", bench_zipnn, (raw, zipnn_dtype)),
+                    ("zstd -3", bench_zstd, (raw, 3))]
+            for codec, run, args in runs:
+                size, t_enc, t_dec = run(*args)
                 rows.append([f"MiniLM {label} ({mb:.1f} MB)", codec, f"{size / len(raw):.4f}",
                              f"{mb / t_enc:.0f}", f"{mb / t_dec:.0f}"])
                 print(*rows[-1], sep="\t", flush=True)

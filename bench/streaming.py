@@ -84,7 +84,8 @@ def main() -> None:
                            ("decode", ["decode", str(enc), "-o", str(out)]),
                            ("verify", ["verify", str(enc)])):
             seconds, rss = measured(*argv)
-            rows.append([step, f"{size / 2**30:.2f} GiB", f"{seconds:.1f}", f"{size / seconds / 1e6:.0f}", f"{rss:.0f}"])
+            rows.append([step, f"{size / 2**30:.2f} GiB", f"{seconds:.1f}", f"{size / seconds / 1e6:.0f}",
+                         f"{rss:.0f}"])
             print(*rows[-1], sep="\t", flush=True)
         h = hashlib.sha256()
         with open(out, "rb") as f:

@@ -11,7 +11,6 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -47,7 +46,7 @@ def _errors():
         _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         typer.echo("llmcodec: interrupted", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 @contextlib.contextmanager
@@ -86,9 +85,9 @@ def _check_output(path: Path, force: bool) -> None:
 @app.command()
 def encode(
     src: Path = typer.Argument(..., help="A .safetensors file, or a folder with a sharded checkpoint."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output [default: x.safetensors -> x.llmc]."),
-    threads: Optional[int] = Threads,
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output [default: x.safetensors -> x.llmc]."),
+    threads: int | None = Threads,
+    chunk_size: int | None = typer.Option(None, "--chunk-size", min=1,
                                              help="Bytes of tensor data per chunk [default: 1 MiB]."),
     force: bool = Force,
     quiet: bool = Quiet,
@@ -106,8 +105,8 @@ def encode(
 @app.command()
 def decode(
     src: Path = typer.Argument(..., help="A .llmc file or folder."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output [default: x.llmc -> x.safetensors]."),
-    threads: Optional[int] = Threads,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output [default: x.llmc -> x.safetensors]."),
+    threads: int | None = Threads,
     force: bool = Force,
     quiet: bool = Quiet,
 ) -> None:
@@ -131,7 +130,7 @@ def decode(
 @app.command()
 def verify(
     src: Path = typer.Argument(..., help="A .llmc file or folder."),
-    threads: Optional[int] = Threads,
+    threads: int | None = Threads,
     quiet: bool = Quiet,
 ) -> None:
     """Decode everything in memory and check every checksum; exit 0 only if all is right."""
@@ -146,7 +145,7 @@ def verify(
 def info(
     src: Path = typer.Argument(..., help="A .llmc file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    threads: Optional[int] = Threads,
+    threads: int | None = Threads,
 ) -> None:
     """Per tensor: dtype, shape, sizes, ratio, and per plane its coded bits next to its entropy."""
     _check_input(src)

@@ -132,7 +132,7 @@ def file_stats(src, *, threads: int | None = None, progress=None) -> dict:
         source = reader.source
         return {
             "file": str(src),
-            "version": "%d.%d" % reader.version,
+            "version": "{}.{}".format(*reader.version),
             "file_bytes": src.stat().st_size,
             "source": {0: "arrays", 1: "safetensors", 2: "gguf"}[source.kind],
             "original_bytes": source.original_size if source.kind else sum(t.original_bytes for t in tensors),

@@ -172,8 +172,9 @@ def rans_decode(stream, table, precision, lanes, out):
                 states[j] = (x << (take << 4)) | (word & -take)
                 wpos += take << 1
             i += ENCODE_LANES
-    j = i % lanes
-    for i in range(i, n):
+    done = i
+    j = done % lanes
+    for i in range(done, n):
         x = states[j]
         e = np.int64(table[x & mask])
         out[i] = e & 0xFF

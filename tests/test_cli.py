@@ -55,7 +55,8 @@ def test_refuses_to_overwrite_without_force(model, tmp_path):
 def test_missing_file(tmp_path):
     r = run("encode", tmp_path / "nope.safetensors")
     assert r.exit_code == 1
-    assert r.output.strip().splitlines() == [f"llmcodec: error: {tmp_path / 'nope.safetensors'}: no such file or folder"]
+    missing = tmp_path / "nope.safetensors"
+    assert r.output.strip().splitlines() == [f"llmcodec: error: {missing}: no such file or folder"]
 
 
 def test_not_a_safetensors_file(tmp_path):

@@ -111,7 +111,8 @@ def test_bad_safetensors_entries(tmp_path, entries, match):
 
 def test_duplicate_json_keys_are_refused(tmp_path):
     src = tmp_path / "dup.safetensors"
-    header = b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+    entry = b'{"dtype":"U8","shape":[1],"data_offsets":[0,1]}'
+    header = b'{"a":' + entry + b',"a":' + entry + b'}'
     src.write_bytes(struct.pack("<Q", len(header)) + header + b"\0")
     with pytest.raises(FormatError, match="twice"):
         files.encode_file(src, tmp_path / "dup.llmc")

@@ -34,7 +34,7 @@ def test_keys_metadata_len_contains_iteration(model):
         assert f.keys() == list(tensors) and list(f) == list(tensors)
         assert len(f) == 5 and "proj" in f and "nope" not in f
         assert f.metadata() == {"format": "np"}
-        for (name, got), want in zip(f.items(), tensors.values()):
+        for (_, got), want in zip(f.items(), tensors.values()):
             assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
 
 
