@@ -118,24 +118,8 @@ def test_folder_round_trip(model, tmp_path):
     assert (tmp_path / "back" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
 
 
-def test_killed_encode_leaves_no_output(tmp_path):
-    """SIGKILL in the middle of an encode: no file under the output's name."""
-    src = tmp_path / "big.safetensors"
-    st_save({"w": np.random.default_rng(0).standard_normal(6_000_000).astype(np.float32)}, src)
-    out = tmp_path / "big.llmc"
-    proc = subprocess.Popen([sys.executable, "-m", "llmcodec.cli", "encode", str(src), "-q", "--threads", "1",
-                             "--chunk-size", "65536"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
-        assert proc.poll() is None and time.monotonic() < deadline, "encode ended before it could be killed"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists()
-
-
-def test_terminated_encode_removes_its_temporary_file(tmp_path):
-    """SIGTERM unwinds like Ctrl-C: no output and no temporary file are left."""
+def _encode_in_background(tmp_path):
+    """Start `llmcodec encode` on a 24 MB file; return once its temporary output exists."""
     src = tmp_path / "big.safetensors"
     st_save({"w": np.random.default_rng(0).standard_normal(6_000_000).astype(np.float32)}, src)
     proc = subprocess.Popen([sys.executable, "-m", "llmcodec.cli", "encode", str(src), "-q", "--threads", "1",
@@ -144,6 +128,20 @@ def test_terminated_encode_removes_its_temporary_file(tmp_path):
     while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "encode ended before it could be stopped"
         time.sleep(0.005)
+    return proc
+
+
+def test_killed_encode_leaves_no_output(tmp_path):
+    """SIGKILL in the middle of an encode: no file under the output's name."""
+    proc = _encode_in_background(tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "big.llmc").exists()
+
+
+def test_terminated_encode_removes_its_temporary_file(tmp_path):
+    """SIGTERM unwinds like Ctrl-C: no output and no temporary file are left."""
+    proc = _encode_in_background(tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and b"interrupted" in err
