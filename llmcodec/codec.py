@@ -13,7 +13,7 @@ import numpy as np
 
 from . import kernels, models
 from .errors import ChecksumError, FormatError, InvalidArgumentError
-from .format import METHOD_CONSTANT, METHOD_RANS0, METHOD_RAW, Chunk, checksum64
+from .format import METHOD_CONSTANT, METHOD_RAW, Chunk, checksum64
 
 DEFAULT_CHUNK_SIZE = 1 << 20  # bytes of raw tensor data per chunk
 
@@ -88,14 +88,18 @@ def decode_planes(data: np.ndarray, chunk: Chunk, n: int, where: str) -> np.ndar
             planes[j] = stream
         elif ref.method == METHOD_CONSTANT:
             planes[j] = ref.parameter
-        elif ref.method == METHOD_RANS0:
-            _decode_rans0(stream, planes[j], f"{where} plane {j}")
+        else:  # RANS0 or RANS0_PAIRS: the header parser admits no other method
+            _decode_rans(stream, ref.method, planes[j], f"{where} plane {j}")
     return planes
 
 
-def _decode_rans0(stream: np.ndarray, out: np.ndarray, where: str) -> None:
-    table = models.parse_table(memoryview(stream), where)
-    status = kernels.rans_decode(stream[table.size:], table.decode_table(), table.precision, table.lanes, out)
+def _decode_rans(stream: np.ndarray, method: int, out: np.ndarray, where: str) -> None:
+    n = out.shape[0]
+    table = models.parse_table(memoryview(stream), method, n, where)
+    if table.width == 2 and n % 2:
+        out[n - 1] = table.odd_byte
+    status = kernels.rans_decode(stream[table.size:], table.decode_table(), table.precision, table.lanes,
+                                 table.width, out[:n - n % table.width])
     if status != kernels.DECODE_OK:
         problem = {
             kernels.DECODE_BAD_STATE: "an initial state is below 2^16",

@@ -120,7 +120,8 @@ class TensorStats:
         return self.coded_bytes / self.original_bytes if self.original_bytes else 1.0
 
 
-_METHOD_NAMES = {format.METHOD_RAW: "raw", format.METHOD_CONSTANT: "constant", format.METHOD_RANS0: "rans0"}
+_METHOD_NAMES = {format.METHOD_RAW: "raw", format.METHOD_CONSTANT: "constant", format.METHOD_RANS0: "rans0",
+                 format.METHOD_RANS0_PAIRS: "rans0_pairs"}
 _LAYOUT_NAMES = {0: "bytes", 1: "fields16", 2: "fields32"}
 
 

@@ -32,7 +32,8 @@ _PREAMBLE = struct.Struct("<8sHHIQQII")
 METHOD_RAW = 0
 METHOD_CONSTANT = 1
 METHOD_RANS0 = 2
-METHODS = (METHOD_RAW, METHOD_CONSTANT, METHOD_RANS0)
+METHOD_RANS0_PAIRS = 3
+METHODS = (METHOD_RAW, METHOD_CONSTANT, METHOD_RANS0, METHOD_RANS0_PAIRS)
 
 # Source kinds and segment kinds (spec section 4.2).
 SOURCE_ARRAYS = 0
@@ -367,6 +368,8 @@ def _check_plane(p: PlaneRef, n: int, where: str) -> None:
         raise FormatError(f"{where}: CONSTANT plane has Length {p.length}, expected 0")
     if p.method == METHOD_RANS0 and p.length < 34 + 2 + 4:
         raise FormatError(f"{where}: RANS0 stream of {p.length} bytes is shorter than its smallest table")
+    if p.method == METHOD_RANS0_PAIRS and p.length < 35 + 1 + 1 + 4:
+        raise FormatError(f"{where}: RANS0_PAIRS stream of {p.length} bytes is shorter than its smallest table")
 
 
 def _check_ranges(header: Header, preamble: Preamble) -> None:

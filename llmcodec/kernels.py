@@ -88,40 +88,38 @@ def histograms(planes):
 
 
 @_jit
-def rans_encode(symbols, freq, cum, precision, out):
+def rans_encode(symbols, index, freq, cum, precision, out):
     """Encode `symbols` with an order-0 model and ENCODE_LANES lanes into the tail of `out`;
     return where the stream starts.
 
-    The stream out[start:] is the lane states (u32 each, lane 0 first) then the u16 words, as
-    spec section 6.1 lays them out. Assumes freq[s] >= 1 for every symbol present, sum(freq) ==
-    2^precision, precision <= 12, and len(out) >= 4 * lanes + 2 * len(symbols) (at most one word
-    per symbol is emitted, since freq << (32 - precision) >= 2^20).
+    Symbol s has frequency freq[index[s]] and cumulative frequency cum[index[s]] (the model's
+    symbols numbered densely, so its arrays stay small even for 16-bit symbols). The stream
+    out[start:] is the lane states (u32 each, lane 0 first) then the u16 words, as spec section
+    6.1 lays them out. Assumes every symbol present has a frequency >= 1, the frequencies add up
+    to 2^precision, precision <= 14, and len(out) >= 4 * lanes + 2 * len(symbols) (at most one
+    word per symbol is emitted, since freq << (32 - precision) >= 2^18).
 
     x // f is computed as floor(x * (1/f) + 2^-20) in float64, which is exact here: x / f <
     2^31, so the product is within 2^-21 of it, while a non-integer x / f is at least 1/f >=
-    2^-12 away from the integers on either side.
+    2^-14 away from the integers on either side.
     """
     n = symbols.shape[0]
     states = np.full(ENCODE_LANES, RANS_L, np.int64)
-    inverse = np.zeros(256, np.float64)
-    limit = np.zeros(256, np.int64)
-    for s in range(256):
-        if freq[s] > 0:
-            inverse[s] = 1.0 / freq[s]
-            limit[s] = freq[s] << (32 - precision)
+    inverse = 1.0 / freq
+    limit = freq << (32 - precision)
     pos = out.shape[0]
     j = (n - 1) % ENCODE_LANES if n > 0 else 0
     for i in range(n - 1, -1, -1):
-        s = symbols[i]
-        f = freq[s]
+        k = np.int64(index[symbols[i]])
+        f = freq[k]
         x = states[j]
-        if x >= limit[s]:
+        if x >= limit[k]:
             pos -= 2
             out[pos] = x & 0xFF
             out[pos + 1] = (x >> 8) & 0xFF
             x >>= 16
-        q = np.int64(x * inverse[s] + 9.5367431640625e-07)  # 2^-20
-        states[j] = (q << precision) + (x - q * f) + cum[s]
+        q = np.int64(x * inverse[k] + 9.5367431640625e-07)  # 2^-20
+        states[j] = (q << precision) + (x - q * f) + cum[k]
         j = j - 1 if j > 0 else ENCODE_LANES - 1
     for j in range(ENCODE_LANES - 1, -1, -1):
         x = states[j]
@@ -134,15 +132,16 @@ def rans_encode(symbols, freq, cum, precision, out):
 
 
 @_jit
-def rans_decode(stream, table, precision, lanes, out):
-    """Decode len(out) symbols from `stream` (lane states, then u16 words) into `out`.
+def rans_decode(stream, table, precision, lanes, width, out):
+    """Decode len(out) // width symbols of `width` bytes (1, or 2 for pairs) from `stream` (lane
+    states, then u16 words) into `out`, each symbol's low byte first.
 
-    `table[slot]` (uint32) packs, for each slot in [0, 2^precision): symbol | (freq - 1) << 8 |
-    (slot - cum) << 20, built from a validated frequency table with precision <= 12. Never reads
-    outside `stream` or writes outside `out`; returns a DECODE_* status (spec section 6.2: the end
-    states must be RANS_L and every word consumed).
+    `table[slot]` (int64) packs, for each slot in [0, 2^precision): symbol | (freq - 1) << 16 |
+    (slot - cum) << 32, built from a validated frequency table. Never reads outside `stream` or
+    writes outside `out`; returns a DECODE_* status (spec section 6.2: the end states must be
+    RANS_L and every word consumed).
     """
-    n = out.shape[0]
+    n = out.shape[0] // width
     mask = (np.int64(1) << precision) - 1
     n_words = (stream.shape[0] - 4 * lanes) // 2
     if n_words < 0:
@@ -163,9 +162,13 @@ def rans_decode(stream, table, precision, lanes, out):
         while i + ENCODE_LANES <= n and wpos + 2 * ENCODE_LANES <= wend:
             for j in range(ENCODE_LANES):
                 x = states[j]
-                e = np.int64(table[x & mask])
-                out[i + j] = e & 0xFF
-                x = (((e >> 8) & 0xFFF) + 1) * (x >> precision) + (e >> 20)
+                e = table[x & mask]
+                if width == 1:
+                    out[i + j] = e & 0xFF
+                else:
+                    out[2 * (i + j)] = e & 0xFF
+                    out[2 * (i + j) + 1] = (e >> 8) & 0xFF
+                x = (((e >> 16) & 0xFFFF) + 1) * (x >> precision) + (e >> 32)
                 take = np.int64(x < RANS_L)
                 at = np.uint64(wpos)  # an unsigned index skips numba's negative-index wraparound
                 word = np.int64(stream[at]) | (np.int64(stream[at + np.uint64(1)]) << 8)
@@ -176,9 +179,13 @@ def rans_decode(stream, table, precision, lanes, out):
     j = done % lanes
     for i in range(done, n):
         x = states[j]
-        e = np.int64(table[x & mask])
-        out[i] = e & 0xFF
-        x = (((e >> 8) & 0xFFF) + 1) * (x >> precision) + (e >> 20)
+        e = table[x & mask]
+        if width == 1:
+            out[i] = e & 0xFF
+        else:
+            out[2 * i] = e & 0xFF
+            out[2 * i + 1] = (e >> 8) & 0xFF
+        x = (((e >> 16) & 0xFFFF) + 1) * (x >> precision) + (e >> 32)
         if x < RANS_L:
             if wpos >= wend:
                 return DECODE_STREAM_SHORT
@@ -192,3 +199,12 @@ def rans_decode(stream, table, precision, lanes, out):
     if wpos != wend:
         return DECODE_BAD_END
     return DECODE_OK
+
+
+@_jit
+def pair_histogram(plane):
+    """Counts of the 16-bit symbols plane[2i] | plane[2i + 1] << 8: int64[65536]."""
+    counts = np.zeros(65536, np.int64)
+    for i in range(plane.shape[0] // 2):
+        counts[np.int64(plane[2 * i]) | (np.int64(plane[2 * i + 1]) << 8)] += 1
+    return counts

@@ -228,7 +228,7 @@ def _read_tensor(r: Reader) -> dict:
         planes = []
         for _ in range(k):
             method, param, length = r.u(1, "Method"), r.u(1, "Parameter"), r.u(4, "Length")
-            if method not in (0, 1, 2):  # section 6
+            if method not in (0, 1, 2, 3):  # section 6
                 raise UnsupportedFeatureError(f"{name}: Method {method}")
             if method != 1 and param != 0:
                 raise FormatError(f"{name}: reserved Parameter {param}")
@@ -250,8 +250,10 @@ def _decode_tensor(data: bytes, t: dict) -> bytes:
                 planes.append(stream)
             elif method == 1:
                 planes.append(bytes([param]) * c["n"])
-            else:
+            elif method == 2:
                 planes.append(_rans0(stream, c["n"]))
+            else:
+                planes.append(_rans0_pairs(stream, c["n"]))
         chunk = _merge(planes, t["layout"], t["k"], c["n"])
         if xxh64(chunk) != c["checksum"]:
             raise ChecksumError(f"{t['name']}: chunk Checksum does not match")
@@ -259,55 +261,107 @@ def _decode_tensor(data: bytes, t: dict) -> bytes:
     return bytes(raw)
 
 
+def _bitmap(data: bytes, count: int) -> list[int]:
+    """Indices of the set bits, LSB first within each byte (6.1)."""
+    return [i for i in range(count) if (data[i >> 3] >> (i & 7)) & 1]
+
+
 def _rans0(stream: bytes, n: int) -> bytes:
-    """Sections 6.1 and 6.2."""
+    """Section 6.1: the table; then 6.2."""
     if len(stream) < 34:
         raise FormatError("RANS0 stream shorter than its table")
     precision, lanes = stream[0], stream[1]
     if not 1 <= precision <= 12 or not 1 <= lanes <= 64:
         raise FormatError(f"RANS0 Precision {precision} / Lanes {lanes}")
-    present = [s for s in range(256) if (stream[2 + (s >> 3)] >> (s & 7)) & 1]
-    if not present:
+    symbols = _bitmap(stream[2:34], 256)
+    if not symbols:
         raise FormatError("RANS0 Symbol_Bitmap empty")
-    pos = 34
-    if len(stream) < pos + 2 * len(present) + 4 * lanes:
-        raise FormatError("RANS0 stream ends inside its table or states")
-    freq, cum, total = {}, {}, 0
-    for s in present:
-        freq[s] = int.from_bytes(stream[pos:pos + 2], "little") + 1
-        cum[s] = total
-        total += freq[s]
-        pos += 2
+    pos = 34 + 2 * len(symbols)
+    if len(stream) < pos:
+        raise FormatError("RANS0 stream ends inside its table")
+    freqs = [int.from_bytes(stream[34 + 2 * i:36 + 2 * i], "little") + 1 for i in range(len(symbols))]
+    return bytes(_rans_words(stream, pos, precision, lanes, symbols, freqs, n))
+
+
+def _rans0_pairs(stream: bytes, n: int) -> bytes:
+    """Section 6.4: the table; then 6.2 over pairs of bytes."""
+    if len(stream) < 35:
+        raise FormatError("RANS0_PAIRS stream shorter than its table")
+    precision, lanes, odd_byte = stream[0], stream[1], stream[2]
+    if not 1 <= precision <= 14 or not 1 <= lanes <= 64:
+        raise FormatError(f"RANS0_PAIRS Precision {precision} / Lanes {lanes}")
+    if n % 2 == 0 and odd_byte != 0:
+        raise FormatError(f"RANS0_PAIRS Odd_Byte {odd_byte} for an even plane")
+    used = _bitmap(stream[3:35], 256)
+    if not used:
+        raise FormatError("RANS0_PAIRS Byte_Bitmap empty")
+    s = len(used)
+    pos = 35 + (s * s + 7) // 8
+    if len(stream) < pos:
+        raise FormatError("RANS0_PAIRS stream ends inside its Pair_Bitmap")
+    cells = _bitmap(stream[35:pos], s * s)
+    if not cells:
+        raise FormatError("RANS0_PAIRS Pair_Bitmap empty")
+    pairs = [used[c // s] | used[c % s] << 8 for c in cells]  # bitmap order: by first, then second byte
+    freqs = []
+    for _ in pairs:  # ULEB128 of one or two bytes
+        if pos >= len(stream):
+            raise FormatError("RANS0_PAIRS stream ends inside its Frequencies")
+        v = stream[pos]
+        pos += 1
+        if v & 0x80:
+            if pos >= len(stream) or not 1 <= stream[pos] <= 127:
+                raise FormatError("RANS0_PAIRS two-byte frequency with a bad second byte")
+            v = (v & 0x7F) | stream[pos] << 7
+            pos += 1
+        freqs.append(v + 1)
+    out = bytearray()
+    for u in _rans_words(stream, pos, precision, lanes, pairs, freqs, n // 2):
+        out += bytes([u & 0xFF, u >> 8])
+    if n % 2:
+        out.append(odd_byte)
+    return bytes(out)
+
+
+def _rans_words(stream: bytes, pos: int, precision: int, lanes: int, symbols: list[int], freqs: list[int],
+                n: int) -> list[int]:
+    """Section 6.2: decode n symbols; the States start at `pos`."""
     M = 1 << precision
-    if total != M:
-        raise FormatError(f"RANS0 frequencies add up to {total}, not {M}")
-    slot_symbol = [s for s in present for _ in range(freq[s])]
+    if sum(freqs) != M:
+        raise FormatError(f"rANS frequencies add up to {sum(freqs)}, not {M}")
+    freq, cum, total = {}, {}, 0
+    for sym, f in zip(symbols, freqs):
+        freq[sym], cum[sym] = f, total
+        total += f
+    slot_symbol = [sym for sym in symbols for _ in range(freq[sym])]
+    if len(stream) < pos + 4 * lanes:
+        raise FormatError("rANS stream ends inside its States")
     x = []
     for _ in range(lanes):
         state = int.from_bytes(stream[pos:pos + 4], "little")
         if state < L:
-            raise FormatError("RANS0 initial state below 2^16")
+            raise FormatError("rANS initial state below 2^16")
         x.append(state)
         pos += 4
     if (len(stream) - pos) % 2:
-        raise FormatError("RANS0 words take an odd number of bytes")
+        raise FormatError("rANS words take an odd number of bytes")
     words = [int.from_bytes(stream[i:i + 2], "little") for i in range(pos, len(stream), 2)]
-    out = bytearray(n)
+    out = []
     w = 0
     for i in range(n):
         j = i % lanes
         slot = x[j] & (M - 1)
-        s = slot_symbol[slot]
-        out[i] = s
-        x[j] = freq[s] * (x[j] >> precision) + slot - cum[s]
+        sym = slot_symbol[slot]
+        out.append(sym)
+        x[j] = freq[sym] * (x[j] >> precision) + slot - cum[sym]
         if x[j] < L:
             if w == len(words):
-                raise FormatError("RANS0 stream ends early")
+                raise FormatError("rANS stream ends early")
             x[j] = (x[j] << 16) | words[w]
             w += 1
     if any(state != L for state in x) or w != len(words):
-        raise FormatError("RANS0 stream does not end in the start state")
-    return bytes(out)
+        raise FormatError("rANS stream does not end in the start state")
+    return out
 
 
 def _merge(planes: list[bytes], layout: int, k: int, n: int) -> bytes:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import llmcodec
 from llmcodec import errors, files, reference
+from llmcodec import format as fmt
 from llmcodec.container import ContainerReader
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -27,16 +28,20 @@ def sha(data) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_arrays_vector_decodes_to_recorded_tensors():
-    want = MANIFEST["vectors"]["arrays.llmc"]
-    with ContainerReader(GOLDEN / "arrays.llmc") as r:
+ARRAY_VECTORS = sorted(k for k, v in MANIFEST["vectors"].items() if "tensors" in v)
+
+
+@pytest.mark.parametrize("name", ARRAY_VECTORS)
+def test_array_vectors_decode_to_recorded_tensors(name):
+    want = MANIFEST["vectors"][name]
+    with ContainerReader(GOLDEN / name) as r:
         assert r.metadata == want["metadata"]
         got = {t.name: t for t in r.tensors}
         assert list(got) == list(want["tensors"])
-        for name, spec in want["tensors"].items():
-            t = got[name]
+        for tensor, spec in want["tensors"].items():
+            t = got[tensor]
             assert (t.dtype.name, list(t.shape)) == (spec["dtype"], spec["shape"])
-            assert sha(r.read_raw(t)) == spec["sha256"], name
+            assert sha(r.read_raw(t)) == spec["sha256"], tensor
 
 
 def test_checkpoint_vector_decodes_to_recorded_original(tmp_path):
@@ -46,14 +51,26 @@ def test_checkpoint_vector_decodes_to_recorded_original(tmp_path):
     assert sha(out.read_bytes()) == want["original_sha256"]
 
 
-def test_reference_decoder_agrees_on_golden_vectors():
-    want = MANIFEST["vectors"]["arrays.llmc"]
-    ref = reference.decode((GOLDEN / "arrays.llmc").read_bytes())
+@pytest.mark.parametrize("name", ARRAY_VECTORS)
+def test_reference_decoder_agrees_on_golden_vectors(name):
+    want = MANIFEST["vectors"][name]
+    ref = reference.decode((GOLDEN / name).read_bytes())
     assert ref.metadata == want["metadata"]
     assert {k: (t.dtype, list(t.shape), sha(t.data)) for k, t in ref.tensors.items()} == {
         k: (s["dtype"], s["shape"], s["sha256"]) for k, s in want["tensors"].items()}
+
+
+def test_reference_decoder_rebuilds_the_checkpoint():
     ref = reference.decode((GOLDEN / "checkpoint.llmc").read_bytes())
     assert sha(ref.original) == MANIFEST["vectors"]["checkpoint.llmc"]["original_sha256"]
+
+
+def test_golden_vectors_cover_every_method():
+    methods = set()
+    for name in ARRAY_VECTORS + ["checkpoint.llmc"]:
+        with ContainerReader(GOLDEN / name) as r:
+            methods |= {p.method for t in r.tensors for c in t.chunks for p in c.planes}
+    assert methods == set(fmt.METHODS)
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST["broken"]))
@@ -75,8 +92,12 @@ def containers(draw):
         dtype = np.dtype(draw(st.sampled_from(kinds)))
         shape = tuple(draw(st.lists(st.integers(0, 9), max_size=3)))
         values = rng.standard_normal(shape) * draw(st.sampled_from([0.02, 1.0, 1e4]))
-        if draw(st.booleans()):
+        style = draw(st.sampled_from(["values", "bytes", "pairs"]))
+        if style == "values":
             tensors[f"t{i}"] = values.astype(dtype)
+        elif style == "pairs":  # equal neighbouring bytes: RANS0_PAIRS is chosen
+            n = draw(st.integers(2000, 5001))
+            tensors[f"t{i}"] = np.repeat(rng.integers(40, 60, n // 2 + 1, dtype=np.uint8), 2)[:n]
         else:
             tensors[f"t{i}"] = rng.integers(0, 256, int(np.prod(shape)) * dtype.itemsize,
                                             dtype=np.uint8).view(dtype).reshape(shape)

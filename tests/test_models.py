@@ -6,90 +6,105 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcodec import kernels, models
-from llmcodec.format import METHOD_CONSTANT, METHOD_RANS0, METHOD_RAW
+from llmcodec import codec, kernels, models
+from llmcodec.format import METHOD_CONSTANT, METHOD_RANS0, METHOD_RANS0_PAIRS, METHOD_RAW
 
-counts_strategy = st.lists(st.integers(0, 10**7), min_size=256, max_size=256).filter(lambda c: any(c))
+counts_strategy = st.lists(st.integers(1, 10**7), min_size=1, max_size=600)
 
 
 @settings(max_examples=300, deadline=None)
-@given(counts=counts_strategy, precision=st.integers(8, 12))
+@given(counts=counts_strategy, precision=st.integers(10, 14))
 def test_quantized_frequencies_are_a_valid_table(counts, precision):
     counts = np.array(counts, np.int64)
     freq = models.quantize_frequencies(counts, precision)
     assert freq.sum() == 1 << precision
-    assert np.array_equal(freq > 0, counts > 0)  # present symbols >= 1, absent ones 0
+    assert (freq >= 1).all() and freq.shape == counts.shape
 
 
 def test_quantized_frequencies_are_close_to_the_counts():
     counts = np.bincount(np.random.default_rng(0).binomial(255, 0.5, 100_000), minlength=256)
-    freq = models.quantize_frequencies(counts)
-    p = counts[counts > 0] / counts.sum()
-    entropy = -np.sum(p * np.log2(p)) * counts.sum()
-    assert models.ideal_bits(counts, freq, models.PRECISION) < entropy * 1.002
+    c = counts[counts > 0]
+    freq = models.quantize_frequencies(c, models.PRECISION)
+    p = c / c.sum()
+    entropy = -np.sum(p * np.log2(p)) * c.sum()
+    assert models.ideal_bits(c, freq, models.PRECISION) < entropy * 1.002
 
 
-def _encode(symbols):
-    counts = np.bincount(symbols, minlength=256)
-    freq = models.quantize_frequencies(counts)
-    cum = np.concatenate(([0], np.cumsum(freq)[:-1]))
-    out = np.empty(4 * models.LANES + 2 * symbols.size, np.uint8)
-    start = kernels.rans_encode(symbols, freq, cum, models.PRECISION, out)
-    return counts, freq, out[start:]
-
-
-@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 1000, 100_003])
-def test_rans_round_trip_and_size(n):
-    rng = np.random.default_rng(n)
-    symbols = (rng.standard_normal(n) * 3 + 120).clip(0, 255).astype(np.uint8)
-    counts, freq, stream = _encode(symbols)
-    table = models.parse_table(memoryview(models.serialize_table(freq, models.PRECISION, models.LANES)
-                                          + stream.tobytes()), "test")
+def _decode(coded, n):
+    stream = np.frombuffer(b"".join(bytes(memoryview(p).cast("B")) for p in coded.payload), np.uint8)
     out = np.empty(n, np.uint8)
-    status = kernels.rans_decode(stream, table.decode_table(), table.precision, table.lanes, out)
-    assert status == kernels.DECODE_OK and out.tobytes() == symbols.tobytes()
-    # Coded words are the model's information content to within the lanes' final states.
-    info_bits = models.ideal_bits(counts, freq, models.PRECISION)
-    word_bits = (stream.size - 4 * models.LANES) * 8
+    codec._decode_rans(stream, coded.method, out, "test")
+    return out, stream
+
+
+def _gaussian_exponents(n, seed):
+    w = (np.random.default_rng(seed).standard_normal(n) * 0.02).astype(np.float32)
+    return ((w.view(np.uint32) >> 23) & 0xFF).astype(np.uint8)
+
+
+@pytest.mark.parametrize("method", [METHOD_RANS0, METHOD_RANS0_PAIRS])
+@pytest.mark.parametrize("n", [2, 3, 7, 8, 9, 16, 17, 1000, 100_003])
+def test_rans_round_trip_and_size(method, n):
+    plane = _gaussian_exponents(n, n)
+    if method == METHOD_RANS0:
+        counts, precision = np.bincount(plane, minlength=256), models.PRECISION
+    else:
+        counts, precision = kernels.pair_histogram(plane), models.PAIR_PRECISION
+    symbols = np.flatnonzero(counts)
+    freq = models.quantize_frequencies(counts[symbols], precision)
+    coded = models._rans(plane, method, precision, symbols, freq)
+    out, stream = _decode(coded, n)
+    assert out.tobytes() == plane.tobytes()
+    # The words carry the model's information content to within the lanes' final states.
+    table = models.parse_table(memoryview(stream), method, n, "test")
+    info_bits = models.ideal_bits(counts[symbols], freq, precision)
+    word_bits = (stream.size - table.size - 4 * models.LANES) * 8
     assert info_bits - 16 * models.LANES <= word_bits <= info_bits + 16 * models.LANES + 16
 
 
 def test_rans_size_matches_constriction_on_the_same_model():
     """constriction's ANS coder, fed the same quantized probabilities, agrees on the size."""
     rng = np.random.default_rng(7)
-    symbols = np.clip(rng.laplace(128, 6, 200_000), 0, 255).astype(np.uint8)
-    counts, freq, stream = _encode(symbols)
-    probs = freq / freq.sum()
-    present = np.flatnonzero(freq)
-    model = constriction.stream.model.Categorical(probs[present].astype(np.float64), perfect=False)
-    index = np.searchsorted(present, symbols).astype(np.int32)
+    plane = np.clip(rng.laplace(128, 6, 200_000), 0, 255).astype(np.uint8)
+    counts = np.bincount(plane, minlength=256)
+    symbols = np.flatnonzero(counts)
+    freq = models.quantize_frequencies(counts[symbols], models.PRECISION)
+    coded = models._rans(plane, METHOD_RANS0, models.PRECISION, symbols, freq)
+    model = constriction.stream.model.Categorical((freq / freq.sum()).astype(np.float64), perfect=False)
     coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(index, model)
+    coder.encode_reverse(np.searchsorted(symbols, plane).astype(np.int32), model)
     theirs = coder.num_bits()
-    ours = (stream.size - 4 * models.LANES) * 8 + 32 * models.LANES
+    ours = (len(coded.payload[1]) - 4 * models.LANES) * 8 + 32 * models.LANES
     assert abs(ours - theirs) / theirs < 0.002
-    assert abs(ours - models.ideal_bits(counts, freq, models.PRECISION)) / theirs < 0.002
+    assert abs(ours - models.ideal_bits(counts[symbols], freq, models.PRECISION)) / theirs < 0.002
+
+
+def test_pairs_are_chosen_for_exponents_and_decode_faster_shape():
+    plane = _gaussian_exponents(200_000, 1)
+    coded = models.encode_plane(plane, np.bincount(plane, minlength=256))
+    assert coded.method == METHOD_RANS0_PAIRS
+    assert _decode(coded, plane.size)[0].tobytes() == plane.tobytes()
 
 
 @pytest.mark.parametrize("states,status", [
     ([1 << 16] * 7 + [5], kernels.DECODE_BAD_STATE),
 ])
 def test_decoder_rejects_out_of_range_states(states, status):
-    freq = np.zeros(256, np.int64)
-    freq[:2] = 1 << 11
-    table = models.Rans0Table(12, 8, freq, 0).decode_table()
+    table = models.Table(12, 8, np.array([0, 1]), np.array([2048, 2048]), 0, 1).decode_table()
     stream = np.array(states, "<u4").view(np.uint8)
-    assert kernels.rans_decode(stream, table, 12, 8, np.empty(4, np.uint8)) == status
+    assert kernels.rans_decode(stream, table, 12, 8, 1, np.empty(4, np.uint8)) == status
 
 
 def test_decoder_stops_when_words_run_out():
-    symbols = np.random.default_rng(1).integers(0, 2, 1000).astype(np.uint8)
-    _, freq, stream = _encode(symbols)
-    table = models.parse_table(memoryview(models.serialize_table(freq, 12, 8) + stream.tobytes()), "t")
+    plane = np.random.default_rng(1).integers(0, 2, 1000).astype(np.uint8)
+    freq = models.quantize_frequencies(np.bincount(plane), 12)
+    coded = models._rans(plane, METHOD_RANS0, 12, np.array([0, 1]), freq)
+    stream = np.frombuffer(bytes(coded.payload[1]), np.uint8)
+    table = models.Table(12, 8, np.array([0, 1]), freq, 0, 1).decode_table()
     out = np.empty(1000, np.uint8)
     cut = stream[:stream.size - 20]
-    assert kernels.rans_decode(cut, table.decode_table(), 12, 8, out) == kernels.DECODE_STREAM_SHORT
-    assert kernels.rans_decode(stream, table.decode_table(), 12, 8, out[:999]) == kernels.DECODE_BAD_END
+    assert kernels.rans_decode(cut, table, 12, 8, 1, out) == kernels.DECODE_STREAM_SHORT
+    assert kernels.rans_decode(stream, table, 12, 8, 1, out[:999]) == kernels.DECODE_BAD_END
 
 
 @pytest.mark.parametrize("table,match", [
@@ -105,7 +120,37 @@ def test_decoder_stops_when_words_run_out():
 ])
 def test_table_checks(table, match):
     with pytest.raises(models.FormatError, match=match):
-        models.parse_table(memoryview(table), "here")
+        models.parse_table(memoryview(table), METHOD_RANS0, 100, "here")
+
+
+def _pairs(used, cells, freqs, odd=0, precision=13, tail=bytes(4)):
+    """A RANS0_PAIRS table by hand: byte set, pair-bitmap cells, frequencies as given (ULEB128)."""
+    s = len(used)
+    head = bytes([precision, 1, odd]) + np.packbits(np.isin(np.arange(256), used), bitorder="little").tobytes()
+    bitmap = np.packbits(np.isin(np.arange(s * s), cells), bitorder="little").tobytes()
+    varints = b"".join(bytes([f - 1]) if f - 1 < 128 else bytes([((f - 1) & 0x7F) | 0x80, (f - 1) >> 7])
+                       for f in freqs)
+    return head + bitmap + varints + tail
+
+
+@pytest.mark.parametrize("table,n,match", [
+    (_pairs([3, 5], [0, 3], [4096, 4096]), 10, None),
+    (_pairs([3, 5], [0, 3], [4096, 4095]), 10, "add up to 8191"),
+    (_pairs([], [], []), 10, "Byte_Bitmap is empty"),
+    (_pairs([3, 5], [], [], tail=b""), 10, "Pair_Bitmap is empty"),
+    (_pairs([3], [0], [8192], odd=7), 10, "Odd_Byte is 7"),
+    (_pairs([3], [0], [8192], odd=7), 11, None),
+    (_pairs([3, 5], [0, 1, 2], [4096, 4096], tail=b""), 10, "ends inside its Frequencies"),
+    (_pairs([3], [0], [8192], precision=15), 10, "Precision 15"),
+    (_pairs([3], [0], [8192])[:-5] + bytes([0x80, 0x00]) + bytes(4), 10, "second byte"),
+    (_pairs([3], [0], [8192])[:35], 10, "ends inside its Pair_Bitmap"),
+])
+def test_pair_table_checks(table, n, match):
+    if match is None:
+        assert models.parse_table(memoryview(table), METHOD_RANS0_PAIRS, n, "here").freq.sum() == 8192
+        return
+    with pytest.raises(models.FormatError, match=match):
+        models.parse_table(memoryview(table), METHOD_RANS0_PAIRS, n, "here")
 
 
 def test_encode_plane_picks_the_cheapest_method():

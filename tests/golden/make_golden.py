@@ -1,13 +1,12 @@
 """Write the golden vectors once: small containers, the SHA-256 of what they decode to, and broken
 files with the error each must raise. Committed files never change; a format change adds new ones.
 
-    python tests/golden/make_golden.py     # refuses to overwrite existing vectors
+    python tests/golden/make_golden.py     # writes only the vectors MANIFEST.json does not list yet
 """
 
 import hashlib
 import json
 import struct
-import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -44,32 +43,51 @@ def checkpoint_bytes() -> bytes:
     return struct.pack("<Q", len(header)) + header + a + b"gap!" + b + b"trailer"
 
 
+def paired() -> dict:
+    """Planes whose bytes come in equal pairs: RANS0_PAIRS wins clearly (odd and even lengths)."""
+    rng = np.random.default_rng(7)
+    firsts = rng.choice(np.arange(40, 60, dtype=np.uint8), 2500)
+    return {"u8.pairs": np.repeat(firsts, 2), "u8.pairs.odd": np.repeat(firsts, 2)[:-1].copy()}
+
+
 def flip(data: bytes, pos: int, mask: int = 1) -> bytes:
     out = bytearray(data)
     out[pos] ^= mask
     return bytes(out)
 
 
-def main() -> None:
-    if (HERE / "MANIFEST.json").exists():
-        sys.exit("golden vectors exist already; they are written once")
-    manifest = {"vectors": {}, "broken": {}}
-    tensors = arrays()
-    llmcodec.save_file(tensors, HERE / "arrays.llmc", {"purpose": "golden"}, chunk_size=256)
-    manifest["vectors"]["arrays.llmc"] = {
-        "metadata": {"purpose": "golden"},
+def tensors_entry(tensors: dict, metadata: dict) -> dict:
+    return {
+        "metadata": metadata,
         "tensors": {k: {"dtype": llmcodec.dtypes.from_numpy(v.dtype).name, "shape": list(v.shape),
                         "sha256": hashlib.sha256(v.tobytes()).hexdigest()} for k, v in tensors.items()},
     }
+
+
+def write_arrays() -> dict:
+    tensors = arrays()
+    llmcodec.save_file(tensors, HERE / "arrays.llmc", {"purpose": "golden"}, chunk_size=256)
+    return tensors_entry(tensors, {"purpose": "golden"})
+
+
+def write_pairs() -> dict:
+    tensors = paired()
+    llmcodec.save_file(tensors, HERE / "pairs.llmc", {"method": "RANS0_PAIRS"})
+    return tensors_entry(tensors, {"method": "RANS0_PAIRS"})
+
+
+def write_checkpoint() -> dict:
     original = checkpoint_bytes()
     (HERE / "checkpoint.safetensors").write_bytes(original)
     llmcodec.encode_file(HERE / "checkpoint.safetensors", HERE / "checkpoint.llmc", chunk_size=64)
     (HERE / "checkpoint.safetensors").unlink()
-    manifest["vectors"]["checkpoint.llmc"] = {"original_sha256": hashlib.sha256(original).hexdigest(),
-                                              "original_size": len(original)}
+    return {"original_sha256": hashlib.sha256(original).hexdigest(), "original_size": len(original)}
+
+
+def broken_files() -> dict:
     good = (HERE / "arrays.llmc").read_bytes()
     header_at = struct.unpack("<Q", good[16:24])[0]
-    broken = {
+    return {
         "truncated-preamble.llmc": (good[:30], "TruncatedError"),
         "truncated-end.llmc": (good[:-5], "TruncatedError"),
         "bad-magic.llmc": (b"GGUF" + good[4:], "FormatError"),
@@ -78,10 +96,24 @@ def main() -> None:
         "data-bitflip.llmc": (flip(good, 200, 0x80), "LlmcodecError"),
         "empty.llmc": (b"", "TruncatedError"),
     }
-    for name, (data, error) in broken.items():
-        (HERE / "broken" / name).write_bytes(data)
-        manifest["broken"][name] = error
-    (HERE / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+VECTORS = {"arrays.llmc": write_arrays, "checkpoint.llmc": write_checkpoint, "pairs.llmc": write_pairs}
+
+
+def main() -> None:
+    path = HERE / "MANIFEST.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"vectors": {}, "broken": {}}
+    for name, write in VECTORS.items():
+        if name not in manifest["vectors"]:
+            manifest["vectors"][name] = write()
+            print("wrote", name)
+    for name, (data, error) in broken_files().items():
+        if name not in manifest["broken"]:
+            (HERE / "broken" / name).write_bytes(data)
+            manifest["broken"][name] = error
+            print("wrote broken/" + name)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":
