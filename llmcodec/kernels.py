@@ -132,12 +132,27 @@ def rans_encode(symbols, index, freq, cum, precision, out):
 
 
 @_jit
+def decode_table(symbols, freq, precision):
+    """int64[2^precision]: for each slot, symbol | (freq - 1) << 16 | (slot - cum) << 32.
+
+    Assumes a validated table: every freq >= 1 and sum(freq) == 2^precision.
+    """
+    table = np.empty(np.int64(1) << precision, np.int64)
+    slot = 0
+    for k in range(symbols.shape[0]):
+        entry = symbols[k] | ((freq[k] - 1) << 16)
+        for bias in range(freq[k]):
+            table[slot] = entry | (np.int64(bias) << 32)
+            slot += 1
+    return table
+
+
+@_jit
 def rans_decode(stream, table, precision, lanes, width, out):
     """Decode len(out) // width symbols of `width` bytes (1, or 2 for pairs) from `stream` (lane
     states, then u16 words) into `out`, each symbol's low byte first.
 
-    `table[slot]` (int64) packs, for each slot in [0, 2^precision): symbol | (freq - 1) << 16 |
-    (slot - cum) << 32, built from a validated frequency table. Never reads outside `stream` or
+    `table` is a `decode_table` of a validated frequency table. Never reads outside `stream` or
     writes outside `out`; returns a DECODE_* status (spec section 6.2: the end states must be
     RANS_L and every word consumed).
     """

@@ -78,10 +78,7 @@ class Table:
 
     def decode_table(self) -> np.ndarray:
         """int64[2^P]: symbol | (freq - 1) << 16 | (slot - cum) << 32 (see kernels.rans_decode)."""
-        cum = np.concatenate(([0], np.cumsum(self.freq)[:-1]))
-        index = np.repeat(np.arange(self.freq.size), self.freq)
-        bias = np.arange(1 << self.precision, dtype=np.int64) - cum[index]
-        return self.symbols[index] | ((self.freq[index] - 1) << 16) | (bias << 32)
+        return kernels.decode_table(self.symbols, self.freq, self.precision)
 
 
 def _bitmap(indices: np.ndarray, size: int) -> bytes:

@@ -1,8 +1,10 @@
-"""A slow reference decoder that follows spec/FORMAT.md section by section.
+"""A slow reference decoder for `.llmc` files, written from spec/FORMAT.md alone.
 
-It exists to show that the spec is complete: it uses only the standard library and `xxhash`
-(for XXH64), shares no code with the fast decoder, and the tests check that both agree. It reads
-a whole file from bytes and decodes every symbol in a plain Python loop, so use it on small files.
+It exists to show that the spec is complete: it follows the text section by section (the comments
+cite the sections), uses only the standard library and `xxhash` (for XXH64), and shares no code with
+the fast decoder; the tests check that both agree. It makes every check of section 8, with the
+default limits of section 9, reads the whole file from bytes and decodes every symbol in a plain
+Python loop, so use it on small files only.
 
     >>> decoded = decode(open("model.llmc", "rb").read())      # doctest: +SKIP
     >>> decoded.tensors["w"].data                               # raw little-endian bytes
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import xxhash
 
@@ -25,25 +28,29 @@ from .errors import (
     UnsupportedVersionError,
 )
 
-MAGIC = b"\x89LLMC\r\n\x1a"
-L = 1 << 16
-
-# Section 4.4: dtype id -> (name, itemsize)
-DTYPES = {1: ("BOOL", 1), 2: ("U8", 1), 3: ("I8", 1), 4: ("F8_E5M2", 1), 5: ("F8_E4M3", 1),
-          6: ("I16", 2), 7: ("U16", 2), 8: ("F16", 2), 9: ("BF16", 2), 10: ("I32", 4), 11: ("U32", 4),
-          12: ("F32", 4), 13: ("I64", 8), 14: ("U64", 8), 15: ("F64", 8)}
-# Section 5: layout id -> required itemsize (None: any)
-LAYOUTS = {0: None, 1: 2, 2: 4}
-# Section 9: default limits
-LIMITS = dict(header=1 << 30, tensors=1 << 20, metadata=1 << 16, string=16 << 20, ndim=32,
-              chunk=64 << 20, segments=1 << 22, tensor=1 << 62)
+MAGIC = b"\x89LLMC\r\n\x1a"  # section 3
+PREAMBLE = 40
+L = 1 << 16  # section 6.2: lower bound of a rANS state
+DTYPES = {  # section 4.4: id -> (name, itemsize)
+    1: ("BOOL", 1), 2: ("U8", 1), 3: ("I8", 1), 4: ("F8_E5M2", 1), 5: ("F8_E4M3", 1),
+    6: ("I16", 2), 7: ("U16", 2), 8: ("F16", 2), 9: ("BF16", 2), 10: ("I32", 4), 11: ("U32", 4),
+    12: ("F32", 4), 13: ("I64", 8), 14: ("U64", 8), 15: ("F64", 8),
+}
+LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4)}  # section 5: id -> itemsize
+METHODS = {0: "RAW", 1: "CONSTANT", 2: "RANS0", 3: "RANS0_PAIRS"}  # section 6
+SOURCE_KINDS = {0: "arrays", 1: "safetensors", 2: "GGUF"}  # section 4.2
+SEGMENT_KINDS = {0: "tensor", 1: "blob"}  # section 4.2
+LIMITS = {  # section 9 defaults
+    "header": 1 << 30, "tensors": 1 << 20, "metadata": 1 << 16, "string": 16 << 20,
+    "ndim": 32, "chunk": 64 << 20, "segments": 1 << 22, "tensor": 1 << 62,
+}
 
 
 @dataclass
 class RefTensor:
-    dtype: str
+    dtype: str  # section 4.4 name, e.g. "BF16"
     shape: tuple[int, ...]
-    data: bytes
+    data: bytes  # raw little-endian bytes (section 1)
 
 
 @dataclass
@@ -51,330 +58,408 @@ class Decoded:
     major: int
     minor: int
     metadata: dict[str, str]
-    tensors: dict[str, RefTensor] = field(default_factory=dict)
-    source_kind: int = 0
-    original: bytes | None = None
+    tensors: dict[str, RefTensor]  # in file order
+    source_kind: int
+    original: bytes | None  # the rebuilt original file when source_kind != 0
 
 
-def xxh64(data: bytes) -> int:
-    return xxhash.xxh64_intdigest(data)
+@dataclass
+class _Tensor:  # a section 4.3 record, checked but not yet decoded
+    name: str
+    dtype: int
+    shape: tuple[int, ...]
+    layout: int
+    chunk_elements: int
+    chunks: list[tuple[int, int, list[tuple[int, int, int]]]]  # (Offset, Checksum, planes)
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype][1]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
 
-class Reader:
-    """Reads the header's fields in order (section 4: no padding, nothing may run past the end)."""
+class _Reader:
+    """A cursor over `buf`; reading past its end raises `error` (TruncatedError in the header,
+    FormatError in a plane stream, whose Length is then wrong: section 6)."""
 
-    def __init__(self, data: bytes):
-        self.data = data
-        self.pos = 0
+    def __init__(self, buf: bytes, where: str, error: type[Exception]):
+        self.buf, self.pos, self.where, self.error = buf, 0, where, error
 
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise TruncatedError(f"header ends inside {what}")
-        out = self.data[self.pos:self.pos + n]
+    @property
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+    def take(self, n: int, field: str) -> bytes:
+        if n > self.remaining:
+            raise self.error(f"{self.where}: {field} needs {n} bytes at offset {self.pos}, "
+                             f"only {self.remaining} left")
         self.pos += n
-        return out
+        return self.buf[self.pos - n:self.pos]
 
-    def u(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what), "little")
+    def uint(self, size: int, field: str) -> int:  # section 1: little-endian, unsigned
+        return int.from_bytes(self.take(size, field), "little")
 
-    def text(self, n: int, what: str) -> str:
-        try:
-            return self.take(n, what).decode("utf-8")
-        except UnicodeDecodeError:
-            raise FormatError(f"{what} is not UTF-8") from None
+
+def _xxh64(b: bytes) -> int:  # section 1: seed 0
+    return xxhash.xxh64_intdigest(b)
+
+
+def _limit(value: int, limit: str, field: str) -> None:  # section 9
+    if value > LIMITS[limit]:
+        raise LimitExceededError(f"{field} is {value}, over the {limit} limit {LIMITS[limit]}")
+
+
+def _utf8(b: bytes, field: str) -> str:  # section 1
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{field} is not valid UTF-8: {e}") from None
+
+
+def _preamble(data: bytes) -> tuple[int, int, int, int]:
+    """Section 3, in the order it prescribes; returns (major, minor, Header_Offset, Header_Checksum)."""
+    if len(data) < PREAMBLE:
+        raise TruncatedError(f"file is {len(data)} bytes, shorter than the {PREAMBLE}-byte preamble")
+    if data[:8] != MAGIC:
+        raise FormatError(f"Magic must be {MAGIC!r}, found {data[:8]!r}: not an llmcodec file")
+    major, minor, flags, offset, length, h_sum, p_sum = struct.unpack_from("<HHIQQII", data, 8)
+    if p_sum != _xxh64(data[:36]) & 0xFFFFFFFF:
+        raise ChecksumError(f"Preamble_Checksum: stored {p_sum:#010x}, "
+                            f"computed {_xxh64(data[:36]) & 0xFFFFFFFF:#010x}")
+    if major != 1:
+        raise UnsupportedVersionError(f"Major_Version must be 1, found {major}")
+    if flags != 0:
+        raise FormatError(f"Flags are reserved and must be 0, found {flags:#x}")
+    if offset < PREAMBLE:
+        raise FormatError(f"Header_Offset must be >= {PREAMBLE}, found {offset}")
+    if length < 9:
+        raise LimitExceededError(f"Header_Length must be >= 9, found {length}")
+    _limit(length, "header", "Header_Length")
+    if offset + length != len(data):
+        error = TruncatedError if offset + length > len(data) else FormatError
+        raise error(f"Header_Offset + Header_Length must equal the file size {len(data)}, "
+                    f"found {offset} + {length} = {offset + length}")
+    return major, minor, offset, h_sum
+
+
+def _string(r: _Reader, field: str) -> str:  # section 4.1
+    n = r.uint(4, f"{field}_Length")
+    _limit(n, "string", f"{field}_Length")
+    return _utf8(r.take(n, field), field)
+
+
+def _source(r: _Reader, tensor_count: int) -> tuple[int, int, bytes, list[tuple[int, ...]]]:
+    """Section 4.2: (Source_Kind, Original_Size, Original_SHA256, segments)."""
+    kind = r.uint(1, "Source_Kind")
+    if kind not in SOURCE_KINDS:
+        raise UnsupportedFeatureError(f"Source_Kind {kind} is not a known id")
+    if kind == 0:
+        return kind, 0, b"", []
+    size, sha = r.uint(8, "Original_Size"), r.take(32, "Original_SHA256")
+    count = r.uint(4, "Segment_Count")
+    _limit(count, "segments", "Segment_Count")
+    segments = []
+    for i in range(count):
+        seg = r.uint(1, f"segment {i} Segment_Kind")
+        if seg not in SEGMENT_KINDS:
+            raise UnsupportedFeatureError(f"segment {i}: Segment_Kind {seg} is not a known id")
+        if seg == 0:
+            index = r.uint(4, f"segment {i} Tensor_Index")
+            if index >= tensor_count:
+                raise FormatError(f"segment {i}: Tensor_Index must be < Tensor_Count "
+                                  f"{tensor_count}, found {index}")
+            segments.append((0, index))
+        else:
+            segments.append((1, *(r.uint(8, f"segment {i} {f}")
+                                  for f in ("Blob_Offset", "Blob_Length", "Blob_Checksum"))))
+    return kind, size, sha, segments
+
+
+def _tensor(r: _Reader) -> _Tensor:
+    """Section 4.3, one Tensor record, field by field."""
+    name = _utf8(r.take(r.uint(2, "Name_Length"), "Name"), "Name")
+    where = f"tensor {name!r}"
+    dtype = r.uint(1, f"{where} Dtype")
+    if dtype not in DTYPES:
+        raise UnsupportedFeatureError(f"{where}: Dtype {dtype} is not a known id")
+    itemsize = DTYPES[dtype][1]
+    ndim = r.uint(1, f"{where} Ndim")
+    _limit(ndim, "ndim", f"{where} Ndim")
+    shape = tuple(r.uint(8, f"{where} Shape") for _ in range(ndim))
+    t = _Tensor(name, dtype, shape, 0, 0, [])
+    _limit(t.numel * itemsize, "tensor", f"{where} numel x itemsize")  # Python ints: no overflow
+    t.layout = r.uint(1, f"{where} Layout")
+    if t.layout not in LAYOUTS:
+        raise UnsupportedFeatureError(f"{where}: Layout {t.layout} is not a known id")
+    layout_name, need = LAYOUTS[t.layout]
+    if need is not None and need != itemsize:  # section 5
+        raise FormatError(f"{where}: Layout {layout_name} needs itemsize {need}, "
+                          f"dtype {DTYPES[dtype][0]} has {itemsize}")
+    t.chunk_elements = r.uint(8, f"{where} Chunk_Elements")
+    if t.chunk_elements < 1:
+        raise FormatError(f"{where}: Chunk_Elements must be >= 1, found 0")
+    _limit(t.chunk_elements * itemsize, "chunk", f"{where} Chunk_Elements x itemsize")
+    count = r.uint(8, f"{where} Chunk_Count")
+    expected = -(-t.numel // t.chunk_elements)
+    if count != expected:
+        raise FormatError(f"{where}: Chunk_Count must be {expected}, found {count}")
+    record = 16 + 6 * itemsize  # Chunk: Offset, Checksum, itemsize x Plane_Ref (u8, u8, u32)
+    if count * record > r.remaining:  # section 8: lengths against what remains
+        raise TruncatedError(f"{where}: {count} chunks need {count * record} header bytes, "
+                             f"only {r.remaining} left")
+    for c in range(count):
+        at = f"{where} chunk {c}"
+        offset, checksum = r.uint(8, f"{at} Offset"), r.uint(8, f"{at} Checksum")
+        planes = [(r.uint(1, f"{at} Method"), r.uint(1, f"{at} Parameter"), r.uint(4, f"{at} Length"))
+                  for _ in range(itemsize)]
+        t.chunks.append((offset, checksum, planes))
+    return t
+
+
+def _header(header: bytes) -> tuple[dict[str, str], tuple, list[_Tensor]]:
+    """Section 4: the whole header, which must be consumed exactly."""
+    r = _Reader(header, "header", TruncatedError)
+    tensor_count = r.uint(4, "Tensor_Count")
+    _limit(tensor_count, "tensors", "Tensor_Count")
+    metadata_count = r.uint(4, "Metadata_Count")
+    _limit(metadata_count, "metadata", "Metadata_Count")
+    metadata: dict[str, str] = {}
+    for _ in range(metadata_count):  # section 4.1
+        key, value = _string(r, "Key"), _string(r, "Value")
+        if key in metadata:
+            raise FormatError(f"metadata Key {key!r} appears twice")
+        metadata[key] = value
+    source = _source(r, tensor_count)
+    tensors: list[_Tensor] = []
+    for _ in range(tensor_count):
+        tensors.append(_tensor(r))
+        if tensors[-1].name in {t.name for t in tensors[:-1]}:
+            raise FormatError(f"tensor Name {tensors[-1].name!r} appears twice")
+    if r.remaining:
+        raise FormatError(f"header: {r.remaining} bytes left over after the last tensor, expected 0")
+    return metadata, source, tensors
+
+
+def _check_ranges(ranges: list[tuple[int, int, str]], header_offset: int) -> None:
+    """Section 4.3: every non-empty range lies in [40, Header_Offset) and no two overlap."""
+    ranges = sorted((start, start + length, what) for start, length, what in ranges if length)
+    for start, end, what in ranges:
+        if start < PREAMBLE or end > header_offset:
+            raise FormatError(f"{what}: range [{start}, {end}) is not inside the data section "
+                              f"[{PREAMBLE}, {header_offset})")
+    for (_, end0, what0), (start1, _, what1) in zip(ranges, ranges[1:]):
+        if start1 < end0:
+            raise FormatError(f"{what1} starts at {start1}, inside {what0} which ends at {end0}")
+
+
+def _bitmap(bits: bytes, count: int, field: str) -> list[int]:
+    """Sections 6.1/6.4: the set bits, ascending (bit i = bit i & 7 of byte i >> 3); bits past
+    `count` (padding of the last byte) are treated as reserved."""
+    found = [i for i in range(8 * len(bits)) if bits[i >> 3] >> (i & 7) & 1]
+    if not found:
+        raise FormatError(f"{field} must not be empty")
+    if found[-1] >= count:
+        raise FormatError(f"{field}: padding bit {found[-1]} (>= {count}) must be 0")
+    return found
+
+
+def _lanes_and_precision(r: _Reader, max_p: int) -> tuple[int, int]:  # sections 6.1, 6.4
+    p, n = r.uint(1, "Precision"), r.uint(1, "Lanes")
+    if not 1 <= p <= max_p:
+        raise FormatError(f"{r.where}: Precision must be in 1..{max_p}, found {p}")
+    if not 1 <= n <= 64:
+        raise FormatError(f"{r.where}: Lanes must be in 1..64, found {n}")
+    return p, n
+
+
+def _states_and_words(r: _Reader, lanes: int) -> tuple[list[int], list[int]]:  # section 6.1
+    states = [r.uint(4, "States") for _ in range(lanes)]
+    for j, x in enumerate(states):
+        if x < L:
+            raise FormatError(f"{r.where}: state of lane {j} must be in [2^16, 2^32), found {x}")
+    rest = r.take(r.remaining, "Words")
+    if len(rest) % 2:
+        raise FormatError(f"{r.where}: Words take {len(rest)} bytes, expected an even number")
+    return states, list(struct.unpack(f"<{len(rest) // 2}H", rest))
+
+
+def _slots(symbols: list[tuple[int, int]], precision: int, where: str) -> list[tuple[int, int, int]]:
+    """Sections 6.1/6.4: the frequencies must add up to M = 2^P; returns, for each slot in
+    0..M-1, the (symbol, f_s, c_s) with c_s <= slot < c_s + f_s."""
+    total = sum(f for _, f in symbols)
+    if total != 1 << precision:
+        raise FormatError(f"{where}: Frequencies add up to {total}, expected 2^{precision}")
+    table, c = [], 0
+    for s, f in symbols:
+        table += [(s, f, c)] * f
+        c += f
+    return table
+
+
+def _rans_decode(table, precision, states, words, n, where) -> list[int]:
+    """Section 6.2, literally."""
+    x, lanes, mask, pos = list(states), len(states), (1 << precision) - 1, 0
+    out = []
+    for i in range(n):
+        j = i % lanes
+        slot = x[j] & mask
+        s, f, c = table[slot]
+        out.append(s)
+        x[j] = f * (x[j] >> precision) + slot - c
+        if x[j] < L:
+            if pos == len(words):
+                raise FormatError(f"{where}: rANS stream ends early, at symbol {i} of {n}")
+            x[j] = (x[j] << 16) | words[pos]
+            pos += 1
+    if any(v != L for v in x) or pos != len(words):
+        raise FormatError(f"{where}: rANS end state must be {[L] * lanes} with all {len(words)} "
+                          f"words read, found {x} after {pos} words")
+    return out
+
+
+def _rans0(stream: bytes, n: int, where: str) -> Callable[[], bytes]:
+    """Section 6.1: parse and check the table; the returned function decodes (6.2)."""
+    r = _Reader(stream, where, FormatError)
+    p, lanes = _lanes_and_precision(r, 12)
+    present = _bitmap(r.take(32, "Symbol_Bitmap"), 256, f"{where}: Symbol_Bitmap")
+    symbols = [(s, r.uint(2, "Frequencies") + 1) for s in present]
+    states, words = _states_and_words(r, lanes)
+    table = _slots(symbols, p, where)
+    return lambda: bytes(_rans_decode(table, p, states, words, n, where))
+
+
+def _rans0_pairs(stream: bytes, n: int, where: str) -> Callable[[], bytes]:
+    """Section 6.4: parse and check the table; the returned function decodes (6.2 on pairs)."""
+    r = _Reader(stream, where, FormatError)
+    p, lanes = _lanes_and_precision(r, 14)
+    odd = r.uint(1, "Odd_Byte")
+    if n % 2 == 0 and odd != 0:
+        raise FormatError(f"{where}: Odd_Byte must be 0 when n ({n}) is even, found {odd}")
+    byte_set = _bitmap(r.take(32, "Byte_Bitmap"), 256, f"{where}: Byte_Bitmap")
+    s = len(byte_set)
+    pairs = _bitmap(r.take((s * s + 7) // 8, "Pair_Bitmap"), s * s, f"{where}: Pair_Bitmap")
+    symbols = []
+    for bit in pairs:  # bitmap order: by first byte, then second byte
+        first, second = byte_set[bit // s], byte_set[bit % s]
+        v = r.uint(1, "Frequencies")
+        if v >= 0x80:  # ULEB128, two bytes at most
+            high = r.uint(1, "Frequencies")
+            if not 1 <= high <= 127:
+                raise FormatError(f"{where}: second ULEB128 byte of a Frequency must be in "
+                                  f"1..127, found {high}")
+            v = (v & 0x7F) | high << 7
+        symbols.append((first | second << 8, v + 1))
+    states, words = _states_and_words(r, lanes)
+    table = _slots(symbols, p, where)
+
+    def decode_plane() -> bytes:
+        out = bytearray()
+        for u in _rans_decode(table, p, states, words, n // 2, where):
+            out += bytes((u & 0xFF, u >> 8))
+        if n % 2:
+            out.append(odd)
+        return bytes(out)
+    return decode_plane
+
+
+def _plane(method: int, parameter: int, stream: bytes, n: int, where: str) -> Callable[[], bytes]:
+    """Section 6 and section 7 step 1: check a Plane_Ref, return a function decoding its plane."""
+    if method not in METHODS:
+        raise UnsupportedFeatureError(f"{where}: Method {method} is not a known id")
+    if method != 1 and parameter != 0:
+        raise FormatError(f"{where}: Parameter of {METHODS[method]} must be 0, found {parameter}")
+    expected = {0: n, 1: 0}.get(method)
+    if expected is not None and len(stream) != expected:
+        raise FormatError(f"{where}: Length of {METHODS[method]} must be {expected}, "
+                          f"found {len(stream)}")
+    if method == 0:
+        return lambda: stream
+    if method == 1:
+        return lambda: bytes([parameter]) * n
+    return (_rans0 if method == 2 else _rans0_pairs)(stream, n, where)
+
+
+def _unplane(layout: int, planes: list[bytes], itemsize: int) -> bytes:
+    """Section 5: the inverse of the layout, element by element."""
+    out = bytearray()
+    for i in range(len(planes[0])):
+        p = [plane[i] for plane in planes]
+        if layout == 0:  # BYTES
+            v = sum(b << (8 * k) for k, b in enumerate(p))
+        elif layout == 1:  # FIELDS16
+            v = ((p[1] & 0x80) << 8) | (p[0] << 7) | (p[1] & 0x7F)
+        else:  # FIELDS32
+            v = ((p[1] & 0x80) << 24) | (p[0] << 23) | ((p[1] & 0x7F) << 16) | (p[2] << 8) | p[3]
+        out += v.to_bytes(itemsize, "little")
+    return bytes(out)
 
 
 def decode(data: bytes) -> Decoded:
-    # Section 3: the preamble, checked in the order the spec gives.
-    if len(data) < 40:
-        raise TruncatedError(f"file of {len(data)} bytes has no room for the 40-byte preamble")
-    if data[0:8] != MAGIC:
-        raise FormatError("Magic: not an llmcodec file")
-    if xxh64(data[0:36]) & 0xFFFFFFFF != int.from_bytes(data[36:40], "little"):
-        raise ChecksumError("Preamble_Checksum does not match")
-    major, minor, flags, h_off, h_len, h_sum = struct.unpack("<HHIQQI", data[8:36])
-    if major != 1:
-        raise UnsupportedVersionError(f"Major_Version {major}")
-    if flags != 0:
-        raise FormatError(f"Flags {flags:#x}: reserved bits set")
-    if h_len > LIMITS["header"]:
-        raise LimitExceededError(f"Header_Length {h_len}")
-    if h_len < 9:
-        raise FormatError(f"Header_Length {h_len} below 9")
-    if h_off < 40:
-        raise FormatError(f"Header_Offset {h_off} inside the preamble")
-    if h_off + h_len > len(data):
-        raise TruncatedError("the header runs past the end of the file")
-    if h_off + h_len != len(data):
-        raise FormatError("bytes after the header")
-    header = data[h_off:]
-    if xxh64(header) & 0xFFFFFFFF != h_sum:
-        raise ChecksumError("Header_Checksum does not match")
+    """Check and decode a whole `.llmc` file held in memory (every check of section 8)."""
+    data = bytes(data)
+    major, minor, header_offset, header_sum = _preamble(data)  # section 3
+    header = data[header_offset:]
+    if header_sum != _xxh64(header) & 0xFFFFFFFF:
+        raise ChecksumError(f"Header_Checksum: stored {header_sum:#010x}, "
+                            f"computed {_xxh64(header) & 0xFFFFFFFF:#010x}")
+    metadata, (source_kind, original_size, original_sha, segments), tensors = _header(header)
 
-    # Section 4: the header.
-    r = Reader(header)
-    n_tensors, n_meta = r.u(4, "Tensor_Count"), r.u(4, "Metadata_Count")
-    if n_tensors > LIMITS["tensors"] or n_meta > LIMITS["metadata"]:
-        raise LimitExceededError("Tensor_Count or Metadata_Count over its limit")
-    out = Decoded(major, minor, {})
-    for _ in range(n_meta):  # 4.1
-        key = r.text(_string_length(r, "Key_Length"), "Key")
-        value = r.text(_string_length(r, "Value_Length"), "Value")
-        if key in out.metadata:
-            raise FormatError(f"metadata key {key!r} twice")
-        out.metadata[key] = value
+    # Section 4.2: the segments must add up to Original_Size.
+    sizes = [tensors[seg[1]].numel * tensors[seg[1]].itemsize if seg[0] == 0 else seg[2]
+             for seg in segments]
+    if source_kind != 0 and sum(sizes) != original_size:
+        raise FormatError(f"segments add up to {sum(sizes)} bytes, Original_Size is {original_size}")
 
-    kind = r.u(1, "Source_Kind")  # 4.2
-    segments = []
-    if kind not in (0, 1, 2):
-        raise UnsupportedFeatureError(f"Source_Kind {kind}")
-    if kind != 0:
-        original_size = r.u(8, "Original_Size")
-        original_sha = r.take(32, "Original_SHA256")
-        n_seg = r.u(4, "Segment_Count")
-        if n_seg > LIMITS["segments"]:
-            raise LimitExceededError(f"Segment_Count {n_seg}")
-        for _ in range(n_seg):
-            seg_kind = r.u(1, "Segment_Kind")
-            if seg_kind == 0:
-                index = r.u(4, "Tensor_Index")
-                if index >= n_tensors:
-                    raise FormatError(f"Tensor_Index {index} of {n_tensors} tensors")
-                segments.append(("tensor", index))
-            elif seg_kind == 1:
-                segments.append(("blob", r.u(8, "Blob_Offset"), r.u(8, "Blob_Length"), r.u(8, "Blob_Checksum")))
-            else:
-                raise UnsupportedFeatureError(f"Segment_Kind {seg_kind}")
+    # Section 4.3: chunk and blob ranges inside the data section, without overlaps.
+    ranges = [(seg[1], seg[2], f"segment {i} blob") for i, seg in enumerate(segments) if seg[0] == 1]
+    for t in tensors:
+        for c, (offset, _, planes) in enumerate(t.chunks):
+            ranges.append((offset, sum(length for _, _, length in planes), f"tensor {t.name!r} chunk {c}"))
+    _check_ranges(ranges, header_offset)
 
-    tensors = [_read_tensor(r) for _ in range(n_tensors)]  # 4.3
-    if r.pos != len(header):
-        raise FormatError("bytes left over after the last tensor")
-    names = [t["name"] for t in tensors]
-    if len(set(names)) != len(names):
-        raise FormatError("a tensor name appears twice")
+    # Sections 6 and 7 step 1: check every Plane_Ref and plane table before decoding anything.
+    plans = []
+    for t in tensors:
+        for c, (offset, checksum, planes) in enumerate(t.chunks):
+            n = min(t.chunk_elements, t.numel - c * t.chunk_elements)
+            decoders, pos = [], offset
+            for k, (method, parameter, length) in enumerate(planes):
+                where = f"tensor {t.name!r} chunk {c} plane {k}"
+                decoders.append(_plane(method, parameter, data[pos:pos + length], n, where))
+                pos += length
+            plans.append((t, c, checksum, decoders))
 
-    # 4.3: every chunk and blob inside the data section [40, h_off), none overlapping.
-    ranges = [(c["offset"], c["offset"] + sum(p[2] for p in c["planes"])) for t in tensors for c in t["chunks"]]
-    ranges += [(s[1], s[1] + s[2]) for s in segments if s[0] == "blob"]
-    end = 40
-    for a, b in sorted(ranges):
-        if a < 40 or b > h_off:
-            raise FormatError(f"range [{a}, {b}) outside the data section")
-        if b > a:
-            if a < end:
-                raise FormatError(f"range [{a}, {b}) overlaps another")
-            end = b
+    # Section 7 steps 2-4: decode planes, invert the layout, check each chunk's XXH64.
+    raw: dict[str, list[bytes]] = {t.name: [] for t in tensors}
+    for t, c, checksum, decoders in plans:
+        chunk = _unplane(t.layout, [d() for d in decoders], t.itemsize)
+        if _xxh64(chunk) != checksum:
+            raise ChecksumError(f"tensor {t.name!r} chunk {c}: Checksum stored {checksum:#018x}, "
+                                f"computed {_xxh64(chunk):#018x}")
+        raw[t.name].append(chunk)  # chunks are in order: chunk c starts at element c x Chunk_Elements
+    out = {t.name: RefTensor(DTYPES[t.dtype][0], t.shape, b"".join(raw[t.name])) for t in tensors}
 
-    for t in tensors:  # section 7
-        out.tensors[t["name"]] = RefTensor(t["dtype"], t["shape"], _decode_tensor(data, t))
-
-    out.source_kind = kind
-    if kind != 0:  # 4.2: rebuild the original
-        pieces = []
-        for s in segments:
-            if s[0] == "tensor":
-                pieces.append(out.tensors[names[s[1]]].data)
-            else:
-                blob = data[s[1]:s[1] + s[2]]
-                if xxh64(blob) != s[3]:
-                    raise ChecksumError("Blob_Checksum does not match")
-                pieces.append(blob)
-        original = b"".join(pieces)
-        if len(original) != original_size:
-            raise FormatError(f"segments add up to {len(original)} bytes, Original_Size is {original_size}")
+    # Section 4.2: rebuild the original file from its segments; check blobs and SHA-256.
+    original = None
+    if source_kind != 0:
+        parts = []
+        for i, seg in enumerate(segments):
+            if seg[0] == 0:
+                parts.append(out[tensors[seg[1]].name].data)
+                continue
+            blob = data[seg[1]:seg[1] + seg[2]]
+            if _xxh64(blob) != seg[3]:
+                raise ChecksumError(f"segment {i}: Blob_Checksum stored {seg[3]:#018x}, "
+                                    f"computed {_xxh64(blob):#018x}")
+            parts.append(blob)
+        original = b"".join(parts)
         if hashlib.sha256(original).digest() != original_sha:
-            raise ChecksumError("Original_SHA256 does not match")
-        out.original = original
-    return out
-
-
-def _string_length(r: Reader, what: str) -> int:
-    n = r.u(4, what)
-    if n > LIMITS["string"]:
-        raise LimitExceededError(f"{what} {n}")
-    return n
-
-
-def _read_tensor(r: Reader) -> dict:
-    name = r.text(r.u(2, "Name_Length"), "Name")
-    dtype_id, ndim = r.u(1, "Dtype"), r.u(1, "Ndim")
-    if dtype_id not in DTYPES:
-        raise UnsupportedFeatureError(f"{name}: Dtype {dtype_id}")
-    dtype, k = DTYPES[dtype_id]
-    if ndim > LIMITS["ndim"]:
-        raise LimitExceededError(f"{name}: Ndim {ndim}")
-    shape = tuple(r.u(8, "Shape") for _ in range(ndim))
-    numel = 1
-    for d in shape:
-        numel *= d
-    if numel * k > LIMITS["tensor"]:
-        raise LimitExceededError(f"{name}: {numel * k} bytes")
-    layout = r.u(1, "Layout")
-    if layout not in LAYOUTS:
-        raise UnsupportedFeatureError(f"{name}: Layout {layout}")
-    if LAYOUTS[layout] not in (None, k):
-        raise FormatError(f"{name}: Layout {layout} needs itemsize {LAYOUTS[layout]}, dtype has {k}")
-    chunk_elems, n_chunks = r.u(8, "Chunk_Elements"), r.u(8, "Chunk_Count")
-    if chunk_elems < 1:
-        raise FormatError(f"{name}: Chunk_Elements 0")
-    if chunk_elems * k > LIMITS["chunk"]:
-        raise LimitExceededError(f"{name}: chunks of {chunk_elems * k} bytes")
-    if n_chunks != -(-numel // chunk_elems):
-        raise FormatError(f"{name}: Chunk_Count {n_chunks}")
-    chunks = []
-    for c in range(n_chunks):
-        offset, checksum = r.u(8, "Offset"), r.u(8, "Checksum")
-        n = min(chunk_elems, numel - c * chunk_elems)
-        planes = []
-        for _ in range(k):
-            method, param, length = r.u(1, "Method"), r.u(1, "Parameter"), r.u(4, "Length")
-            if method not in (0, 1, 2, 3):  # section 6
-                raise UnsupportedFeatureError(f"{name}: Method {method}")
-            if method != 1 and param != 0:
-                raise FormatError(f"{name}: reserved Parameter {param}")
-            if (method == 0 and length != n) or (method == 1 and length != 0):
-                raise FormatError(f"{name}: Length {length} does not fit Method {method}")
-            planes.append((method, param, length))
-        chunks.append({"offset": offset, "checksum": checksum, "n": n, "planes": planes})
-    return {"name": name, "dtype": dtype, "k": k, "shape": shape, "layout": layout, "chunks": chunks}
-
-
-def _decode_tensor(data: bytes, t: dict) -> bytes:
-    raw = bytearray()
-    for c in t["chunks"]:
-        planes, pos = [], c["offset"]
-        for method, param, length in c["planes"]:
-            stream = data[pos:pos + length]
-            pos += length
-            if method == 0:
-                planes.append(stream)
-            elif method == 1:
-                planes.append(bytes([param]) * c["n"])
-            elif method == 2:
-                planes.append(_rans0(stream, c["n"]))
-            else:
-                planes.append(_rans0_pairs(stream, c["n"]))
-        chunk = _merge(planes, t["layout"], t["k"], c["n"])
-        if xxh64(chunk) != c["checksum"]:
-            raise ChecksumError(f"{t['name']}: chunk Checksum does not match")
-        raw += chunk
-    return bytes(raw)
-
-
-def _bitmap(data: bytes, count: int) -> list[int]:
-    """Indices of the set bits, LSB first within each byte (6.1)."""
-    return [i for i in range(count) if (data[i >> 3] >> (i & 7)) & 1]
-
-
-def _rans0(stream: bytes, n: int) -> bytes:
-    """Section 6.1: the table; then 6.2."""
-    if len(stream) < 34:
-        raise FormatError("RANS0 stream shorter than its table")
-    precision, lanes = stream[0], stream[1]
-    if not 1 <= precision <= 12 or not 1 <= lanes <= 64:
-        raise FormatError(f"RANS0 Precision {precision} / Lanes {lanes}")
-    symbols = _bitmap(stream[2:34], 256)
-    if not symbols:
-        raise FormatError("RANS0 Symbol_Bitmap empty")
-    pos = 34 + 2 * len(symbols)
-    if len(stream) < pos:
-        raise FormatError("RANS0 stream ends inside its table")
-    freqs = [int.from_bytes(stream[34 + 2 * i:36 + 2 * i], "little") + 1 for i in range(len(symbols))]
-    return bytes(_rans_words(stream, pos, precision, lanes, symbols, freqs, n))
-
-
-def _rans0_pairs(stream: bytes, n: int) -> bytes:
-    """Section 6.4: the table; then 6.2 over pairs of bytes."""
-    if len(stream) < 35:
-        raise FormatError("RANS0_PAIRS stream shorter than its table")
-    precision, lanes, odd_byte = stream[0], stream[1], stream[2]
-    if not 1 <= precision <= 14 or not 1 <= lanes <= 64:
-        raise FormatError(f"RANS0_PAIRS Precision {precision} / Lanes {lanes}")
-    if n % 2 == 0 and odd_byte != 0:
-        raise FormatError(f"RANS0_PAIRS Odd_Byte {odd_byte} for an even plane")
-    used = _bitmap(stream[3:35], 256)
-    if not used:
-        raise FormatError("RANS0_PAIRS Byte_Bitmap empty")
-    s = len(used)
-    pos = 35 + (s * s + 7) // 8
-    if len(stream) < pos:
-        raise FormatError("RANS0_PAIRS stream ends inside its Pair_Bitmap")
-    cells = _bitmap(stream[35:pos], s * s)
-    if not cells:
-        raise FormatError("RANS0_PAIRS Pair_Bitmap empty")
-    pairs = [used[c // s] | used[c % s] << 8 for c in cells]  # bitmap order: by first, then second byte
-    freqs = []
-    for _ in pairs:  # ULEB128 of one or two bytes
-        if pos >= len(stream):
-            raise FormatError("RANS0_PAIRS stream ends inside its Frequencies")
-        v = stream[pos]
-        pos += 1
-        if v & 0x80:
-            if pos >= len(stream) or not 1 <= stream[pos] <= 127:
-                raise FormatError("RANS0_PAIRS two-byte frequency with a bad second byte")
-            v = (v & 0x7F) | stream[pos] << 7
-            pos += 1
-        freqs.append(v + 1)
-    out = bytearray()
-    for u in _rans_words(stream, pos, precision, lanes, pairs, freqs, n // 2):
-        out += bytes([u & 0xFF, u >> 8])
-    if n % 2:
-        out.append(odd_byte)
-    return bytes(out)
-
-
-def _rans_words(stream: bytes, pos: int, precision: int, lanes: int, symbols: list[int], freqs: list[int],
-                n: int) -> list[int]:
-    """Section 6.2: decode n symbols; the States start at `pos`."""
-    M = 1 << precision
-    if sum(freqs) != M:
-        raise FormatError(f"rANS frequencies add up to {sum(freqs)}, not {M}")
-    freq, cum, total = {}, {}, 0
-    for sym, f in zip(symbols, freqs):
-        freq[sym], cum[sym] = f, total
-        total += f
-    slot_symbol = [sym for sym in symbols for _ in range(freq[sym])]
-    if len(stream) < pos + 4 * lanes:
-        raise FormatError("rANS stream ends inside its States")
-    x = []
-    for _ in range(lanes):
-        state = int.from_bytes(stream[pos:pos + 4], "little")
-        if state < L:
-            raise FormatError("rANS initial state below 2^16")
-        x.append(state)
-        pos += 4
-    if (len(stream) - pos) % 2:
-        raise FormatError("rANS words take an odd number of bytes")
-    words = [int.from_bytes(stream[i:i + 2], "little") for i in range(pos, len(stream), 2)]
-    out = []
-    w = 0
-    for i in range(n):
-        j = i % lanes
-        slot = x[j] & (M - 1)
-        sym = slot_symbol[slot]
-        out.append(sym)
-        x[j] = freq[sym] * (x[j] >> precision) + slot - cum[sym]
-        if x[j] < L:
-            if w == len(words):
-                raise FormatError("rANS stream ends early")
-            x[j] = (x[j] << 16) | words[w]
-            w += 1
-    if any(state != L for state in x) or w != len(words):
-        raise FormatError("rANS stream does not end in the start state")
-    return out
-
-
-def _merge(planes: list[bytes], layout: int, k: int, n: int) -> bytes:
-    """Section 5: the inverse of the layout."""
-    out = bytearray(n * k)
-    for i in range(n):
-        if layout == 1:
-            p0, p1 = planes[0][i], planes[1][i]
-            v = ((p1 & 0x80) << 8) | (p0 << 7) | (p1 & 0x7F)
-        elif layout == 2:
-            p0, p1, p2, p3 = (p[i] for p in planes)
-            v = ((p1 & 0x80) << 24) | (p0 << 23) | ((p1 & 0x7F) << 16) | (p2 << 8) | p3
-        else:
-            v = sum(planes[b][i] << (8 * b) for b in range(k))
-        out[i * k:(i + 1) * k] = v.to_bytes(k, "little")
-    return bytes(out)
+            raise ChecksumError(f"Original_SHA256 stored {original_sha.hex()}, "
+                                f"computed {hashlib.sha256(original).hexdigest()}")
+    return Decoded(major, minor, metadata, out, source_kind, original)

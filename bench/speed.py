@@ -1,0 +1,193 @@
+"""Side by side on real weights: llmcodec, ZipNN 0.5.4 and zstd, ratio and speed, one command.
+
+    python bench/speed.py [--rounds 7]
+
+Installs what it needs (bench/weights.py), then for all-MiniLM-L6-v2 in fp32 and its bf16 / fp16
+casts measures, on the same bytes:
+- ratio: compressed size / safetensors file size;
+- encode MB/s, one thread: llmcodec `encode_file` (file to file in a RAM-backed folder, whole-file
+  SHA-256 included) and ZipNN / zstd in memory;
+- decode MB/s, one thread and all cores: llmcodec decoding every tensor into memory from the
+  container's bytes (checksums verified), ZipNN / zstd decompressing in memory;
+- peak RSS of a fresh process that decodes the file once (MB).
+llmcodec and ZipNN are timed alternately, round after round, and the medians compared, since this
+machine is shared and noisy. Every decode is checked byte for byte. Writes bench/RESULTS.md and
+bench/speed.png (ratio against single-thread decode speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import markdown_table, write_section  # noqa: E402
+from weights import ensure_packages, minilm_files  # noqa: E402
+
+CORES = os.cpu_count() or 1
+
+
+class LlmcodecRunner:
+    name = "llmcodec"
+
+    def __init__(self, path: Path, label: str, workdir: Path):
+        import llmcodec
+
+        self.src, self.dst = path, workdir / f"{label}.llmc"
+        llmcodec.encode_file(self.src, self.dst, threads=1)
+        self.blob = self.dst.read_bytes()
+        self.size = len(self.blob)
+
+    def encode(self) -> None:
+        import llmcodec
+
+        llmcodec.encode_file(self.src, self.dst, threads=1)
+
+    def decode(self, threads: int) -> list:
+        from llmcodec.container import ContainerReader
+
+        with ContainerReader(self.blob, threads=threads) as r:
+            return [r.read_raw(t) for t in r.tensors]
+
+    def check(self, raw: bytes) -> None:
+        import llmcodec
+
+        out = self.dst.with_suffix(".check")
+        llmcodec.decode_file(self.dst, out)
+        assert out.read_bytes() == raw, "llmcodec round trip differs"
+        out.unlink()
+
+    def rss_code(self) -> str:
+        return (f"from llmcodec.container import ContainerReader\n"
+                f"r = ContainerReader({str(self.dst)!r}, threads=1)\n"
+                f"for t in r.tensors: r.read_raw(t)\n")
+
+
+class ZipnnRunner:
+    name = "ZipNN 0.5.4"
+
+    def __init__(self, raw: bytes, label: str, threads: int = 1):
+        from zipnn import ZipNN
+
+        self.dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[label]
+        self.raw = raw
+        self.codec = {t: ZipNN(input_format="byte", bytearray_dtype=self.dtype, threads=t) for t in (1, CORES)}
+        self.blob = bytes(self.codec[1].compress(bytearray(raw)))  # ZipNN rewrites its input: pass a copy
+        self.size = len(self.blob)
+
+    def encode(self) -> None:
+        self.codec[1].compress(bytearray(self.raw))
+
+    def decode(self, threads: int):
+        return self.codec[threads].decompress(self.blob)
+
+    def check(self, raw: bytes) -> None:
+        assert bytes(self.decode(1)) == raw, "ZipNN round trip differs"
+
+    def rss_code(self, path: Path) -> str:
+        return (f"from zipnn import ZipNN\nblob = open({str(path)!r}, 'rb').read()\n"
+                f"ZipNN(input_format='byte', bytearray_dtype={self.dtype!r}, threads=1).decompress(blob)\n")
+
+
+def timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def peak_rss(code: str) -> float:
+    probe = code + "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def zstd_row(raw: bytes, level: int, rounds: int) -> tuple[int, float, float, float]:
+    import zstandard
+
+    comp = zstandard.ZstdCompressor(level=level)
+    blob = comp.compress(raw)
+    dec = zstandard.ZstdDecompressor()
+    assert dec.decompress(blob) == raw
+    t_enc = statistics.median(timed(comp.compress, raw) for _ in range(1 if level > 10 else rounds))
+    t_dec = statistics.median(timed(dec.decompress, blob) for _ in range(rounds))
+    return len(blob), t_enc, t_dec, t_dec  # python-zstandard decompresses on one thread
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    ensure_packages()
+    rows, points = [], []
+    ram = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=ram) as work:
+        for label, path in minilm_files(Path(tmp)).items():
+            raw = path.read_bytes()
+            mb = len(raw) / 1e6
+            ours, peer = LlmcodecRunner(path, label, Path(work)), ZipnnRunner(raw, label)
+            ours.check(raw)
+            peer.check(raw)
+            times = {(r.name, what): [] for r in (ours, peer) for what in ("enc", "dec1", "decN")}
+            for _ in range(args.rounds):  # alternate, so both see the same machine
+                for r in (ours, peer):
+                    times[r.name, "enc"].append(timed(r.encode))
+                    times[r.name, "dec1"].append(timed(r.decode, 1))
+                    times[r.name, "decN"].append(timed(r.decode, CORES))
+            peer_blob = Path(work) / f"{label}.zipnn"
+            peer_blob.write_bytes(peer.blob)
+            rss = {ours.name: peak_rss(ours.rss_code()), peer.name: peak_rss(peer.rss_code(peer_blob))}
+            med = {k: statistics.median(v) for k, v in times.items()}
+            results = [(r.name, r.size, med[r.name, "enc"], med[r.name, "dec1"], med[r.name, "decN"], rss[r.name])
+                       for r in (ours, peer)]
+            for level in (3, 19):
+                results.append((f"zstd -{level}", *zstd_row(raw, level, args.rounds), None))
+            for name, size, t_enc, t_dec1, t_decn, peak in results:
+                rows.append([f"{label} ({mb:.1f} MB)", name, f"{size / len(raw):.4f}", f"{mb / t_enc:.0f}",
+                             f"{mb / t_dec1:.0f}", f"{mb / t_decn:.0f}", f"{peak:.0f}" if peak else "—"])
+                points.append((label, name, size / len(raw), mb / t_dec1))
+                print(*rows[-1], sep="\t", flush=True)
+            ratio = {k: med[ours.name, k] / med[peer.name, k] for k in ("enc", "dec1", "decN")}
+            rows.append([f"{label}", "llmcodec / ZipNN", f"{ours.size / peer.size:.4f}",
+                         f"{1 / ratio['enc']:.2f}x", f"{1 / ratio['dec1']:.2f}x", f"{1 / ratio['decN']:.2f}x", ""])
+            print(*rows[-1], sep="\t", flush=True)
+    header = ["file", "codec", "ratio", "encode MB/s (1 thread)", "decode MB/s (1 thread)",
+              f"decode MB/s ({CORES} threads)", "peak RSS decoding (MB)"]
+    table = markdown_table(header, rows)
+    chart = Path(__file__).with_name("speed.png")
+    plot(points, chart)
+    body = (f"all-MiniLM-L6-v2 and its casts; medians of {args.rounds} alternating rounds; the "
+            f"`llmcodec / ZipNN` rows give size ratio and speed-ups measured in the same rounds "
+            f"(above 1x: llmcodec faster).\n\n{table}\n\n![ratio vs decode speed](speed.png)")
+    write_section("Speed and ratio on real weights (MiniLM)", f"python bench/speed.py --rounds {args.rounds}", body)
+    print(table)
+
+
+def plot(points: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"fp32": "o", "bf16": "s", "fp16": "^"}
+    colors = {}
+    for label, name, ratio, speed in points:
+        color = colors.setdefault(name, f"C{len(colors)}")
+        ax.scatter(speed, ratio, marker=markers[label], color=color, label=f"{name} {label}")
+    ax.set_xlabel("decode MB/s, one thread (higher is better)")
+    ax.set_ylabel("compressed / original (lower is better)")
+    ax.set_title("MiniLM-L6 fp32 / bf16 / fp16")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
