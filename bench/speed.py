@@ -53,7 +53,7 @@ class LlmcodecRunner:
         from llmcodec.container import ContainerReader
 
         with ContainerReader(self.blob, threads=threads) as r:
-            return [r.read_raw(t) for t in r.tensors]
+            return r.read_many(r.tensors)
 
     def check(self, raw: bytes) -> None:
         import llmcodec
@@ -66,7 +66,7 @@ class LlmcodecRunner:
     def rss_code(self) -> str:
         return (f"from llmcodec.container import ContainerReader\n"
                 f"r = ContainerReader({str(self.dst)!r}, threads=1)\n"
-                f"for t in r.tensors: r.read_raw(t)\n")
+                f"r.read_many(r.tensors)\n")
 
 
 class ZipnnRunner:
@@ -102,7 +102,9 @@ def timed(fn, *args) -> float:
 
 
 def peak_rss(code: str) -> float:
-    probe = code + "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    """Peak resident memory (MB) of a fresh process running `code`: its VmHWM, which (unlike
+    ru_maxrss) does not carry over the parent's peak from before exec."""
+    probe = code + ("print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1]) / 1024
 

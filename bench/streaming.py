@@ -4,7 +4,7 @@
 
 Writes a safetensors file of bf16 weights drawn from N(0, 0.02) (16 tensors), then runs
 `llmcodec encode`, `llmcodec decode` and `llmcodec verify` each in a fresh process, and reports
-each one's peak resident memory (ru_maxrss) and time; the decoded file must have the original's
+each one's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across exec) and time; the decoded file must have the original's
 SHA-256. The files are deleted afterwards.
 """
 
@@ -57,9 +57,10 @@ def write_checkpoint(path: Path, total_bytes: int, n_tensors: int = 16) -> str:
 
 def measured(*args: str) -> tuple[float, float]:
     """Run `llmcodec ARGS` in a fresh process; its wall time (s) and peak RSS (MB)."""
-    code = ("import resource, sys; from llmcodec.cli import app\n"
+    code = ("import sys; from llmcodec.cli import app\n"
             "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code or 0\n"
-            "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "print('MAXRSS', hwm, file=sys.stderr)\n"
             "sys.exit(rc)\n")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, *args, "--quiet"], capture_output=True, text=True)

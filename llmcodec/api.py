@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import dtypes
-from .container import ContainerReader, ContainerWriter
+from .container import ContainerReader, ContainerWriter, TensorSource
 from .errors import InvalidArgumentError
 from .format import Limits
 
@@ -27,24 +27,27 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
     if not isinstance(tensors, Mapping):
         raise InvalidArgumentError(f"tensors must be a mapping of names to arrays, not {type(tensors).__name__}")
     metadata = _check_metadata(metadata)
+    items = []
+    for name, array in tensors.items():
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"tensor names must be str, not {type(name).__name__}")
+        if isinstance(array, np.generic):  # a numpy scalar is a 0-d tensor
+            array = np.asarray(array)
+        if not isinstance(array, np.ndarray):
+            raise InvalidArgumentError(f"tensor {name!r} is a {type(array).__name__}, not a numpy array")
+        dtype = dtypes.from_numpy(array.dtype)
+        shape = array.shape  # np.ascontiguousarray would turn a 0-d array into 1-d
+        items.append(TensorSource(name, dtype, shape, np.ascontiguousarray(array, dtype=dtype.numpy)))
     with ContainerWriter(path, threads=threads, chunk_size=chunk_size) as writer:
-        for name, array in tensors.items():
-            if not isinstance(name, str):
-                raise InvalidArgumentError(f"tensor names must be str, not {type(name).__name__}")
-            if isinstance(array, np.generic):  # a numpy scalar is a 0-d tensor
-                array = np.asarray(array)
-            if not isinstance(array, np.ndarray):
-                raise InvalidArgumentError(f"tensor {name!r} is a {type(array).__name__}, not a numpy array")
-            dtype = dtypes.from_numpy(array.dtype)
-            shape = array.shape  # np.ascontiguousarray would turn a 0-d array into 1-d
-            writer.add_tensor(name, dtype, shape, np.ascontiguousarray(array, dtype=dtype.numpy))
+        writer.add_many(items)
         writer.finish(metadata)
 
 
 def load_file(path, *, threads: int | None = None, limits: Limits | None = None) -> dict[str, np.ndarray]:
     """Read every tensor of an `.llmc` file into numpy arrays, bit-exact, checksums verified."""
     with ContainerReader(path, threads=threads, limits=limits) as reader:
-        return {t.name: reader.read_tensor(t) for t in reader.tensors}
+        raws = reader.read_many(reader.tensors)
+        return {t.name: raw.view(t.dtype.numpy).reshape(t.shape) for t, raw in zip(reader.tensors, raws)}
 
 
 def _check_metadata(metadata) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,34 @@ from . import codec, dtypes, format, kernels
 from .atomic import AtomicFile
 from .errors import ChecksumError, InvalidArgumentError, LlmcodecError, TruncatedError
 from .format import Chunk, Header, Limits, PlaneRef, Segment, Source, TensorEntry
+
+
+@dataclass
+class TensorSource:
+    """A tensor to encode: its raw little-endian bytes (any buffer), or a function
+    `read(start, stop)` returning those bytes of it as a uint8 array, called once per chunk
+    (possibly from worker threads), so a tensor larger than memory streams through."""
+
+    name: str
+    dtype: dtypes.Dtype
+    shape: tuple
+    raw: object
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if callable(self.raw):
+            return self.raw(start, stop)
+        return _as_bytes(self.raw)[start:stop]
+
+
+def _as_bytes(raw) -> np.ndarray:
+    return raw.reshape(-1).view(np.uint8) if isinstance(raw, np.ndarray) else np.frombuffer(raw, np.uint8)
+
+
+@dataclass
+class BlobSource:
+    """Verbatim bytes of the original file: `read()` returns them (called on a worker thread)."""
+
+    read: object
 
 
 class ContainerWriter:
@@ -51,45 +80,76 @@ class ContainerWriter:
             self._pos += len(memoryview(b).cast("B"))
 
     def add_tensor(self, name: str, dtype: dtypes.Dtype, shape, raw, on_chunk=None) -> int:
-        """Encode a tensor and return its index.
+        """Encode one tensor and return its index; see `add_many`."""
+        return self.add_many([TensorSource(name, dtype, shape, raw)], on_chunk)[0]
 
-        `raw` is the tensor's raw little-endian bytes (any buffer), or a function `read(start, stop)`
-        returning those bytes of it as a uint8 array, called once per chunk (possibly from worker
-        threads) so a tensor larger than memory streams through. `on_chunk(raw_chunk)` is called with
-        each chunk's raw bytes, in order, after the chunk is written.
+    def add_many(self, items: list, on_chunk=None, segments: bool = False) -> list[int]:
+        """Encode `TensorSource`s and store `BlobSource`s, in order; return the tensors' indices.
+
+        The chunks of all items are encoded together on the worker threads (a bounded number in
+        flight), so many small tensors use every core as well as one large tensor does. With
+        `segments`, each item also becomes the next segment of the original file.
+        `on_chunk(raw)` is called with each chunk's (or blob's) raw bytes, in order, once written.
         """
-        shape = tuple(int(d) for d in shape)
-        entry = TensorEntry(name, dtype, shape, dtype.default_layout,
-                            codec.chunk_elements(self.chunk_size, dtype.itemsize))
-        if callable(raw):
-            read = raw
-        else:
-            data = raw.reshape(-1).view(np.uint8) if isinstance(raw, np.ndarray) else np.frombuffer(raw, np.uint8)
-            if data.shape[0] != entry.nbytes:
-                raise InvalidArgumentError(f"tensor {name!r}: {data.shape[0]} bytes for shape {list(shape)} "
-                                           f"of {dtype.name} ({entry.nbytes} bytes expected)")
-            read = lambda start, stop: data[start:stop]  # noqa: E731
-        step = entry.chunk_elements * dtype.itemsize
-        spans = [(i, min(i + step, entry.nbytes)) for i in range(0, entry.nbytes, step)]
+        jobs = []
+        for item in items:
+            if isinstance(item, BlobSource):
+                jobs.append((item, None, None))
+                continue
+            entry = self._entry(item)
+            step = entry.chunk_elements * entry.dtype.itemsize
+            jobs += [(item, entry, (i, min(i + step, entry.nbytes))) for i in range(0, entry.nbytes, step)]
+            if entry.nbytes == 0:
+                jobs.append((item, entry, None))
 
-        def encode(span):
-            chunk = read(*span)
-            return chunk, *codec.encode_chunk(chunk, entry.layout, dtype.itemsize)
+        def encode(job):
+            item, entry, span = job
+            if entry is None:
+                return item.read(), None, None
+            if span is None:
+                return None, None, None
+            chunk = item.read(*span)
+            return chunk, *codec.encode_chunk(chunk, entry.layout, entry.dtype.itemsize)
 
-        for chunk, check, planes in codec.ordered_map(self._pool, self.threads, encode, spans):
-            entry.chunks.append(Chunk(self._pos, check, [PlaneRef(p.method, p.parameter, p.length)
-                                                         for p in planes]))
-            for p in planes:
-                self._write(p.payload)
-            if on_chunk is not None:
-                on_chunk(chunk)
-        self.tensors.append(entry)
-        return len(self.tensors) - 1
+        indices, last = [], None
+        for (item, entry, span), (raw, check, planes) in zip(jobs, codec.ordered_map(self._pool, self.threads,
+                                                                                      encode, jobs)):
+            if entry is None:
+                self._add_blob(raw, segments)
+            else:
+                if entry is not last:
+                    self.tensors.append(entry)
+                    indices.append(len(self.tensors) - 1)
+                    if segments:
+                        self.add_tensor_segment(indices[-1])
+                    last = entry
+                if span is None:
+                    continue
+                entry.chunks.append(Chunk(self._pos, check, [PlaneRef(p.method, p.parameter, p.length)
+                                                             for p in planes]))
+                for p in planes:
+                    self._write(p.payload)
+            if on_chunk is not None and raw is not None:
+                on_chunk(raw)
+        return indices
+
+    def _entry(self, item: TensorSource) -> TensorEntry:
+        shape = tuple(int(d) for d in item.shape)
+        entry = TensorEntry(item.name, item.dtype, shape, item.dtype.default_layout,
+                            codec.chunk_elements(self.chunk_size, item.dtype.itemsize))
+        if not callable(item.raw) and _as_bytes(item.raw).shape[0] != entry.nbytes:
+            raise InvalidArgumentError(f"tensor {item.name!r}: {_as_bytes(item.raw).shape[0]} bytes for shape "
+                                       f"{list(shape)} of {item.dtype.name} ({entry.nbytes} bytes expected)")
+        return entry
 
     def add_blob(self, data) -> None:
         """Append verbatim bytes of the original file as the next segment."""
-        self.segments.append(Segment(format.SEGMENT_BLOB, offset=self._pos, length=len(data),
-                                     checksum=format.checksum64(data)))
+        self._add_blob(data, True)
+
+    def _add_blob(self, data, segment: bool) -> None:
+        if segment:
+            self.segments.append(Segment(format.SEGMENT_BLOB, offset=self._pos, length=len(data),
+                                         checksum=format.checksum64(data)))
         self._write([data])
 
     def add_tensor_segment(self, index: int) -> None:
@@ -204,6 +264,26 @@ class ContainerReader:
         if out is None:
             out = np.empty(entry.nbytes, np.uint8)
         return self.read_chunks(entry, 0, len(entry.chunks), out)
+
+    def read_many(self, entries: list[TensorEntry]) -> list[np.ndarray]:
+        """The raw bytes of several tensors, their chunks decoded together on all threads, so
+        many small tensors keep every core busy as well as one large one does."""
+        outs = [np.empty(t.nbytes, np.uint8) for t in entries]
+        jobs = [(t, i, out) for t, out in zip(entries, outs) for i in range(len(t.chunks))]
+
+        def decode(job) -> None:
+            entry, index, out = job
+            start, n = entry.chunk_span(index)
+            k = entry.dtype.itemsize
+            codec.decode_chunk(self._data, entry.chunks[index], entry.layout, out[start * k:(start + n) * k],
+                               f"tensor {entry.name!r} chunk {index}")
+
+        try:
+            for _ in codec.ordered_map(self._workers(), self.threads, decode, jobs):
+                pass
+        except LlmcodecError as exc:
+            raise self._named(exc) from None
+        return outs
 
     def read_chunks(self, entry: TensorEntry, first: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Decode chunks [first, stop) of a tensor, in parallel, into `out` (their raw bytes)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import format, safetensors_io
 from .atomic import AtomicFile
-from .container import ContainerReader, ContainerWriter
+from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
 from .format import Limits
 
@@ -185,26 +185,33 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
             if progress is not None:
                 progress(len(data))
 
-        def blobs(start: int, stop: int) -> None:
-            for pos in range(start, stop, BLOB_PIECE):
-                data = os.pread(fd, min(BLOB_PIECE, stop - pos), pos)
-                writer.add_blob(data)
-                consumed(data)
+        def blobs(start: int, stop: int) -> list[BlobSource]:
+            return [BlobSource(_blob_reader(fd, pos, min(BLOB_PIECE, stop - pos)))
+                    for pos in range(start, stop, BLOB_PIECE)]
 
+        items, pos = [], 0
+        for t in layout.tensors:
+            items += blobs(pos, t.begin)
+            if t.dtype is None:  # a dtype llmcodec does not code: kept verbatim
+                items += blobs(t.begin, t.end)
+            else:
+                items.append(TensorSource(t.name, t.dtype, t.shape, _file_reader(fd, t.begin)))
+            pos = t.end
+        items += blobs(pos, size)
         with ContainerWriter(dst, threads=threads, chunk_size=chunk_size) as writer:
-            pos = 0
-            for t in layout.tensors:
-                blobs(pos, t.begin)
-                if t.dtype is None:  # a dtype llmcodec does not code: kept verbatim
-                    blobs(t.begin, t.end)
-                else:
-                    index = writer.add_tensor(t.name, t.dtype, t.shape, _file_reader(fd, t.begin), consumed)
-                    writer.add_tensor_segment(index)
-                pos = t.end
-            blobs(pos, size)
+            writer.add_many(items, consumed, segments=True)
             if os.fstat(fd).st_size != size:
                 raise InvalidArgumentError(f"{src}: file changed size while being encoded")
             writer.finish(layout.metadata, format.SOURCE_SAFETENSORS, size, sha.digest())
+
+
+def _blob_reader(fd: int, offset: int, length: int):
+    def read() -> bytes:
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise InvalidArgumentError(f"source file shrank while being encoded (short read at {offset})")
+        return data
+    return read
 
 
 def _file_reader(fd: int, base: int):

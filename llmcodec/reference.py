@@ -1,10 +1,9 @@
 """A slow reference decoder for `.llmc` files, written from spec/FORMAT.md alone.
 
-It exists to show that the spec is complete: it follows the text section by section (the comments
-cite the sections), uses only the standard library and `xxhash` (for XXH64), and shares no code with
-the fast decoder; the tests check that both agree. It makes every check of section 8, with the
-default limits of section 9, reads the whole file from bytes and decodes every symbol in a plain
-Python loop, so use it on small files only.
+It exists to show that the spec is complete: it follows the text section by section (comments cite
+the sections), uses only the standard library and `xxhash` (for XXH64), and shares no code with the
+fast decoder; the tests check that both agree. It makes every check of section 8 with the default
+limits of section 9, and decodes every symbol in a plain Python loop: use it on small files only.
 
     >>> decoded = decode(open("model.llmc", "rb").read())      # doctest: +SKIP
     >>> decoded.tensors["w"].data                               # raw little-endian bytes
@@ -13,36 +12,32 @@ Python loop, so use it on small files only.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import xxhash
 
-from .errors import (
-    ChecksumError,
-    FormatError,
-    LimitExceededError,
-    TruncatedError,
-    UnsupportedFeatureError,
-    UnsupportedVersionError,
-)
+from .errors import (ChecksumError, FormatError, LimitExceededError, TruncatedError, UnsupportedFeatureError,
+                     UnsupportedVersionError)
 
 MAGIC = b"\x89LLMC\r\n\x1a"  # section 3
-PREAMBLE = 40
+PREAMBLE = 40  # section 3: bytes; the data section starts here
 L = 1 << 16  # section 6.2: lower bound of a rANS state
+_xxh64 = xxhash.xxh64_intdigest  # section 1: XXH64 with seed 0
 DTYPES = {  # section 4.4: id -> (name, itemsize)
-    1: ("BOOL", 1), 2: ("U8", 1), 3: ("I8", 1), 4: ("F8_E5M2", 1), 5: ("F8_E4M3", 1),
-    6: ("I16", 2), 7: ("U16", 2), 8: ("F16", 2), 9: ("BF16", 2), 10: ("I32", 4), 11: ("U32", 4),
-    12: ("F32", 4), 13: ("I64", 8), 14: ("U64", 8), 15: ("F64", 8),
+    1: ("BOOL", 1), 2: ("U8", 1), 3: ("I8", 1), 4: ("F8_E5M2", 1), 5: ("F8_E4M3", 1), 6: ("I16", 2), 7: ("U16", 2),
+    8: ("F16", 2), 9: ("BF16", 2), 10: ("I32", 4), 11: ("U32", 4), 12: ("F32", 4), 13: ("I64", 8), 14: ("U64", 8),
+    15: ("F64", 8),
 }
-LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4)}  # section 5: id -> itemsize
+LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4)}  # section 5: id -> (name, itemsize)
 METHODS = {0: "RAW", 1: "CONSTANT", 2: "RANS0", 3: "RANS0_PAIRS"}  # section 6
 SOURCE_KINDS = {0: "arrays", 1: "safetensors", 2: "GGUF"}  # section 4.2
-SEGMENT_KINDS = {0: "tensor", 1: "blob"}  # section 4.2
+SEGMENT_TENSOR, SEGMENT_BLOB = 0, 1  # section 4.2, Segment_Kind
 LIMITS = {  # section 9 defaults
-    "header": 1 << 30, "tensors": 1 << 20, "metadata": 1 << 16, "string": 16 << 20,
-    "ndim": 32, "chunk": 64 << 20, "segments": 1 << 22, "tensor": 1 << 62,
+    "header": 1 << 30, "tensor count": 1 << 20, "metadata count": 1 << 16, "string": 16 << 20, "ndim": 32,
+    "chunk size": 64 << 20, "segment count": 1 << 22, "tensor size": 1 << 62,
 }
 
 
@@ -68,25 +63,16 @@ class _Tensor:  # a section 4.3 record, checked but not yet decoded
     name: str
     dtype: int
     shape: tuple[int, ...]
+    numel: int
+    itemsize: int
     layout: int
     chunk_elements: int
-    chunks: list[tuple[int, int, list[tuple[int, int, int]]]]  # (Offset, Checksum, planes)
-
-    @property
-    def itemsize(self) -> int:
-        return DTYPES[self.dtype][1]
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+    chunks: list[tuple[int, int, list[tuple[int, int, int]]]]  # (Offset, Checksum, [(Method, Parameter, Length)])
 
 
 class _Reader:
-    """A cursor over `buf`; reading past its end raises `error` (TruncatedError in the header,
-    FormatError in a plane stream, whose Length is then wrong: section 6)."""
+    """A cursor over `buf`; reading past its end raises `error`: TruncatedError in the header (section 4),
+    FormatError in a plane stream, whose Length is then wrong (section 6)."""
 
     def __init__(self, buf: bytes, where: str, error: type[Exception]):
         self.buf, self.pos, self.where, self.error = buf, 0, where, error
@@ -97,17 +83,12 @@ class _Reader:
 
     def take(self, n: int, field: str) -> bytes:
         if n > self.remaining:
-            raise self.error(f"{self.where}: {field} needs {n} bytes at offset {self.pos}, "
-                             f"only {self.remaining} left")
+            raise self.error(f"{self.where}: {field} needs {n} bytes at offset {self.pos}, only {self.remaining} left")
         self.pos += n
         return self.buf[self.pos - n:self.pos]
 
     def uint(self, size: int, field: str) -> int:  # section 1: little-endian, unsigned
         return int.from_bytes(self.take(size, field), "little")
-
-
-def _xxh64(b: bytes) -> int:  # section 1: seed 0
-    return xxhash.xxh64_intdigest(b)
 
 
 def _limit(value: int, limit: str, field: str) -> None:  # section 9
@@ -123,29 +104,28 @@ def _utf8(b: bytes, field: str) -> str:  # section 1
 
 
 def _preamble(data: bytes) -> tuple[int, int, int, int]:
-    """Section 3, in the order it prescribes; returns (major, minor, Header_Offset, Header_Checksum)."""
+    """Section 3, checked in the order it prescribes; returns (major, minor, Header_Offset, Header_Checksum)."""
     if len(data) < PREAMBLE:
         raise TruncatedError(f"file is {len(data)} bytes, shorter than the {PREAMBLE}-byte preamble")
     if data[:8] != MAGIC:
         raise FormatError(f"Magic must be {MAGIC!r}, found {data[:8]!r}: not an llmcodec file")
-    major, minor, flags, offset, length, h_sum, p_sum = struct.unpack_from("<HHIQQII", data, 8)
-    if p_sum != _xxh64(data[:36]) & 0xFFFFFFFF:
-        raise ChecksumError(f"Preamble_Checksum: stored {p_sum:#010x}, "
-                            f"computed {_xxh64(data[:36]) & 0xFFFFFFFF:#010x}")
+    major, minor, flags, offset, length, header_sum, preamble_sum = struct.unpack_from("<HHIQQII", data, 8)
+    computed = _xxh64(data[:36]) & 0xFFFFFFFF
+    if preamble_sum != computed:
+        raise ChecksumError(f"Preamble_Checksum: stored {preamble_sum:#010x}, computed {computed:#010x}")
     if major != 1:
         raise UnsupportedVersionError(f"Major_Version must be 1, found {major}")
     if flags != 0:
         raise FormatError(f"Flags are reserved and must be 0, found {flags:#x}")
     if offset < PREAMBLE:
         raise FormatError(f"Header_Offset must be >= {PREAMBLE}, found {offset}")
-    if length < 9:
+    if length < 9:  # the table names LimitExceededError for the whole Header_Length row
         raise LimitExceededError(f"Header_Length must be >= 9, found {length}")
     _limit(length, "header", "Header_Length")
     if offset + length != len(data):
         error = TruncatedError if offset + length > len(data) else FormatError
-        raise error(f"Header_Offset + Header_Length must equal the file size {len(data)}, "
-                    f"found {offset} + {length} = {offset + length}")
-    return major, minor, offset, h_sum
+        raise error(f"Header_Offset + Header_Length must be the file size {len(data)}, found {offset} + {length}")
+    return major, minor, offset, header_sum
 
 
 def _string(r: _Reader, field: str) -> str:  # section 4.1
@@ -155,7 +135,7 @@ def _string(r: _Reader, field: str) -> str:  # section 4.1
 
 
 def _source(r: _Reader, tensor_count: int) -> tuple[int, int, bytes, list[tuple[int, ...]]]:
-    """Section 4.2: (Source_Kind, Original_Size, Original_SHA256, segments)."""
+    """Section 4.2: (Source_Kind, Original_Size, Original_SHA256, segments); fields of the other kind are absent."""
     kind = r.uint(1, "Source_Kind")
     if kind not in SOURCE_KINDS:
         raise UnsupportedFeatureError(f"Source_Kind {kind} is not a known id")
@@ -163,26 +143,25 @@ def _source(r: _Reader, tensor_count: int) -> tuple[int, int, bytes, list[tuple[
         return kind, 0, b"", []
     size, sha = r.uint(8, "Original_Size"), r.take(32, "Original_SHA256")
     count = r.uint(4, "Segment_Count")
-    _limit(count, "segments", "Segment_Count")
+    _limit(count, "segment count", "Segment_Count")
     segments = []
     for i in range(count):
         seg = r.uint(1, f"segment {i} Segment_Kind")
-        if seg not in SEGMENT_KINDS:
-            raise UnsupportedFeatureError(f"segment {i}: Segment_Kind {seg} is not a known id")
-        if seg == 0:
+        if seg == SEGMENT_TENSOR:
             index = r.uint(4, f"segment {i} Tensor_Index")
             if index >= tensor_count:
-                raise FormatError(f"segment {i}: Tensor_Index must be < Tensor_Count "
-                                  f"{tensor_count}, found {index}")
-            segments.append((0, index))
+                raise FormatError(f"segment {i}: Tensor_Index must be < Tensor_Count {tensor_count}, found {index}")
+            segments.append((seg, index))
+        elif seg == SEGMENT_BLOB:  # (kind, Blob_Offset, Blob_Length, Blob_Checksum)
+            fields = ("Blob_Offset", "Blob_Length", "Blob_Checksum")
+            segments.append((seg, *(r.uint(8, f"segment {i} {f}") for f in fields)))
         else:
-            segments.append((1, *(r.uint(8, f"segment {i} {f}")
-                                  for f in ("Blob_Offset", "Blob_Length", "Blob_Checksum"))))
+            raise UnsupportedFeatureError(f"segment {i}: Segment_Kind {seg} is not a known id")
     return kind, size, sha, segments
 
 
 def _tensor(r: _Reader) -> _Tensor:
-    """Section 4.3, one Tensor record, field by field."""
+    """Section 4.3: one Tensor record, field by field."""
     name = _utf8(r.take(r.uint(2, "Name_Length"), "Name"), "Name")
     where = f"tensor {name!r}"
     dtype = r.uint(1, f"{where} Dtype")
@@ -190,96 +169,97 @@ def _tensor(r: _Reader) -> _Tensor:
         raise UnsupportedFeatureError(f"{where}: Dtype {dtype} is not a known id")
     itemsize = DTYPES[dtype][1]
     ndim = r.uint(1, f"{where} Ndim")
-    _limit(ndim, "ndim", f"{where} Ndim")
+    _limit(ndim, "ndim", f"{where}: Ndim")
     shape = tuple(r.uint(8, f"{where} Shape") for _ in range(ndim))
-    t = _Tensor(name, dtype, shape, 0, 0, [])
-    _limit(t.numel * itemsize, "tensor", f"{where} numel x itemsize")  # Python ints: no overflow
-    t.layout = r.uint(1, f"{where} Layout")
-    if t.layout not in LAYOUTS:
-        raise UnsupportedFeatureError(f"{where}: Layout {t.layout} is not a known id")
-    layout_name, need = LAYOUTS[t.layout]
-    if need is not None and need != itemsize:  # section 5
-        raise FormatError(f"{where}: Layout {layout_name} needs itemsize {need}, "
+    numel = math.prod(shape)
+    _limit(numel * itemsize, "tensor size", f"{where}: numel x itemsize")  # Python ints cannot overflow
+    layout = r.uint(1, f"{where} Layout")
+    if layout not in LAYOUTS:
+        raise UnsupportedFeatureError(f"{where}: Layout {layout} is not a known id")
+    if LAYOUTS[layout][1] not in (None, itemsize):  # section 5
+        raise FormatError(f"{where}: Layout {LAYOUTS[layout][0]} needs itemsize {LAYOUTS[layout][1]}, "
                           f"dtype {DTYPES[dtype][0]} has {itemsize}")
-    t.chunk_elements = r.uint(8, f"{where} Chunk_Elements")
-    if t.chunk_elements < 1:
+    chunk_elements = r.uint(8, f"{where} Chunk_Elements")
+    if chunk_elements < 1:
         raise FormatError(f"{where}: Chunk_Elements must be >= 1, found 0")
-    _limit(t.chunk_elements * itemsize, "chunk", f"{where} Chunk_Elements x itemsize")
-    count = r.uint(8, f"{where} Chunk_Count")
-    expected = -(-t.numel // t.chunk_elements)
+    _limit(chunk_elements * itemsize, "chunk size", f"{where}: Chunk_Elements x itemsize")
+    count, expected = r.uint(8, f"{where} Chunk_Count"), -(-numel // chunk_elements)
     if count != expected:
-        raise FormatError(f"{where}: Chunk_Count must be {expected}, found {count}")
-    record = 16 + 6 * itemsize  # Chunk: Offset, Checksum, itemsize x Plane_Ref (u8, u8, u32)
-    if count * record > r.remaining:  # section 8: lengths against what remains
-        raise TruncatedError(f"{where}: {count} chunks need {count * record} header bytes, "
-                             f"only {r.remaining} left")
+        raise FormatError(f"{where}: Chunk_Count must be ceil({numel} / {chunk_elements}) = {expected}, found {count}")
+    record = 16 + 6 * itemsize  # Offset, Checksum, itemsize x (Method u8, Parameter u8, Length u32)
+    if count * record > r.remaining:  # section 8: lengths against what remains, before the loop
+        raise TruncatedError(f"{where}: {count} chunks need {count * record} header bytes, only {r.remaining} left")
+    chunks = []
     for c in range(count):
         at = f"{where} chunk {c}"
         offset, checksum = r.uint(8, f"{at} Offset"), r.uint(8, f"{at} Checksum")
         planes = [(r.uint(1, f"{at} Method"), r.uint(1, f"{at} Parameter"), r.uint(4, f"{at} Length"))
                   for _ in range(itemsize)]
-        t.chunks.append((offset, checksum, planes))
-    return t
+        chunks.append((offset, checksum, planes))
+    return _Tensor(name, dtype, shape, numel, itemsize, layout, chunk_elements, chunks)
 
 
-def _header(header: bytes) -> tuple[dict[str, str], tuple, list[_Tensor]]:
+def _header(header: bytes) -> tuple[dict[str, str], tuple[int, int, bytes, list[tuple[int, ...]]], list[_Tensor]]:
     """Section 4: the whole header, which must be consumed exactly."""
     r = _Reader(header, "header", TruncatedError)
     tensor_count = r.uint(4, "Tensor_Count")
-    _limit(tensor_count, "tensors", "Tensor_Count")
+    _limit(tensor_count, "tensor count", "Tensor_Count")
     metadata_count = r.uint(4, "Metadata_Count")
-    _limit(metadata_count, "metadata", "Metadata_Count")
+    _limit(metadata_count, "metadata count", "Metadata_Count")
     metadata: dict[str, str] = {}
     for _ in range(metadata_count):  # section 4.1
         key, value = _string(r, "Key"), _string(r, "Value")
         if key in metadata:
-            raise FormatError(f"metadata Key {key!r} appears twice")
+            raise FormatError(f"metadata Key {key!r} appears twice, keys must be unique")
         metadata[key] = value
     source = _source(r, tensor_count)
-    tensors: list[_Tensor] = []
+    tensors, names = [], set()
     for _ in range(tensor_count):
         tensors.append(_tensor(r))
-        if tensors[-1].name in {t.name for t in tensors[:-1]}:
-            raise FormatError(f"tensor Name {tensors[-1].name!r} appears twice")
+        if tensors[-1].name in names:
+            raise FormatError(f"tensor Name {tensors[-1].name!r} appears twice, names must be unique")
+        names.add(tensors[-1].name)
     if r.remaining:
         raise FormatError(f"header: {r.remaining} bytes left over after the last tensor, expected 0")
     return metadata, source, tensors
 
 
 def _check_ranges(ranges: list[tuple[int, int, str]], header_offset: int) -> None:
-    """Section 4.3: every non-empty range lies in [40, Header_Offset) and no two overlap."""
-    ranges = sorted((start, start + length, what) for start, length, what in ranges if length)
-    for start, end, what in ranges:
+    """Section 4.3: every range [start, start + length) lies in [40, Header_Offset) and overlaps no other.
+    An empty range (a chunk of CONSTANT planes, an empty blob) holds no byte, so it is inside and overlaps nothing."""
+    spans = sorted((start, start + length, what) for start, length, what in ranges if length)
+    for start, end, what in spans:
         if start < PREAMBLE or end > header_offset:
-            raise FormatError(f"{what}: range [{start}, {end}) is not inside the data section "
+            raise FormatError(f"{what}: range [{start}, {end}) must lie in the data section "
                               f"[{PREAMBLE}, {header_offset})")
-    for (_, end0, what0), (start1, _, what1) in zip(ranges, ranges[1:]):
+    for (_, end0, what0), (start1, _, what1) in zip(spans, spans[1:]):
         if start1 < end0:
-            raise FormatError(f"{what1} starts at {start1}, inside {what0} which ends at {end0}")
+            raise FormatError(f"{what1} starts at {start1}, inside {what0} ending at {end0}: ranges must not overlap")
 
 
-def _bitmap(bits: bytes, count: int, field: str) -> list[int]:
-    """Sections 6.1/6.4: the set bits, ascending (bit i = bit i & 7 of byte i >> 3); bits past
-    `count` (padding of the last byte) are treated as reserved."""
-    found = [i for i in range(8 * len(bits)) if bits[i >> 3] >> (i & 7) & 1]
+def _bitmap(r: _Reader, nbytes: int, count: int, field: str) -> list[int]:
+    """Sections 6.1, 6.4: the set bits in ascending order (bit i is bit i & 7, LSB first, of byte i >> 3); not empty.
+    Bits past `count` (padding of the Pair_Bitmap's last byte) are rejected as reserved (section 1)."""
+    bits = r.take(nbytes, field)
+    found = [i for i in range(8 * nbytes) if bits[i >> 3] >> (i & 7) & 1]
     if not found:
-        raise FormatError(f"{field} must not be empty")
+        raise FormatError(f"{r.where}: {field} must not be empty")
     if found[-1] >= count:
-        raise FormatError(f"{field}: padding bit {found[-1]} (>= {count}) must be 0")
+        raise FormatError(f"{r.where}: {field} has padding bit {found[-1]} set, bits >= {count} must be 0")
     return found
 
 
-def _lanes_and_precision(r: _Reader, max_p: int) -> tuple[int, int]:  # sections 6.1, 6.4
-    p, n = r.uint(1, "Precision"), r.uint(1, "Lanes")
-    if not 1 <= p <= max_p:
-        raise FormatError(f"{r.where}: Precision must be in 1..{max_p}, found {p}")
-    if not 1 <= n <= 64:
-        raise FormatError(f"{r.where}: Lanes must be in 1..64, found {n}")
-    return p, n
+def _precision_and_lanes(r: _Reader, max_precision: int) -> tuple[int, int]:  # sections 6.1, 6.4
+    precision, lanes = r.uint(1, "Precision"), r.uint(1, "Lanes")
+    if not 1 <= precision <= max_precision:
+        raise FormatError(f"{r.where}: Precision must be in 1..{max_precision}, found {precision}")
+    if not 1 <= lanes <= 64:
+        raise FormatError(f"{r.where}: Lanes must be in 1..64, found {lanes}")
+    return precision, lanes
 
 
 def _states_and_words(r: _Reader, lanes: int) -> tuple[list[int], list[int]]:  # section 6.1
-    states = [r.uint(4, "States") for _ in range(lanes)]
+    states = [r.uint(4, "States") for _ in range(lanes)]  # FormatError if no room for them
     for j, x in enumerate(states):
         if x < L:
             raise FormatError(f"{r.where}: state of lane {j} must be in [2^16, 2^32), found {x}")
@@ -290,11 +270,10 @@ def _states_and_words(r: _Reader, lanes: int) -> tuple[list[int], list[int]]:  #
 
 
 def _slots(symbols: list[tuple[int, int]], precision: int, where: str) -> list[tuple[int, int, int]]:
-    """Sections 6.1/6.4: the frequencies must add up to M = 2^P; returns, for each slot in
-    0..M-1, the (symbol, f_s, c_s) with c_s <= slot < c_s + f_s."""
+    """Sections 6.1, 6.4: the frequencies f_s must add up to M = 2^P; slot -> (s, f_s, c_s), c_s <= slot < c_s + f_s."""
     total = sum(f for _, f in symbols)
     if total != 1 << precision:
-        raise FormatError(f"{where}: Frequencies add up to {total}, expected 2^{precision}")
+        raise FormatError(f"{where}: Frequencies must add up to 2^{precision} = {1 << precision}, found {total}")
     table, c = [], 0
     for s, f in symbols:
         table += [(s, f, c)] * f
@@ -302,94 +281,81 @@ def _slots(symbols: list[tuple[int, int]], precision: int, where: str) -> list[t
     return table
 
 
-def _rans_decode(table, precision, states, words, n, where) -> list[int]:
-    """Section 6.2, literally."""
-    x, lanes, mask, pos = list(states), len(states), (1 << precision) - 1, 0
-    out = []
+def _rans_decode(table, precision: int, states: list[int], words: list[int], n: int, where: str) -> list[int]:
+    """Section 6.2, literally: n symbols, symbol i from lane i mod N."""
+    x, lanes, pos, out = list(states), len(states), 0, []
     for i in range(n):
         j = i % lanes
-        slot = x[j] & mask
+        slot = x[j] & ((1 << precision) - 1)
         s, f, c = table[slot]
         out.append(s)
         x[j] = f * (x[j] >> precision) + slot - c
-        if x[j] < L:
+        if x[j] < L:  # at most one word per symbol
             if pos == len(words):
                 raise FormatError(f"{where}: rANS stream ends early, at symbol {i} of {n}")
             x[j] = (x[j] << 16) | words[pos]
             pos += 1
     if any(v != L for v in x) or pos != len(words):
-        raise FormatError(f"{where}: rANS end state must be {[L] * lanes} with all {len(words)} "
-                          f"words read, found {x} after {pos} words")
+        raise FormatError(f"{where}: rANS end must be every state {L} with all {len(words)} words read, "
+                          f"found states {x} after {pos} words")
     return out
 
 
-def _rans0(stream: bytes, n: int, where: str) -> Callable[[], bytes]:
-    """Section 6.1: parse and check the table; the returned function decodes (6.2)."""
-    r = _Reader(stream, where, FormatError)
-    p, lanes = _lanes_and_precision(r, 12)
-    present = _bitmap(r.take(32, "Symbol_Bitmap"), 256, f"{where}: Symbol_Bitmap")
-    symbols = [(s, r.uint(2, "Frequencies") + 1) for s in present]
+def _rans0(r: _Reader, n: int) -> Callable[[], bytes]:
+    """Section 6.1: check the stream's table; the returned function decodes the plane (6.2)."""
+    precision, lanes = _precision_and_lanes(r, 12)
+    symbols = [(s, r.uint(2, "Frequencies") + 1) for s in _bitmap(r, 32, 256, "Symbol_Bitmap")]
     states, words = _states_and_words(r, lanes)
-    table = _slots(symbols, p, where)
-    return lambda: bytes(_rans_decode(table, p, states, words, n, where))
+    table = _slots(symbols, precision, r.where)
+    return lambda: bytes(_rans_decode(table, precision, states, words, n, r.where))
 
 
-def _rans0_pairs(stream: bytes, n: int, where: str) -> Callable[[], bytes]:
-    """Section 6.4: parse and check the table; the returned function decodes (6.2 on pairs)."""
-    r = _Reader(stream, where, FormatError)
-    p, lanes = _lanes_and_precision(r, 14)
+def _rans0_pairs(r: _Reader, n: int) -> Callable[[], bytes]:
+    """Section 6.4: check the stream's table; the returned function decodes the plane (6.2 on 16-bit pairs)."""
+    precision, lanes = _precision_and_lanes(r, 14)
     odd = r.uint(1, "Odd_Byte")
     if n % 2 == 0 and odd != 0:
-        raise FormatError(f"{where}: Odd_Byte must be 0 when n ({n}) is even, found {odd}")
-    byte_set = _bitmap(r.take(32, "Byte_Bitmap"), 256, f"{where}: Byte_Bitmap")
+        raise FormatError(f"{r.where}: Odd_Byte must be 0 when n = {n} is even, found {odd}")
+    byte_set = _bitmap(r, 32, 256, "Byte_Bitmap")
     s = len(byte_set)
-    pairs = _bitmap(r.take((s * s + 7) // 8, "Pair_Bitmap"), s * s, f"{where}: Pair_Bitmap")
     symbols = []
-    for bit in pairs:  # bitmap order: by first byte, then second byte
-        first, second = byte_set[bit // s], byte_set[bit % s]
+    for bit in _bitmap(r, (s * s + 7) // 8, s * s, "Pair_Bitmap"):  # bitmap order: first byte, then second byte
         v = r.uint(1, "Frequencies")
-        if v >= 0x80:  # ULEB128, two bytes at most
+        if v >= 0x80:  # ULEB128 in two bytes: 0x80 | (v & 0x7F), then v >> 7 in 1..127
             high = r.uint(1, "Frequencies")
             if not 1 <= high <= 127:
-                raise FormatError(f"{where}: second ULEB128 byte of a Frequency must be in "
-                                  f"1..127, found {high}")
+                raise FormatError(f"{r.where}: second ULEB128 byte of a Frequency must be in 1..127, found {high}")
             v = (v & 0x7F) | high << 7
-        symbols.append((first | second << 8, v + 1))
+        symbols.append((byte_set[bit // s] | byte_set[bit % s] << 8, v + 1))  # u = first | second << 8
     states, words = _states_and_words(r, lanes)
-    table = _slots(symbols, p, where)
+    table = _slots(symbols, precision, r.where)
 
     def decode_plane() -> bytes:
-        out = bytearray()
-        for u in _rans_decode(table, p, states, words, n // 2, where):
-            out += bytes((u & 0xFF, u >> 8))
-        if n % 2:
-            out.append(odd)
-        return bytes(out)
+        pairs = _rans_decode(table, precision, states, words, n // 2, r.where)
+        return b"".join(bytes((u & 0xFF, u >> 8)) for u in pairs) + bytes([odd] * (n % 2))
     return decode_plane
 
 
 def _plane(method: int, parameter: int, stream: bytes, n: int, where: str) -> Callable[[], bytes]:
-    """Section 6 and section 7 step 1: check a Plane_Ref, return a function decoding its plane."""
+    """Section 6 (and 7 step 1): check one Plane_Ref and its stream; return a function decoding its n bytes."""
     if method not in METHODS:
         raise UnsupportedFeatureError(f"{where}: Method {method} is not a known id")
     if method != 1 and parameter != 0:
-        raise FormatError(f"{where}: Parameter of {METHODS[method]} must be 0, found {parameter}")
-    expected = {0: n, 1: 0}.get(method)
+        raise FormatError(f"{where}: Parameter of {METHODS[method]} is reserved and must be 0, found {parameter}")
+    expected = {0: n, 1: 0}.get(method)  # RAW: exactly n; CONSTANT: exactly 0; RANS0*: checked by their parser
     if expected is not None and len(stream) != expected:
-        raise FormatError(f"{where}: Length of {METHODS[method]} must be {expected}, "
-                          f"found {len(stream)}")
+        raise FormatError(f"{where}: Length of {METHODS[method]} must be {expected}, found {len(stream)}")
     if method == 0:
         return lambda: stream
     if method == 1:
         return lambda: bytes([parameter]) * n
-    return (_rans0 if method == 2 else _rans0_pairs)(stream, n, where)
+    return (_rans0 if method == 2 else _rans0_pairs)(_Reader(stream, where, FormatError), n)
 
 
 def _unplane(layout: int, planes: list[bytes], itemsize: int) -> bytes:
-    """Section 5: the inverse of the layout, element by element."""
+    """Section 5: the inverse of the layout, element by element; each element is written little-endian."""
     out = bytearray()
-    for i in range(len(planes[0])):
-        p = [plane[i] for plane in planes]
+    for p in zip(*planes):
         if layout == 0:  # BYTES
             v = sum(b << (8 * k) for k, b in enumerate(p))
         elif layout == 1:  # FIELDS16
@@ -401,61 +367,60 @@ def _unplane(layout: int, planes: list[bytes], itemsize: int) -> bytes:
 
 
 def decode(data: bytes) -> Decoded:
-    """Check and decode a whole `.llmc` file held in memory (every check of section 8)."""
+    """Check and decode a whole `.llmc` file held in memory; raises an `llmcodec.errors` class on any violation."""
     data = bytes(data)
     major, minor, header_offset, header_sum = _preamble(data)  # section 3
     header = data[header_offset:]
     if header_sum != _xxh64(header) & 0xFFFFFFFF:
-        raise ChecksumError(f"Header_Checksum: stored {header_sum:#010x}, "
-                            f"computed {_xxh64(header) & 0xFFFFFFFF:#010x}")
-    metadata, (source_kind, original_size, original_sha, segments), tensors = _header(header)
+        raise ChecksumError(f"Header_Checksum: stored {header_sum:#010x}, computed {_xxh64(header) & 0xFFFFFFFF:#010x}")
+    metadata, (source_kind, original_size, original_sha, segments), tensors = _header(header)  # section 4
 
-    # Section 4.2: the segments must add up to Original_Size.
-    sizes = [tensors[seg[1]].numel * tensors[seg[1]].itemsize if seg[0] == 0 else seg[2]
-             for seg in segments]
-    if source_kind != 0 and sum(sizes) != original_size:
-        raise FormatError(f"segments add up to {sum(sizes)} bytes, Original_Size is {original_size}")
+    # Section 4.2: the segments' lengths must add up to Original_Size (a tensor segment is its raw bytes).
+    total = sum(tensors[seg[1]].numel * tensors[seg[1]].itemsize if seg[0] == SEGMENT_TENSOR else seg[2]
+                for seg in segments)
+    if source_kind != 0 and total != original_size:
+        raise FormatError(f"segments must add up to Original_Size {original_size}, found {total}")
 
     # Section 4.3: chunk and blob ranges inside the data section, without overlaps.
-    ranges = [(seg[1], seg[2], f"segment {i} blob") for i, seg in enumerate(segments) if seg[0] == 1]
-    for t in tensors:
-        for c, (offset, _, planes) in enumerate(t.chunks):
-            ranges.append((offset, sum(length for _, _, length in planes), f"tensor {t.name!r} chunk {c}"))
+    ranges = [(seg[1], seg[2], f"segment {i} blob") for i, seg in enumerate(segments) if seg[0] == SEGMENT_BLOB]
+    ranges += [(offset, sum(p[2] for p in planes), f"tensor {t.name!r} chunk {c}")
+               for t in tensors for c, (offset, _, planes) in enumerate(t.chunks)]
     _check_ranges(ranges, header_offset)
 
-    # Sections 6 and 7 step 1: check every Plane_Ref and plane table before decoding anything.
+    # Sections 6, 7 step 1 and 8: check every Plane_Ref and rANS table before any plane is decoded.
     plans = []
     for t in tensors:
         for c, (offset, checksum, planes) in enumerate(t.chunks):
-            n = min(t.chunk_elements, t.numel - c * t.chunk_elements)
-            decoders, pos = [], offset
-            for k, (method, parameter, length) in enumerate(planes):
-                where = f"tensor {t.name!r} chunk {c} plane {k}"
-                decoders.append(_plane(method, parameter, data[pos:pos + length], n, where))
-                pos += length
+            n = min(t.chunk_elements, t.numel - c * t.chunk_elements)  # the last chunk holds the remainder
+            decoders = []
+            for k, (method, parameter, length) in enumerate(planes):  # streams lie back to back from Offset
+                decoders.append(_plane(method, parameter, data[offset:offset + length], n,
+                                       f"tensor {t.name!r} chunk {c} plane {k}"))
+                offset += length
             plans.append((t, c, checksum, decoders))
 
-    # Section 7 steps 2-4: decode planes, invert the layout, check each chunk's XXH64.
+    # Section 7 steps 2-4: decode the planes, invert the layout, check the chunk's XXH64; chunks are in order.
     raw: dict[str, list[bytes]] = {t.name: [] for t in tensors}
     for t, c, checksum, decoders in plans:
-        chunk = _unplane(t.layout, [d() for d in decoders], t.itemsize)
+        chunk = _unplane(t.layout, [decode_plane() for decode_plane in decoders], t.itemsize)
         if _xxh64(chunk) != checksum:
             raise ChecksumError(f"tensor {t.name!r} chunk {c}: Checksum stored {checksum:#018x}, "
                                 f"computed {_xxh64(chunk):#018x}")
-        raw[t.name].append(chunk)  # chunks are in order: chunk c starts at element c x Chunk_Elements
+        raw[t.name].append(chunk)
     out = {t.name: RefTensor(DTYPES[t.dtype][0], t.shape, b"".join(raw[t.name])) for t in tensors}
 
-    # Section 4.2: rebuild the original file from its segments; check blobs and SHA-256.
+    # Section 4.2: rebuild the original file from its segments, checking each blob and then the SHA-256.
     original = None
     if source_kind != 0:
         parts = []
         for i, seg in enumerate(segments):
-            if seg[0] == 0:
+            if seg[0] == SEGMENT_TENSOR:
                 parts.append(out[tensors[seg[1]].name].data)
                 continue
-            blob = data[seg[1]:seg[1] + seg[2]]
-            if _xxh64(blob) != seg[3]:
-                raise ChecksumError(f"segment {i}: Blob_Checksum stored {seg[3]:#018x}, "
+            _, blob_offset, blob_length, blob_checksum = seg
+            blob = data[blob_offset:blob_offset + blob_length]
+            if _xxh64(blob) != blob_checksum:
+                raise ChecksumError(f"segment {i}: Blob_Checksum stored {blob_checksum:#018x}, "
                                     f"computed {_xxh64(blob):#018x}")
             parts.append(blob)
         original = b"".join(parts)
