@@ -4,7 +4,8 @@
 
 Writes a safetensors file of bf16 weights drawn from N(0, 0.02) (16 tensors), then runs
 `llmcodec encode`, `llmcodec decode` and `llmcodec verify` each in a fresh process, and reports
-each one's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across exec) and time; the decoded file must have the original's
+each one's peak resident memory (VmHWM, which unlike ru_maxrss is not inherited across exec) and
+time; the decoded file must have the original's
 SHA-256. The files are deleted afterwards.
 """
 

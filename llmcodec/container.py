@@ -112,8 +112,8 @@ class ContainerWriter:
             return chunk, *codec.encode_chunk(chunk, entry.layout, entry.dtype.itemsize)
 
         indices, last = [], None
-        for (item, entry, span), (raw, check, planes) in zip(jobs, codec.ordered_map(self._pool, self.threads,
-                                                                                      encode, jobs)):
+        results = codec.ordered_map(self._pool, self.threads, encode, jobs)
+        for (_, entry, span), (raw, check, planes) in zip(jobs, results):
             if entry is None:
                 self._add_blob(raw, segments)
             else:

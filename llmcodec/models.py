@@ -131,6 +131,8 @@ def parse_table(stream: memoryview, method: int, n: int, where: str) -> Table:
         freq = np.frombuffer(stream[TABLE_FIXED:size], "<u2").astype(np.int64) + 1
         width, odd_byte = 1, 0
     else:
+        if n < 2:
+            raise FormatError(f"{where}: {name} needs a plane of at least 2 bytes, this one has {n}")
         symbols, freq, size = _parse_pairs(stream, where)
         width, odd_byte = 2, stream[2]
         if n % 2 == 0 and odd_byte != 0:
@@ -158,10 +160,15 @@ def _parse_pairs(stream: memoryview, where: str) -> tuple[np.ndarray, np.ndarray
     end = PAIR_TABLE_FIXED + (s * s + 7) // 8
     if len(stream) < end:
         raise FormatError(f"{where}: RANS0_PAIRS stream of {len(stream)} bytes ends inside its Pair_Bitmap")
-    cells = np.flatnonzero(_bits(stream[PAIR_TABLE_FIXED:end], s * s))
+    bits = _bits(stream[PAIR_TABLE_FIXED:end], 8 * (end - PAIR_TABLE_FIXED))
+    if bits[s * s:].any():
+        raise FormatError(f"{where}: RANS0_PAIRS Pair_Bitmap has reserved padding bits set")
+    cells = np.flatnonzero(bits[:s * s])
     k = cells.size
     if k == 0:
         raise FormatError(f"{where}: RANS0_PAIRS Pair_Bitmap is empty")
+    if not np.all(np.isin(np.arange(s), np.concatenate((cells // s, cells % s)))):
+        raise FormatError(f"{where}: RANS0_PAIRS Byte_Bitmap holds a byte that occurs in no pair")
     symbols = used[cells // s] | (used[cells % s] << 8)
     # Frequencies: k ULEB128 numbers of one or two bytes. A byte with its top bit set is always
     # the first of two, so each number starts where the byte before is not such a byte.

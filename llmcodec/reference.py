@@ -225,13 +225,13 @@ def _header(header: bytes) -> tuple[dict[str, str], tuple[int, int, bytes, list[
 
 
 def _check_ranges(ranges: list[tuple[int, int, str]], header_offset: int) -> None:
-    """Section 4.3: every range [start, start + length) lies in [40, Header_Offset) and overlaps no other.
-    An empty range (a chunk of CONSTANT planes, an empty blob) holds no byte, so it is inside and overlaps nothing."""
-    spans = sorted((start, start + length, what) for start, length, what in ranges if length)
-    for start, end, what in spans:
-        if start < PREAMBLE or end > header_offset:
-            raise FormatError(f"{what}: range [{start}, {end}) must lie in the data section "
+    """Section 4.3: every range [start, start + length), empty ones included, lies in [40, Header_Offset);
+    no non-empty range overlaps another (an empty range holds no byte, so it overlaps nothing)."""
+    for start, length, what in ranges:
+        if start < PREAMBLE or start + length > header_offset:
+            raise FormatError(f"{what}: range [{start}, {start + length}) must lie in the data section "
                               f"[{PREAMBLE}, {header_offset})")
+    spans = sorted((start, start + length, what) for start, length, what in ranges if length)
     for (_, end0, what0), (start1, _, what1) in zip(spans, spans[1:]):
         if start1 < end0:
             raise FormatError(f"{what1} starts at {start1}, inside {what0} ending at {end0}: ranges must not overlap")
@@ -312,6 +312,8 @@ def _rans0(r: _Reader, n: int) -> Callable[[], bytes]:
 
 def _rans0_pairs(r: _Reader, n: int) -> Callable[[], bytes]:
     """Section 6.4: check the stream's table; the returned function decodes the plane (6.2 on 16-bit pairs)."""
+    if n < 2:
+        raise FormatError(f"{r.where}: RANS0_PAIRS needs a plane of at least 2 bytes, this one has {n}")
     precision, lanes = _precision_and_lanes(r, 14)
     odd = r.uint(1, "Odd_Byte")
     if n % 2 == 0 and odd != 0:
@@ -327,6 +329,9 @@ def _rans0_pairs(r: _Reader, n: int) -> Callable[[], bytes]:
                 raise FormatError(f"{r.where}: second ULEB128 byte of a Frequency must be in 1..127, found {high}")
             v = (v & 0x7F) | high << 7
         symbols.append((byte_set[bit // s] | byte_set[bit % s] << 8, v + 1))  # u = first | second << 8
+    used = {u & 0xFF for u, _ in symbols} | {u >> 8 for u, _ in symbols}
+    if used != set(byte_set):
+        raise FormatError(f"{r.where}: Byte_Bitmap holds bytes {sorted(set(byte_set) - used)} that occur in no pair")
     states, words = _states_and_words(r, lanes)
     table = _slots(symbols, precision, r.where)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcodec import codec, kernels, models
+from llmcodec import codec, kernels, models, reference
 from llmcodec.format import METHOD_CONSTANT, METHOD_RANS0, METHOD_RANS0_PAIRS, METHOD_RAW
 
 counts_strategy = st.lists(st.integers(1, 10**7), min_size=1, max_size=600)
@@ -162,3 +162,15 @@ def test_encode_plane_picks_the_cheapest_method():
         coded = models.encode_plane(plane, np.bincount(plane, minlength=256))
         assert coded.method == method
         assert coded.length <= plane.size
+
+
+@pytest.mark.parametrize("table,n,match", [
+    (_pairs([3, 5], [0], [8192]), 10, "occurs in no pair"),
+    (_pairs([3, 5, 7], [0], [8192])[:35] + bytes([0x01, 0x02]) + bytes([0xFF, 0x3F]) + bytes(4), 10, "padding"),
+    (_pairs([3], [0], [8192]), 1, "at least 2 bytes"),
+])
+def test_pair_table_structure_checks(table, n, match):
+    with pytest.raises(models.FormatError, match=match):
+        models.parse_table(memoryview(table), METHOD_RANS0_PAIRS, n, "here")
+    with pytest.raises(models.FormatError):  # the reference decoder agrees
+        reference._rans0_pairs(reference._Reader(table, "here", models.FormatError), n)
