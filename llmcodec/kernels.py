@@ -223,3 +223,205 @@ def pair_histogram(plane):
     for i in range(plane.shape[0] // 2):
         counts[np.int64(plane[2 * i]) | (np.int64(plane[2 * i + 1]) << 8)] += 1
     return counts
+
+
+# --- XXH64 (spec section 1), so checksums run on the worker threads without the GIL ---------------
+
+_P1 = np.uint64(11400714785074694791)
+_P2 = np.uint64(14029467366897019727)
+_P3 = np.uint64(1609587929392839161)
+_P4 = np.uint64(9650029242287828579)
+_P5 = np.uint64(2870177450012600261)
+_inline = njit(cache=True, nogil=True, inline="always")
+
+
+@_inline
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+@_inline
+def _read64(b, i):
+    v = np.uint64(0)
+    for j in range(7, -1, -1):
+        v = (v << np.uint64(8)) | np.uint64(b[i + j])
+    return v
+
+
+@_inline
+def _round(acc, value):
+    return _rotl(acc + value * _P2, 31) * _P1
+
+
+@_jit
+def xxh64(b):
+    """XXH64 of the bytes `b` with seed 0. All arithmetic is uint64 (wrapping), never mixed with int64."""
+    n = b.shape[0]
+    i = 0
+    if n >= 32:
+        v1, v2, v3, v4 = _P1 + _P2, _P2, np.uint64(0), np.uint64(0) - _P1
+        while i + 32 <= n:
+            v1 = _round(v1, _read64(b, i))
+            v2 = _round(v2, _read64(b, i + 8))
+            v3 = _round(v3, _read64(b, i + 16))
+            v4 = _round(v4, _read64(b, i + 24))
+            i += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        for v in (v1, v2, v3, v4):
+            h = (h ^ _round(np.uint64(0), v)) * _P1 + _P4
+    else:
+        h = _P5
+    h += np.uint64(n)
+    while i + 8 <= n:
+        h ^= _round(np.uint64(0), _read64(b, i))
+        h = _rotl(h, 27) * _P1 + _P4
+        i += 8
+    if i + 4 <= n:
+        v = (np.uint64(b[i]) | (np.uint64(b[i + 1]) << np.uint64(8)) | (np.uint64(b[i + 2]) << np.uint64(16))
+             | (np.uint64(b[i + 3]) << np.uint64(24)))
+        h ^= v * _P1
+        h = _rotl(h, 23) * _P2 + _P3
+        i += 4
+    while i < n:
+        h ^= np.uint64(b[i]) * _P5
+        h = _rotl(h, 11) * _P1
+        i += 1
+    h ^= h >> np.uint64(33)
+    h *= _P2
+    h ^= h >> np.uint64(29)
+    h *= _P3
+    h ^= h >> np.uint64(32)
+    return h
+
+
+# --- one chunk, table parsing to checksum, in a single call without the GIL ----------------------
+# The kernels below check what they read and return CHUNK_BAD_* on any fault; the caller then
+# re-reads the chunk with the validating Python parser (models.parse_table) for a precise message.
+
+CHUNK_OK = 0
+CHUNK_BAD_STREAM = 1  # a table or stream breaks spec section 6
+CHUNK_BAD_CHECKSUM = 2
+
+
+@_jit
+def _bit(stream, base, i):
+    return (stream[base + (i >> 3)] >> (i & 7)) & 1
+
+
+@_jit
+def _rans0_table(stream):
+    """(ok, precision, lanes, symbols, freq, size) of a RANS0 stream (spec 6.1)."""
+    empty = np.zeros(0, np.int64)
+    if stream.shape[0] < 34:
+        return False, 0, 0, empty, empty, 0
+    precision, lanes = np.int64(stream[0]), np.int64(stream[1])
+    k = 0
+    for s in range(256):
+        k += _bit(stream, 2, s)
+    size = 34 + 2 * k
+    if not (1 <= precision <= 12 and 1 <= lanes <= 64 and k > 0 and stream.shape[0] >= size):
+        return False, 0, 0, empty, empty, 0
+    symbols = np.empty(k, np.int64)
+    freq = np.empty(k, np.int64)
+    m = 0
+    for s in range(256):
+        if _bit(stream, 2, s):
+            symbols[m] = s
+            freq[m] = (np.int64(stream[34 + 2 * m]) | (np.int64(stream[35 + 2 * m]) << 8)) + 1
+            m += 1
+    return True, precision, lanes, symbols, freq, size
+
+
+@_jit
+def _pairs_table(stream, n):
+    """(ok, precision, lanes, symbols, freq, size) of a RANS0_PAIRS stream (spec 6.4)."""
+    empty = np.zeros(0, np.int64)
+    length = stream.shape[0]
+    if length < 35 or n < 2:
+        return False, 0, 0, empty, empty, 0
+    precision, lanes, odd = np.int64(stream[0]), np.int64(stream[1]), np.int64(stream[2])
+    if not (1 <= precision <= 14 and 1 <= lanes <= 64) or (n % 2 == 0 and odd != 0):
+        return False, 0, 0, empty, empty, 0
+    used = np.empty(256, np.int64)
+    s = 0
+    for b in range(256):
+        if _bit(stream, 3, b):
+            used[s] = b
+            s += 1
+    end = 35 + (s * s + 7) // 8
+    if s == 0 or length < end:
+        return False, 0, 0, empty, empty, 0
+    k = 0
+    seen = np.zeros(s, np.int64)
+    for cell in range(8 * (end - 35)):
+        if _bit(stream, 35, cell):
+            if cell >= s * s:  # reserved padding bit
+                return False, 0, 0, empty, empty, 0
+            k += 1
+            seen[cell // s] = 1
+            seen[cell % s] = 1
+    if k == 0 or seen.sum() != s:
+        return False, 0, 0, empty, empty, 0
+    symbols = np.empty(k, np.int64)
+    freq = np.empty(k, np.int64)
+    pos = end
+    m = 0
+    for cell in range(s * s):
+        if _bit(stream, 35, cell):
+            symbols[m] = used[cell // s] | (used[cell % s] << 8)
+            if pos >= length:
+                return False, 0, 0, empty, empty, 0
+            v = np.int64(stream[pos])
+            pos += 1
+            if v >= 0x80:
+                if pos >= length or stream[pos] == 0 or stream[pos] >= 0x80:
+                    return False, 0, 0, empty, empty, 0
+                v = (v & 0x7F) | (np.int64(stream[pos]) << 7)
+                pos += 1
+            freq[m] = v + 1
+            m += 1
+    return True, precision, lanes, symbols, freq, pos
+
+
+@_jit
+def _decode_plane(stream, method, n, out):
+    if method == 2:
+        ok, precision, lanes, symbols, freq, size = _rans0_table(stream)
+        width = 1
+    else:
+        ok, precision, lanes, symbols, freq, size = _pairs_table(stream, n)
+        width = 2
+    if not ok or freq.sum() != (np.int64(1) << precision):
+        return False
+    if stream.shape[0] < size + 4 * lanes or (stream.shape[0] - size - 4 * lanes) % 2:
+        return False
+    if width == 2 and n % 2:
+        out[n - 1] = stream[2]
+    table = decode_table(symbols, freq, precision)
+    return rans_decode(stream[size:], table, precision, lanes, width, out[:n - n % width]) == DECODE_OK
+
+
+@_jit
+def decode_chunk(data, offset, methods, params, lengths, layout, checksum, out):
+    """Decode one chunk whose planes (methods/params/lengths per plane, streams back to back from
+    `offset` in `data`) the header parser checked, into `out` (n * k raw bytes); verify its XXH64.
+
+    Returns CHUNK_OK, or the CHUNK_BAD_* code and the index of the plane at fault.
+    """
+    k = methods.shape[0]
+    n = out.shape[0] // k
+    planes = np.empty((k, n), np.uint8)
+    pos = offset
+    for j in range(k):
+        stream = data[pos:pos + lengths[j]]
+        pos += lengths[j]
+        if methods[j] == 0:
+            planes[j, :] = stream
+        elif methods[j] == 1:
+            planes[j, :] = params[j]
+        elif not _decode_plane(stream, methods[j], n, planes[j]):
+            return CHUNK_BAD_STREAM, j
+    merge_planes(planes, layout, out)
+    if xxh64(out) != checksum:
+        return CHUNK_BAD_CHECKSUM, -1
+    return CHUNK_OK, -1

@@ -174,3 +174,11 @@ def test_pair_table_structure_checks(table, n, match):
         models.parse_table(memoryview(table), METHOD_RANS0_PAIRS, n, "here")
     with pytest.raises(models.FormatError):  # the reference decoder agrees
         reference._rans0_pairs(reference._Reader(table, "here", models.FormatError), n)
+
+
+@pytest.mark.parametrize("n", [*range(0, 70), 1000, 65_537])
+def test_numba_xxh64_matches_xxhash(n):
+    import xxhash
+
+    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
+    assert int(kernels.xxh64(data)) == xxhash.xxh64_intdigest(data)
