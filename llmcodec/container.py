@@ -17,8 +17,11 @@ import numpy as np
 
 from . import codec, dtypes, format, kernels
 from .atomic import AtomicFile
-from .errors import ChecksumError, InvalidArgumentError, LlmcodecError, TruncatedError
+from .errors import ChecksumError, FormatError, InvalidArgumentError, LlmcodecError, TruncatedError
 from .format import Chunk, Header, Limits, PlaneRef, Segment, Source, TensorEntry
+
+
+BATCH_BYTES = 1 << 20  # output bytes per decoding task when many small chunks are read at once
 
 
 @dataclass
@@ -267,16 +270,43 @@ class ContainerReader:
 
     def read_many(self, entries: list[TensorEntry]) -> list[np.ndarray]:
         """The raw bytes of several tensors, their chunks decoded together on all threads, so
-        many small tensors keep every core busy as well as one large one does."""
-        outs = [np.empty(t.nbytes, np.uint8) for t in entries]
-        jobs = [(t, i, out) for t, out in zip(entries, outs) for i in range(len(t.chunks))]
+        many small tensors keep every core busy as well as one large one does.
 
-        def decode(job) -> None:
-            entry, index, out = job
-            start, n = entry.chunk_span(index)
-            k = entry.dtype.itemsize
-            codec.decode_chunk(self._data, entry.chunks[index], entry.layout, out[start * k:(start + n) * k],
-                               f"tensor {entry.name!r} chunk {index}")
+        Chunks go to the kernel in batches of about BATCH_BYTES of output, so a model of many
+        small tensors costs one kernel call per batch rather than per chunk.
+        """
+        starts = np.cumsum([0] + [t.nbytes for t in entries])
+        whole = np.empty(int(starts[-1]), np.uint8)
+        outs = [whole[starts[i]:starts[i + 1]] for i in range(len(entries))]
+        jobs, batch, size = [], [], 0
+        for t, base in zip(entries, starts):
+            for i in range(len(t.chunks)):
+                first, n = t.chunk_span(i)
+                batch.append((t, i, int(base) + first * t.dtype.itemsize, n * t.dtype.itemsize))
+                size += n * t.dtype.itemsize
+                if size >= BATCH_BYTES:
+                    jobs.append(batch)
+                    batch, size = [], 0
+        if batch:
+            jobs.append(batch)
+
+        def decode(batch) -> None:
+            m = len(batch)
+            methods, params, lengths = (np.zeros((m, 8), np.int64) for _ in range(3))
+            for c, (t, i, _, _) in enumerate(batch):
+                for j, p in enumerate(t.chunks[i].planes):
+                    methods[c, j], params[c, j], lengths[c, j] = p.method, p.parameter, p.length
+            out_starts = np.array([b[2] for b in batch] + [batch[-1][2] + batch[-1][3]], np.int64)
+            bad = kernels.decode_batch(
+                self._data, np.array([t.chunks[i].offset for t, i, _, _ in batch], np.int64),
+                np.array([t.dtype.itemsize for t, _, _, _ in batch], np.int64), methods, params, lengths,
+                np.array([t.layout for t, _, _, _ in batch], np.int64),
+                np.array([t.chunks[i].checksum for t, i, _, _ in batch], np.uint64), whole, out_starts)
+            if bad >= 0:  # decode that chunk again on the path that explains what is wrong
+                t, i, start, length = batch[bad]
+                codec.decode_chunk(self._data, t.chunks[i], t.layout, whole[start:start + length],
+                                   f"tensor {t.name!r} chunk {i}")
+                raise FormatError(f"tensor {t.name!r} chunk {i}: corrupt")
 
         try:
             for _ in codec.ordered_map(self._workers(), self.threads, decode, jobs):

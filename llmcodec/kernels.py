@@ -425,3 +425,17 @@ def decode_chunk(data, offset, methods, params, lengths, layout, checksum, out):
     if xxh64(out) != checksum:
         return CHUNK_BAD_CHECKSUM, -1
     return CHUNK_OK, -1
+
+
+@_jit
+def decode_batch(data, offsets, counts, methods, params, lengths, layouts, checksums, out, out_starts):
+    """Decode chunks c = 0.. of a batch with `decode_chunk`: chunk c has counts[c] planes described
+    by row c of methods/params/lengths, and its raw bytes go to out[out_starts[c]:out_starts[c + 1]].
+    Returns -1 when all are right, else the index of the first faulty chunk."""
+    for c in range(offsets.shape[0]):
+        k = counts[c]
+        status, _ = decode_chunk(data, offsets[c], methods[c, :k], params[c, :k], lengths[c, :k], layouts[c],
+                                 checksums[c], out[out_starts[c]:out_starts[c + 1]])
+        if status != CHUNK_OK:
+            return c
+    return -1
