@@ -106,20 +106,24 @@ def rans_encode(symbols, index, freq, cum, precision, out):
     n = symbols.shape[0]
     states = np.full(ENCODE_LANES, RANS_L, np.int64)
     inverse = 1.0 / freq
-    limit = freq << (32 - precision)
+    # per symbol, side by side: the renormalisation limit, and freq | cum << 32 (fewer loads)
+    packed = np.empty((freq.shape[0], 2), np.int64)
+    for k in range(freq.shape[0]):
+        packed[k, 0] = freq[k] << (32 - precision)
+        packed[k, 1] = freq[k] | (cum[k] << 32)
     pos = out.shape[0]
     j = (n - 1) % ENCODE_LANES if n > 0 else 0
     for i in range(n - 1, -1, -1):
         k = np.int64(index[symbols[i]])
-        f = freq[k]
+        fc = packed[k, 1]
         x = states[j]
-        if x >= limit[k]:
+        if x >= packed[k, 0]:
             pos -= 2
             out[pos] = x & 0xFF
             out[pos + 1] = (x >> 8) & 0xFF
             x >>= 16
         q = np.int64(x * inverse[k] + 9.5367431640625e-07)  # 2^-20
-        states[j] = (q << precision) + (x - q * f) + cum[k]
+        states[j] = (q << precision) + (x - q * (fc & 0xFFFFFFFF)) + (fc >> 32)
         j = j - 1 if j > 0 else ENCODE_LANES - 1
     for j in range(ENCODE_LANES - 1, -1, -1):
         x = states[j]
