@@ -385,9 +385,6 @@ class ContainerReader:
         if stop > start:
             self._mmap.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
-    def read_tensor(self, entry: TensorEntry) -> np.ndarray:
-        return self.read_raw(entry).view(entry.dtype.numpy).reshape(entry.shape)
-
     def read_blob(self, seg: Segment) -> memoryview:
         data = memoryview(self._data[seg.offset:seg.offset + seg.length])
         computed = format.checksum64(data)
