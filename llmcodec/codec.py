@@ -1,7 +1,8 @@
 """Chunks <-> coded planes, and the thread count every parallel entry point uses.
 
-`encode_chunk` turns a chunk's raw bytes into one coded stream per plane; `decode_chunk` checks a
-chunk's streams and writes its raw bytes into the caller's output, then verifies its checksum.
+`encode_chunk` turns a chunk's raw bytes into one coded stream per plane; `chunk_rows` describes a
+tensor's chunks to the decoding kernel, and `explain_fault` names what is wrong with a chunk that
+kernel rejected.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from . import kernels, models
 from .errors import ChecksumError, FormatError, InvalidArgumentError
-from .format import METHOD_CONSTANT, METHOD_RAW, Chunk, checksum64
+from .format import METHOD_CONSTANT, METHOD_RAW, Chunk, PlaneRef, TensorEntry, checksum64
 
 DEFAULT_CHUNK_SIZE = 1 << 20  # bytes of raw tensor data per chunk
 
@@ -42,13 +43,31 @@ def chunk_elements(chunk_size: int | None, itemsize: int) -> int:
     return size // itemsize
 
 
-def encode_chunk(raw: np.ndarray, layout: int, itemsize: int) -> tuple[int, list[models.CodedPlane]]:
-    """Checksum and coded planes of one chunk; `raw` is its n * itemsize bytes (uint8, n >= 1)."""
-    planes = np.empty((itemsize, raw.shape[0] // itemsize), np.uint8)
-    kernels.split_planes(raw, layout, planes)
-    counts = kernels.histograms(planes)
-    coded = [models.encode_plane(planes[j], counts[j]) for j in range(itemsize)]
-    return int(kernels.xxh64(raw)), coded  # XXH64 without the GIL
+def encode_chunk(raw: np.ndarray, layout: int, itemsize: int) -> tuple[int, list[PlaneRef], np.ndarray]:
+    """Checksum, plane records and streams (back to back) of one chunk; `raw` is its n * itemsize
+    bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
+    out = np.empty(raw.shape[0], np.uint8)
+    info = np.empty((itemsize, 3), np.int64)
+    check, total = kernels.encode_chunk(raw, layout, itemsize, out, info)
+    return int(check), [PlaneRef(int(m), int(p), int(n)) for m, p, n in info], out[:total]
+
+
+def chunk_rows(entry: TensorEntry) -> np.ndarray:
+    """The tensor's chunk descriptors for kernels.decode_chunks: int64[chunks, ROW_SIZE]."""
+    rows = np.zeros((len(entry.chunks), kernels.ROW_SIZE), np.int64)
+    k = entry.dtype.itemsize
+    for i, chunk in enumerate(entry.chunks):
+        row = rows[i]
+        row[kernels.ROW_OFFSET] = chunk.offset
+        row[kernels.ROW_CHECKSUM] = chunk.checksum - (1 << 64) if chunk.checksum >= 1 << 63 else chunk.checksum
+        row[kernels.ROW_N] = entry.chunk_span(i)[1]
+        for j, p in enumerate(chunk.planes):
+            row[kernels.ROW_METHODS + j] = p.method
+            row[kernels.ROW_PARAMS + j] = p.parameter
+            row[kernels.ROW_LENGTHS + j] = p.length
+    rows[:, kernels.ROW_K] = k
+    rows[:, kernels.ROW_LAYOUT] = entry.layout
+    return rows
 
 
 def ordered_map(pool, threads: int, fn, items):
@@ -67,21 +86,11 @@ def ordered_map(pool, threads: int, fn, items):
         yield pending.popleft().result()
 
 
-def decode_chunk(data: np.ndarray, chunk: Chunk, layout: int, out: np.ndarray, where: str) -> None:
-    """Decode `chunk` from the file bytes `data` into `out` (its n * itemsize raw bytes), and
-    verify its checksum. The header parser has checked the chunk's ranges and plane lengths.
-
-    All of it runs in one kernel without the GIL; when that kernel finds a fault, the chunk is
-    read again by the validating Python path, which says precisely what is wrong.
-    """
-    methods = np.array([p.method for p in chunk.planes], np.int64)
-    params = np.array([p.parameter for p in chunk.planes], np.int64)
-    lengths = np.array([p.length for p in chunk.planes], np.int64)
-    status, _ = kernels.decode_chunk(data, chunk.offset, methods, params, lengths, layout,
-                                     np.uint64(chunk.checksum), out)
-    if status == kernels.CHUNK_OK:
-        return
-    planes = decode_planes(data, chunk, out.shape[0] // len(chunk.planes), where)  # raises on a bad stream
+def explain_fault(data: np.ndarray, chunk: Chunk, layout: int, n: int, where: str) -> None:
+    """Decode `chunk` (n elements) again on the validating Python path and raise the precise
+    error: the kernel reported a fault in it."""
+    planes = decode_planes(data, chunk, n, where)  # raises on a bad stream
+    out = np.empty(n * len(chunk.planes), np.uint8)
     kernels.merge_planes(planes, layout, out)
     computed = checksum64(out)
     if computed != chunk.checksum:

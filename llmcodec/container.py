@@ -18,7 +18,7 @@ import numpy as np
 from . import codec, dtypes, format, kernels
 from .atomic import AtomicFile
 from .errors import ChecksumError, FormatError, InvalidArgumentError, LlmcodecError, TruncatedError
-from .format import Chunk, Header, Limits, PlaneRef, Segment, Source, TensorEntry
+from .format import Chunk, Header, Limits, Segment, Source, TensorEntry
 
 
 BATCH_BYTES = 1 << 20  # output bytes per decoding task when many small chunks are read at once
@@ -108,15 +108,15 @@ class ContainerWriter:
         def encode(job):
             item, entry, span = job
             if entry is None:
-                return item.read(), None, None
+                return item.read(), None, None, None
             if span is None:
-                return None, None, None
+                return None, None, None, None
             chunk = item.read(*span)
             return chunk, *codec.encode_chunk(chunk, entry.layout, entry.dtype.itemsize)
 
         indices, last = [], None
         results = codec.ordered_map(self._pool, self.threads, encode, jobs)
-        for (_, entry, span), (raw, check, planes) in zip(jobs, results):
+        for (_, entry, span), (raw, check, planes, streams) in zip(jobs, results):
             if entry is None:
                 self._add_blob(raw, segments)
             else:
@@ -128,10 +128,8 @@ class ContainerWriter:
                     last = entry
                 if span is None:
                     continue
-                entry.chunks.append(Chunk(self._pos, check, [PlaneRef(p.method, p.parameter, p.length)
-                                                             for p in planes]))
-                for p in planes:
-                    self._write(p.payload)
+                entry.chunks.append(Chunk(self._pos, check, planes))
+                self._write([streams])
             if on_chunk is not None and raw is not None:
                 on_chunk(raw)
         return indices
@@ -201,6 +199,7 @@ class ContainerReader:
         self._file = None
         self._mmap = None
         self._pool = None
+        self._row_cache: dict[str, np.ndarray] = {}
         try:
             self._data = self._map(source)
             size = self._data.shape[0]
@@ -269,67 +268,20 @@ class ContainerReader:
         return self.read_chunks(entry, 0, len(entry.chunks), out)
 
     def read_many(self, entries: list[TensorEntry]) -> list[np.ndarray]:
-        """The raw bytes of several tensors, their chunks decoded together on all threads, so
-        many small tensors keep every core busy as well as one large one does.
-
-        Chunks go to the kernel in batches of about BATCH_BYTES of output, so a model of many
-        small tensors costs one kernel call per batch rather than per chunk.
-        """
+        """The raw bytes of several tensors, views of one new buffer, their chunks decoded
+        together on all threads, so many small tensors keep every core busy as well as one
+        large one does."""
         starts = np.cumsum([0] + [t.nbytes for t in entries])
         whole = np.empty(int(starts[-1]), np.uint8)
-        outs = [whole[starts[i]:starts[i + 1]] for i in range(len(entries))]
-        jobs, batch, size = [], [], 0
-        for t, base in zip(entries, starts):
-            for i in range(len(t.chunks)):
-                first, n = t.chunk_span(i)
-                batch.append((t, i, int(base) + first * t.dtype.itemsize, n * t.dtype.itemsize))
-                size += n * t.dtype.itemsize
-                if size >= BATCH_BYTES:
-                    jobs.append(batch)
-                    batch, size = [], 0
-        if batch:
-            jobs.append(batch)
-
-        def decode(batch) -> None:
-            m = len(batch)
-            methods, params, lengths = (np.zeros((m, 8), np.int64) for _ in range(3))
-            for c, (t, i, _, _) in enumerate(batch):
-                for j, p in enumerate(t.chunks[i].planes):
-                    methods[c, j], params[c, j], lengths[c, j] = p.method, p.parameter, p.length
-            out_starts = np.array([b[2] for b in batch] + [batch[-1][2] + batch[-1][3]], np.int64)
-            bad = kernels.decode_batch(
-                self._data, np.array([t.chunks[i].offset for t, i, _, _ in batch], np.int64),
-                np.array([t.dtype.itemsize for t, _, _, _ in batch], np.int64), methods, params, lengths,
-                np.array([t.layout for t, _, _, _ in batch], np.int64),
-                np.array([t.chunks[i].checksum for t, i, _, _ in batch], np.uint64), whole, out_starts)
-            if bad >= 0:  # decode that chunk again on the path that explains what is wrong
-                t, i, start, length = batch[bad]
-                codec.decode_chunk(self._data, t.chunks[i], t.layout, whole[start:start + length],
-                                   f"tensor {t.name!r} chunk {i}")
-                raise FormatError(f"tensor {t.name!r} chunk {i}: corrupt")
-
-        try:
-            for _ in codec.ordered_map(self._workers(), self.threads, decode, jobs):
-                pass
-        except LlmcodecError as exc:
-            raise self._named(exc) from None
-        return outs
+        owners = [(t, i) for t in entries for i in range(len(t.chunks))]
+        rows = np.concatenate([self._rows(t) for t in entries]) if entries else np.zeros((0, kernels.ROW_SIZE),
+                                                                                        np.int64)
+        self._decode_rows(rows, owners, whole)
+        return [whole[starts[i]:starts[i + 1]] for i in range(len(entries))]
 
     def read_chunks(self, entry: TensorEntry, first: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Decode chunks [first, stop) of a tensor, in parallel, into `out` (their raw bytes)."""
-        k = entry.dtype.itemsize
-        base = entry.chunk_span(first)[0] * k if stop > first else 0
-
-        def decode(index: int) -> None:
-            start, n = entry.chunk_span(index)
-            codec.decode_chunk(self._data, entry.chunks[index], entry.layout,
-                               out[start * k - base:(start + n) * k - base], f"tensor {entry.name!r} chunk {index}")
-
-        try:
-            for _ in codec.ordered_map(self._workers(), self.threads, decode, range(first, stop)):
-                pass
-        except LlmcodecError as exc:
-            raise self._named(exc) from None
+        self._decode_rows(self._rows(entry)[first:stop], [(entry, i) for i in range(first, stop)], out)
         return out
 
     def iter_raw(self, entry: TensorEntry):
@@ -338,13 +290,13 @@ class ContainerReader:
         Memory stays bounded by a few chunks per thread: each yielded array is new, and the file's
         pages behind a decoded chunk are released from this process's resident set.
         """
-        k = entry.dtype.itemsize
+        rows = self._rows(entry)
 
         def decode(index: int) -> np.ndarray:
-            start, n = entry.chunk_span(index)
-            out = np.empty(n * k, np.uint8)
+            row = rows[index:index + 1]
+            out = np.empty(int(row[0, kernels.ROW_N] * row[0, kernels.ROW_K]), np.uint8)
+            self._decode_batch(row, [(entry, index)], out, np.zeros(1, np.int64))
             chunk = entry.chunks[index]
-            codec.decode_chunk(self._data, chunk, entry.layout, out, f"tensor {entry.name!r} chunk {index}")
             self._release(chunk.offset, chunk.length)
             return out
 
@@ -352,6 +304,45 @@ class ContainerReader:
             yield from codec.ordered_map(self._workers(), self.threads, decode, range(len(entry.chunks)))
         except LlmcodecError as exc:
             raise self._named(exc) from None
+
+    def _rows(self, entry: TensorEntry) -> np.ndarray:
+        rows = self._row_cache.get(entry.name)
+        if rows is None:
+            rows = self._row_cache[entry.name] = codec.chunk_rows(entry)
+        return rows
+
+    def _decode_rows(self, rows: np.ndarray, owners: list, out: np.ndarray) -> None:
+        """Decode the chunks `rows` (of (tensor, chunk index) `owners`) into `out`, back to back.
+
+        Chunks go to the kernel in batches of about BATCH_BYTES of output: one kernel call per
+        batch, not per chunk, and one batch per task on the worker threads.
+        """
+        sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_K]
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        cuts = [0]
+        for c in range(1, len(rows)):  # a new batch where the running total crosses BATCH_BYTES
+            if ends[c - 1] - starts[cuts[-1]] >= BATCH_BYTES:
+                cuts.append(c)
+        cuts.append(len(rows))
+
+        def decode(b: int) -> None:
+            lo, hi = cuts[b], cuts[b + 1]
+            self._decode_batch(rows[lo:hi], owners[lo:hi], out, starts[lo:hi])
+
+        try:
+            for _ in codec.ordered_map(self._workers(), self.threads, decode, range(len(cuts) - 1)):
+                pass
+        except LlmcodecError as exc:
+            raise self._named(exc) from None
+
+    def _decode_batch(self, rows: np.ndarray, owners: list, out: np.ndarray, starts: np.ndarray) -> None:
+        bad = kernels.decode_chunks(self._data, rows, starts, out)
+        if bad >= 0:  # decode that chunk again on the path that explains what is wrong
+            t, i = owners[bad]
+            where = f"tensor {t.name!r} chunk {i}"
+            codec.explain_fault(self._data, t.chunks[i], t.layout, t.chunk_span(i)[1], where)
+            raise FormatError(f"{where}: corrupt")
 
     def plane_histograms(self, entry: TensorEntry) -> np.ndarray:
         """Symbol counts of each plane over the whole tensor: int64[itemsize, 256]."""

@@ -1,7 +1,13 @@
-"""Numba kernels: plane split/merge, histograms, rANS encode/decode (spec sections 5 and 6).
+"""Numba kernels: plane split/merge, histograms, frequency tables, rANS, whole chunks (spec 5, 6).
 
 Pure functions over arrays, no I/O. Callers validate every length and table first: numba does no
 bounds checks, so each kernel states what it assumes. Integer arithmetic is int64 throughout.
+Loops index arrays with `range` counters or unsigned values: numba then skips its negative-index
+wraparound, which would otherwise keep LLVM from vectorising a loop.
+
+Two kernels do a chunk's whole work in one GIL-free call: `encode_chunk` (split, histograms,
+model choice, rANS, tables, checksum) and `decode_chunks` (tables, rANS, merge, checksum, for a
+batch of chunks). The rest serve them, the validating Python paths and the tests.
 """
 
 from __future__ import annotations
@@ -12,41 +18,86 @@ from numba import njit
 RANS_L = 1 << 16  # lower bound of a state; states live in [RANS_L, 2^32) between symbols
 ENCODE_LANES = 8  # lanes the encoder writes; the decoder has a fast path for them
 
+# Writer's choices (spec 6.3, informative).
+PRECISION = 12  # RANS0: 4096 slots, a 32 KiB decode table that stays in L1
+PAIR_PRECISION = 13  # RANS0_PAIRS: hundreds of distinct pairs need finer frequencies
+MAX_PAIR_BYTES = 64  # more distinct bytes than that make too many pairs
+MAX_PAIRS = 2048  # rare pairs beyond this many would crowd out the common ones
+# A plane is entropy-coded only if that saves at least this fraction of its raw size: coding a
+# near-uniform plane (a bf16's sign + mantissa saves ~0.2%) would halve decode speed for ~0.1% of
+# the file. ZipNN's equivalent threshold is 5%.
+MIN_GAIN = 0.02
+# RANS0_PAIRS decodes about 1.5x as fast as RANS0 (one step per two bytes); it is chosen while it
+# costs at most this fraction more than RANS0.
+PAIR_TOLERANCE = 0.01
+
+# Methods and layouts (spec sections 5 and 6), as format.py numbers them.
+RAW, CONSTANT, RANS0, RANS0_PAIRS = 0, 1, 2, 3
+BYTES, FIELDS16, FIELDS32 = 0, 1, 2
+
 # rans_decode status codes
 DECODE_OK = 0
 DECODE_BAD_STATE = 1
 DECODE_STREAM_SHORT = 2
 DECODE_BAD_END = 3
 
+# A chunk descriptor for decode_chunks: one int64 row per chunk.
+ROW_OFFSET, ROW_CHECKSUM, ROW_N, ROW_K, ROW_LAYOUT = 0, 1, 2, 3, 4
+ROW_METHODS, ROW_PARAMS, ROW_LENGTHS = 5, 13, 21  # 8 columns each: plane j at + j
+ROW_SIZE = 29
+
 _jit = njit(cache=True, nogil=True)
+_inline = njit(cache=True, nogil=True, inline="always")
+
+
+# --- planes (spec section 5) ---------------------------------------------------------------------
 
 
 @_jit
 def split_planes(src, layout, planes):
-    """Split `n` elements of raw little-endian bytes `src` into `planes[k, n]` (spec section 5).
+    """Split the n * k raw little-endian bytes `src` into `planes[k, n]`.
 
-    Assumes len(src) == n * k with k = planes.shape[0] and `layout` allowed for k.
+    Assumes len(src) == n * k and `layout` allowed for k (FIELDS16: k = 2, FIELDS32: k = 4).
     """
     k = planes.shape[0]
     n = planes.shape[1]
-    if layout == 1:  # FIELDS16
+    if k == 1:
+        p = planes[0]
         for i in range(n):
-            lo = np.int64(src[2 * i])
-            hi = np.int64(src[2 * i + 1])
-            planes[0, i] = ((hi & 0x7F) << 1) | (lo >> 7)
-            planes[1, i] = (hi & 0x80) | (lo & 0x7F)
-    elif layout == 2:  # FIELDS32
-        for i in range(n):
-            b2 = np.int64(src[4 * i + 2])
-            b3 = np.int64(src[4 * i + 3])
-            planes[0, i] = ((b3 & 0x7F) << 1) | (b2 >> 7)
-            planes[1, i] = (b3 & 0x80) | (b2 & 0x7F)
-            planes[2, i] = src[4 * i + 1]
-            planes[3, i] = src[4 * i]
-    else:  # BYTES
-        for i in range(n):
-            for j in range(k):
-                planes[j, i] = src[i * k + j]
+            p[i] = src[i]
+    elif k == 2:
+        p0, p1 = planes[0], planes[1]
+        if layout == FIELDS16:
+            for i in range(n):
+                lo = np.int64(src[2 * i])
+                hi = np.int64(src[2 * i + 1])
+                p0[i] = ((hi & 0x7F) << 1) | (lo >> 7)
+                p1[i] = (hi & 0x80) | (lo & 0x7F)
+        else:
+            for i in range(n):
+                p0[i] = src[2 * i]
+                p1[i] = src[2 * i + 1]
+    elif k == 4:
+        p0, p1, p2, p3 = planes[0], planes[1], planes[2], planes[3]
+        if layout == FIELDS32:
+            for i in range(n):
+                b2 = np.int64(src[4 * i + 2])
+                b3 = np.int64(src[4 * i + 3])
+                p0[i] = ((b3 & 0x7F) << 1) | (b2 >> 7)
+                p1[i] = (b3 & 0x80) | (b2 & 0x7F)
+                p2[i] = src[4 * i + 1]
+                p3[i] = src[4 * i]
+        else:
+            for i in range(n):
+                p0[i] = src[4 * i]
+                p1[i] = src[4 * i + 1]
+                p2[i] = src[4 * i + 2]
+                p3[i] = src[4 * i + 3]
+    else:
+        for j in range(k):
+            p = planes[j]
+            for i in range(n):
+                p[i] = src[np.uint64(i * k + j)]
 
 
 @_jit
@@ -54,101 +105,155 @@ def merge_planes(planes, layout, dst):
     """Inverse of split_planes: write the raw bytes of `planes[k, n]` into `dst` (n * k bytes)."""
     k = planes.shape[0]
     n = planes.shape[1]
-    if layout == 1:  # FIELDS16
+    if k == 1:
+        p = planes[0]
         for i in range(n):
-            p0 = np.int64(planes[0, i])
-            p1 = np.int64(planes[1, i])
-            dst[2 * i] = ((p0 & 1) << 7) | (p1 & 0x7F)
-            dst[2 * i + 1] = (p1 & 0x80) | (p0 >> 1)
-    elif layout == 2:  # FIELDS32
-        for i in range(n):
-            p0 = np.int64(planes[0, i])
-            p1 = np.int64(planes[1, i])
-            dst[4 * i] = planes[3, i]
-            dst[4 * i + 1] = planes[2, i]
-            dst[4 * i + 2] = ((p0 & 1) << 7) | (p1 & 0x7F)
-            dst[4 * i + 3] = (p1 & 0x80) | (p0 >> 1)
-    else:  # BYTES
-        for i in range(n):
-            for j in range(k):
-                dst[i * k + j] = planes[j, i]
+            dst[i] = p[i]
+    elif k == 2:
+        p0, p1 = planes[0], planes[1]
+        if layout == FIELDS16:
+            for i in range(n):
+                a = np.int64(p0[i])
+                b = np.int64(p1[i])
+                dst[2 * i] = ((a & 1) << 7) | (b & 0x7F)
+                dst[2 * i + 1] = (b & 0x80) | (a >> 1)
+        else:
+            for i in range(n):
+                dst[2 * i] = p0[i]
+                dst[2 * i + 1] = p1[i]
+    elif k == 4:
+        p0, p1, p2, p3 = planes[0], planes[1], planes[2], planes[3]
+        if layout == FIELDS32:
+            for i in range(n):
+                a = np.int64(p0[i])
+                b = np.int64(p1[i])
+                dst[4 * i] = p3[i]
+                dst[4 * i + 1] = p2[i]
+                dst[4 * i + 2] = ((a & 1) << 7) | (b & 0x7F)
+                dst[4 * i + 3] = (b & 0x80) | (a >> 1)
+        else:
+            for i in range(n):
+                dst[4 * i] = p0[i]
+                dst[4 * i + 1] = p1[i]
+                dst[4 * i + 2] = p2[i]
+                dst[4 * i + 3] = p3[i]
+    else:
+        for j in range(k):
+            p = planes[j]
+            for i in range(n):
+                dst[np.uint64(i * k + j)] = p[i]
 
 
 @_jit
 def histograms(planes):
-    """Symbol counts of each plane: int64[k, 256]."""
+    """Symbol counts of each plane: int64[k, 256]. Four sub-counts per plane, so runs of one byte
+    do not wait on their own previous increment."""
     k = planes.shape[0]
+    n = planes.shape[1]
     counts = np.zeros((k, 256), np.int64)
+    sub = np.zeros((4, 256), np.int64)
     for j in range(k):
         row = planes[j]
-        c = counts[j]
-        for i in range(row.shape[0]):
-            c[row[i]] += 1
+        sub[:] = 0
+        s0, s1, s2, s3 = sub[0], sub[1], sub[2], sub[3]
+        quad = n - n % 4
+        for i in range(0, quad, 4):
+            s0[row[i]] += 1
+            s1[row[i + 1]] += 1
+            s2[row[i + 2]] += 1
+            s3[row[i + 3]] += 1
+        for i in range(quad, n):
+            s0[row[i]] += 1
+        for s in range(256):
+            counts[j, s] = s0[s] + s1[s] + s2[s] + s3[s]
     return counts
 
 
 @_jit
-def rans_encode(symbols, index, freq, cum, precision, out):
-    """Encode `symbols` with an order-0 model and ENCODE_LANES lanes into the tail of `out`;
-    return where the stream starts.
+def pair_histogram(plane):
+    """Counts of the 16-bit symbols plane[2i] | plane[2i + 1] << 8: int64[65536]."""
+    counts = np.zeros(65536, np.int64)
+    for i in range(plane.shape[0] // 2):
+        counts[np.int64(plane[2 * i]) | (np.int64(plane[2 * i + 1]) << 8)] += 1
+    return counts
 
-    Symbol s has frequency freq[index[s]] and cumulative frequency cum[index[s]] (the model's
-    symbols numbered densely, so its arrays stay small even for 16-bit symbols). The stream
-    out[start:] is the lane states (u32 each, lane 0 first) then the u16 words, as spec section
-    6.1 lays them out. Assumes every symbol present has a frequency >= 1, the frequencies add up
-    to 2^precision, precision <= 14, and len(out) >= 4 * lanes + 2 * len(symbols) (at most one
-    word per symbol is emitted, since freq << (32 - precision) >= 2^18).
 
-    x // f is computed as floor(x * (1/f) + 2^-20) in float64, which is exact here: x / f <
-    2^31, so the product is within 2^-21 of it, while a non-integer x / f is at least 1/f >=
-    2^-14 away from the integers on either side.
+# --- frequency tables (spec 6.1, 6.4) ------------------------------------------------------------
+
+
+@_jit
+def quantize_frequencies(counts, precision):
+    """Frequencies >= 1 summing to 2^precision for symbols whose `counts` (all > 0) are given.
+
+    Close to the counts' proportions: floor of the scaled counts (at least 1), then the remainder
+    handed out, or the overshoot taken back, where that costs fewest bits. Needs between 1 and
+    2^precision symbols.
     """
-    n = symbols.shape[0]
-    states = np.full(ENCODE_LANES, RANS_L, np.int64)
-    inverse = 1.0 / freq
-    # per symbol, side by side: the renormalisation limit, and freq | cum << 32 (fewer loads)
-    packed = np.empty((freq.shape[0], 2), np.int64)
-    for k in range(freq.shape[0]):
-        packed[k, 0] = freq[k] << (32 - precision)
-        packed[k, 1] = freq[k] | (cum[k] << 32)
-    pos = out.shape[0]
-    j = (n - 1) % ENCODE_LANES if n > 0 else 0
-    for i in range(n - 1, -1, -1):
-        k = np.int64(index[symbols[i]])
-        fc = packed[k, 1]
-        x = states[j]
-        if x >= packed[k, 0]:
-            pos -= 2
-            out[pos] = x & 0xFF
-            out[pos + 1] = (x >> 8) & 0xFF
-            x >>= 16
-        q = np.int64(x * inverse[k] + 9.5367431640625e-07)  # 2^-20
-        states[j] = (q << precision) + (x - q * (fc & 0xFFFFFFFF)) + (fc >> 32)
-        j = j - 1 if j > 0 else ENCODE_LANES - 1
-    for j in range(ENCODE_LANES - 1, -1, -1):
-        x = states[j]
-        pos -= 4
-        out[pos] = x & 0xFF
-        out[pos + 1] = (x >> 8) & 0xFF
-        out[pos + 2] = (x >> 16) & 0xFF
-        out[pos + 3] = (x >> 24) & 0xFF
-    return pos
+    k = counts.shape[0]
+    total_slots = np.int64(1) << precision
+    scale = total_slots / counts.sum()
+    freq = np.empty(k, np.int64)
+    for i in range(k):
+        freq[i] = max(np.int64(1), np.int64(counts[i] * scale))
+    excess = freq.sum() - total_slots
+    if excess < 0:
+        # Each +1 gains c * log2((f + 1) / f) bits; floor lost < 1 per symbol, so -excess < k.
+        gain = np.empty(k)
+        for i in range(k):
+            gain[i] = -counts[i] * np.log2((freq[i] + 1) / freq[i])
+        order = np.argsort(gain, kind="mergesort")
+        for t in range(-excess):
+            freq[order[t]] += 1
+    while excess > 0:
+        # Raising rare symbols to 1 overshot: take 1 back where it costs least.
+        loss = np.empty(k)
+        movable = 0
+        for i in range(k):
+            if freq[i] > 1:
+                loss[i] = counts[i] * np.log2(freq[i] / (freq[i] - 1))
+                movable += 1
+            else:
+                loss[i] = np.inf
+        order = np.argsort(loss, kind="mergesort")
+        take = min(excess, movable)
+        for t in range(take):
+            freq[order[t]] -= 1
+        excess -= take
+    return freq
+
+
+@_jit
+def ideal_bits(counts, freq, precision):
+    """Bits the coded symbols take under `freq`: the quantized model's information content."""
+    bits = 0.0
+    for i in range(counts.shape[0]):
+        bits += counts[i] * (precision - np.log2(freq[i]))
+    return bits
+
+
+@_jit
+def fill_decode_table(symbols, freq, precision, table):
+    """table[slot] = symbol | freq << 16 | (slot - cum) << 32 for the 2^precision slots.
+
+    Assumes a validated table: every freq >= 1, sum(freq) == 2^precision <= len(table).
+    """
+    slot = 0
+    for k in range(symbols.shape[0]):
+        entry = symbols[k] | (freq[k] << 16)
+        for bias in range(freq[k]):
+            table[slot] = entry | (np.int64(bias) << 32)
+            slot += 1
 
 
 @_jit
 def decode_table(symbols, freq, precision):
-    """int64[2^precision]: for each slot, symbol | (freq - 1) << 16 | (slot - cum) << 32.
-
-    Assumes a validated table: every freq >= 1 and sum(freq) == 2^precision.
-    """
+    """int64[2^precision], see fill_decode_table."""
     table = np.empty(np.int64(1) << precision, np.int64)
-    slot = 0
-    for k in range(symbols.shape[0]):
-        entry = symbols[k] | ((freq[k] - 1) << 16)
-        for bias in range(freq[k]):
-            table[slot] = entry | (np.int64(bias) << 32)
-            slot += 1
+    fill_decode_table(symbols, freq, precision, table)
     return table
+
+
+# --- rANS (spec 6.2, 6.3) ------------------------------------------------------------------------
 
 
 @_jit
@@ -156,9 +261,9 @@ def rans_decode(stream, table, precision, lanes, width, out):
     """Decode len(out) // width symbols of `width` bytes (1, or 2 for pairs) from `stream` (lane
     states, then u16 words) into `out`, each symbol's low byte first.
 
-    `table` is a `decode_table` of a validated frequency table. Never reads outside `stream` or
-    writes outside `out`; returns a DECODE_* status (spec section 6.2: the end states must be
-    RANS_L and every word consumed).
+    `table` holds a `fill_decode_table` of a validated frequency table. Never reads outside
+    `stream` or writes outside `out`; returns a DECODE_* status (spec section 6.2: the end states
+    must be RANS_L and every word consumed).
     """
     n = out.shape[0] // width
     mask = (np.int64(1) << precision) - 1
@@ -187,9 +292,9 @@ def rans_decode(stream, table, precision, lanes, width, out):
                 else:
                     out[2 * (i + j)] = e & 0xFF
                     out[2 * (i + j) + 1] = (e >> 8) & 0xFF
-                x = (((e >> 16) & 0xFFFF) + 1) * (x >> precision) + (e >> 32)
+                x = ((e >> 16) & 0xFFFF) * (x >> precision) + (e >> 32)
                 take = np.int64(x < RANS_L)
-                at = np.uint64(wpos)  # an unsigned index skips numba's negative-index wraparound
+                at = np.uint64(wpos)
                 word = np.int64(stream[at]) | (np.int64(stream[at + np.uint64(1)]) << 8)
                 states[j] = (x << (take << 4)) | (word & -take)
                 wpos += take << 1
@@ -204,7 +309,7 @@ def rans_decode(stream, table, precision, lanes, width, out):
         else:
             out[2 * i] = e & 0xFF
             out[2 * i + 1] = (e >> 8) & 0xFF
-        x = (((e >> 16) & 0xFFFF) + 1) * (x >> precision) + (e >> 32)
+        x = ((e >> 16) & 0xFFFF) * (x >> precision) + (e >> 32)
         if x < RANS_L:
             if wpos >= wend:
                 return DECODE_STREAM_SHORT
@@ -221,12 +326,245 @@ def rans_decode(stream, table, precision, lanes, width, out):
 
 
 @_jit
-def pair_histogram(plane):
-    """Counts of the 16-bit symbols plane[2i] | plane[2i + 1] << 8: int64[65536]."""
-    counts = np.zeros(65536, np.int64)
-    for i in range(plane.shape[0] // 2):
-        counts[np.int64(plane[2 * i]) | (np.int64(plane[2 * i + 1]) << 8)] += 1
-    return counts
+def rans_encode(ids, freq, cum, precision, words):
+    """Encode the symbols whose model indices are `ids` (symbol i has frequency freq[ids[i]] and
+    cumulative frequency cum[ids[i]]) with ENCODE_LANES lanes, symbol i in lane i mod 8.
+
+    Returns the final states (the decoder's initial States) and `first`: the stream's words are
+    words[first:], in the order the decoder reads them. Assumes every frequency >= 1, the
+    frequencies add up to 2^precision, precision <= 14, len(words) >= len(ids) + 1 (at most one
+    word per symbol is emitted, since freq << (32 - precision) >= 2^18).
+
+    x // f is computed as floor(x * (1/f) + 2^-20) in float64, which is exact here: x / f <
+    2^31, so the product is within 2^-21 of it, while a non-integer x / f is at least 1/f >=
+    2^-14 away from the integers on either side. The word is stored whether or not it is
+    emitted; only the emitted ones are kept (`wp` moves down), so no branch depends on the data.
+    """
+    n = ids.shape[0]
+    states = np.full(ENCODE_LANES, RANS_L, np.int64)
+    inverse = 1.0 / freq
+    packed = freq | (cum << 32)  # fewer loads per symbol
+    shift = 32 - precision
+    wp = np.int64(words.shape[0] - 1)
+    full = n - n % ENCODE_LANES
+    for r in range(n - full):  # the last, partial group first: the encoder runs backwards
+        i = n - 1 - r
+        j = i % ENCODE_LANES
+        states[j], wp = _encode_step(states[j], ids[np.uint64(i)], packed, inverse, shift, precision, words, wp)
+    # Whole groups, lanes 7 down to 0, with the states in local variables.
+    x0, x1, x2, x3, x4, x5, x6, x7 = states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7]
+    for g in range(full // ENCODE_LANES):
+        b = np.uint64(full - ENCODE_LANES * (g + 1))
+        x7, wp = _encode_step(x7, ids[b + np.uint64(7)], packed, inverse, shift, precision, words, wp)
+        x6, wp = _encode_step(x6, ids[b + np.uint64(6)], packed, inverse, shift, precision, words, wp)
+        x5, wp = _encode_step(x5, ids[b + np.uint64(5)], packed, inverse, shift, precision, words, wp)
+        x4, wp = _encode_step(x4, ids[b + np.uint64(4)], packed, inverse, shift, precision, words, wp)
+        x3, wp = _encode_step(x3, ids[b + np.uint64(3)], packed, inverse, shift, precision, words, wp)
+        x2, wp = _encode_step(x2, ids[b + np.uint64(2)], packed, inverse, shift, precision, words, wp)
+        x1, wp = _encode_step(x1, ids[b + np.uint64(1)], packed, inverse, shift, precision, words, wp)
+        x0, wp = _encode_step(x0, ids[b], packed, inverse, shift, precision, words, wp)
+    states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7] = x0, x1, x2, x3, x4, x5, x6, x7
+    return states, wp + 1
+
+
+@_inline
+def _encode_step(x, k, packed, inverse, shift, precision, words, wp):
+    """Encode symbol index k into state x; returns the new state and word position."""
+    k = np.int64(k)
+    fc = packed[k]
+    f = fc & 0xFFFFFFFF
+    take = np.int64(x >= (f << shift))
+    words[np.uint64(wp)] = x & 0xFFFF
+    x >>= take << 4
+    q = np.int64(x * inverse[k] + 9.5367431640625e-07)  # 2^-20
+    return (q << precision) + x - q * f + (fc >> 32), wp - take
+
+
+@_inline
+def _put_u16(out, pos, v):
+    out[pos] = v & 0xFF
+    out[pos + 1] = (v >> 8) & 0xFF
+
+
+@_jit
+def _put_stream(states, words, first, out, pos):
+    """Write the lane states (u32, lane 0 first) then words[first:] (u16) at out[pos:]; return the end."""
+    for j in range(ENCODE_LANES):
+        x = states[j]
+        _put_u16(out, pos, x & 0xFFFF)
+        _put_u16(out, pos + 2, x >> 16)
+        pos += 4
+    body = out[pos:pos + 2 * (words.shape[0] - first)]
+    tail = words[first:]
+    for t in range(tail.shape[0]):
+        v = np.int64(tail[t])
+        body[2 * t] = v & 0xFF
+        body[2 * t + 1] = v >> 8
+    return pos + 2 * tail.shape[0]
+
+
+@_jit
+def _put_bitmap(members, size_bytes, out, pos):
+    """A little-endian bitmap of `size_bytes` bytes at out[pos:] with bits `members` set."""
+    for b in range(size_bytes):
+        out[pos + b] = 0
+    for m in members:
+        out[pos + (m >> 3)] |= np.uint8(1 << (m & 7))
+
+
+@_jit
+def _pair_cells(plane, dense, s, cells):
+    """cells[i] = dense[plane[2i]] * s + dense[plane[2i + 1]] for each pair i; returns the counts
+    of the s * s cells. Four sub-counts, so a run of one pair does not wait on its own increment."""
+    n2 = plane.shape[0] // 2
+    high = dense * s
+    sub = np.zeros((4, s * s), np.int64)
+    s0, s1, s2, s3 = sub[0], sub[1], sub[2], sub[3]
+    quad = n2 - n2 % 4
+    for i in range(0, quad, 4):
+        c0 = high[plane[2 * i]] + dense[plane[2 * i + 1]]
+        c1 = high[plane[2 * i + 2]] + dense[plane[2 * i + 3]]
+        c2 = high[plane[2 * i + 4]] + dense[plane[2 * i + 5]]
+        c3 = high[plane[2 * i + 6]] + dense[plane[2 * i + 7]]
+        cells[i] = c0
+        cells[i + 1] = c1
+        cells[i + 2] = c2
+        cells[i + 3] = c3
+        s0[c0] += 1
+        s1[c1] += 1
+        s2[c2] += 1
+        s3[c3] += 1
+    for i in range(quad, n2):
+        c = high[plane[2 * i]] + dense[plane[2 * i + 1]]
+        cells[i] = c
+        s0[c] += 1
+    return s0 + s1 + s2 + s3
+
+
+ALL_METHODS = (1 << RAW) | (1 << CONSTANT) | (1 << RANS0) | (1 << RANS0_PAIRS)
+
+
+@_jit
+def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
+    """Store `plane` (uint8[n], n >= 1, byte histogram `counts`) at out[pos:] by the cheapest of
+    the methods in the bit set `allowed`: CONSTANT, RANS0, RANS0_PAIRS (taken while it costs at
+    most PAIR_TOLERANCE more than RANS0), RAW; entropy coding only if it saves `min_gain` of the
+    plane (with RAW allowed). Returns (method, parameter, length).
+
+    Assumes room for n bytes at out[pos:] (more if RAW is not allowed), and scratch
+    ids: uint16[>= n], words: uint16[>= n + 1].
+    """
+    n = plane.shape[0]
+    symbols = np.flatnonzero(counts)
+    s = symbols.shape[0]
+    if s == 1 and allowed & (1 << CONSTANT):
+        return CONSTANT, symbols[0], 0
+    budget = n * (1.0 - min_gain) if allowed & (1 << RAW) else np.inf
+    if not allowed & (1 << RANS0):
+        cost = np.inf
+    c = counts[symbols]
+    freq = quantize_frequencies(c, PRECISION)
+    if allowed & (1 << RANS0):
+        cost = 34 + 2 * s + ideal_bits(c, freq, PRECISION) / 8
+    dense = np.zeros(256, np.int64)
+    for t in range(s):
+        dense[symbols[t]] = t
+    n2 = n // 2
+    pairs = False
+    cells, pfreq, in_pair, s2, table_size = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0
+    if allowed & (1 << RANS0_PAIRS) and n >= 2 and s <= MAX_PAIR_BYTES:
+        cell_counts = _pair_cells(plane, dense, s, ids)
+        cells = np.flatnonzero(cell_counts)
+        if cells.shape[0] <= MAX_PAIRS:
+            pc = cell_counts[cells]
+            pfreq = quantize_frequencies(pc, PAIR_PRECISION)
+            # Byte set S: the bytes of present pairs (with n odd, the last byte may be in none).
+            in_pair = np.zeros(s, np.int64)
+            for cell in cells:
+                in_pair[cell // s] = 1
+                in_pair[cell % s] = 1
+            s2 = in_pair.sum()
+            table_size = 35 + (s2 * s2 + 7) // 8 + cells.shape[0] + np.count_nonzero(pfreq > 128)
+            pair_cost = table_size + ideal_bits(pc, pfreq, PAIR_PRECISION) / 8
+            pairs = pair_cost <= cost * (1 + PAIR_TOLERANCE)
+            if pairs:
+                cost = pair_cost
+    if cost + 4 * ENCODE_LANES < budget and (pairs or allowed & (1 << RANS0)):  # the estimate is within a few bytes of the coded size
+        if pairs:
+            rank = np.zeros(s * s, np.int64)
+            for t in range(cells.shape[0]):
+                rank[cells[t]] = t
+            sym_ids = ids[:n2]
+            for i in range(n2):
+                sym_ids[i] = rank[sym_ids[i]]
+            states, first = rans_encode(sym_ids, pfreq, np.cumsum(pfreq) - pfreq, PAIR_PRECISION, words[:n2 + 1])
+            length = table_size + 4 * ENCODE_LANES + 2 * (n2 + 1 - first)
+            if length < budget:
+                newer = np.cumsum(in_pair) - 1  # index in S of a byte's index among the symbols
+                used = np.empty(s2, np.int64)
+                for t in range(s):
+                    if in_pair[t]:
+                        used[newer[t]] = symbols[t]
+                out[pos] = PAIR_PRECISION
+                out[pos + 1] = ENCODE_LANES
+                out[pos + 2] = plane[n - 1] if n % 2 else 0
+                _put_bitmap(used, 32, out, pos + 3)
+                bits = np.empty(cells.shape[0], np.int64)
+                for t in range(cells.shape[0]):
+                    bits[t] = newer[cells[t] // s] * s2 + newer[cells[t] % s]
+                _put_bitmap(bits, (s2 * s2 + 7) // 8, out, pos + 35)
+                p = pos + 35 + (s2 * s2 + 7) // 8
+                for t in range(pfreq.shape[0]):
+                    v = pfreq[t] - 1
+                    if v < 0x80:
+                        out[p] = v
+                        p += 1
+                    else:
+                        out[p] = (v & 0x7F) | 0x80
+                        out[p + 1] = v >> 7
+                        p += 2
+                _put_stream(states, words[:n2 + 1], first, out, p)
+                return RANS0_PAIRS, 0, length
+        else:
+            sym_ids = ids[:n]
+            for i in range(n):
+                sym_ids[i] = dense[plane[i]]
+            states, first = rans_encode(sym_ids, freq, np.cumsum(freq) - freq, PRECISION, words[:n + 1])
+            length = 34 + 2 * s + 4 * ENCODE_LANES + 2 * (n + 1 - first)
+            if length < budget:
+                out[pos] = PRECISION
+                out[pos + 1] = ENCODE_LANES
+                _put_bitmap(symbols, 32, out, pos + 2)
+                for t in range(s):
+                    _put_u16(out, pos + 34 + 2 * t, freq[t] - 1)
+                _put_stream(states, words[:n + 1], first, out, pos + 34 + 2 * s)
+                return RANS0, 0, length
+    dst = out[pos:pos + n]
+    for i in range(n):
+        dst[i] = plane[i]
+    return RAW, 0, n
+
+
+@_jit
+def encode_chunk(raw, layout, k, out, info):
+    """Encode one chunk of n elements, `raw` its n * k bytes (n >= 1): the plane streams go back to
+    back into `out` (room for n * k bytes: no plane is stored larger than n), and info[j] gets
+    plane j's (method, parameter, length). Returns the chunk's XXH64 and the streams' total length.
+    """
+    n = raw.shape[0] // k
+    planes = np.empty((k, n), np.uint8)
+    split_planes(raw, layout, planes)
+    counts = histograms(planes)
+    ids = np.empty(n, np.uint16)
+    words = np.empty(n + 1, np.uint16)
+    pos = 0
+    for j in range(k):
+        method, parameter, length = encode_plane(planes[j], counts[j], out, pos, ids, words, ALL_METHODS, MIN_GAIN)
+        info[j, 0] = method
+        info[j, 1] = parameter
+        info[j, 2] = length
+        pos += length
+    return xxh64(raw), pos
 
 
 # --- XXH64 (spec section 1), so checksums run on the worker threads without the GIL ---------------
@@ -388,8 +726,10 @@ def _pairs_table(stream, n):
 
 
 @_jit
-def _decode_plane(stream, method, n, out):
-    if method == 2:
+def _decode_plane(stream, method, n, out, table):
+    """Decode a RANS0 or RANS0_PAIRS stream into the plane `out` (n bytes); False on any fault.
+    `table` has room for 2^14 entries."""
+    if method == RANS0:
         ok, precision, lanes, symbols, freq, size = _rans0_table(stream)
         width = 1
     else:
@@ -401,45 +741,52 @@ def _decode_plane(stream, method, n, out):
         return False
     if width == 2 and n % 2:
         out[n - 1] = stream[2]
-    table = decode_table(symbols, freq, precision)
+    fill_decode_table(symbols, freq, precision, table)
     return rans_decode(stream[size:], table, precision, lanes, width, out[:n - n % width]) == DECODE_OK
 
 
 @_jit
-def decode_chunk(data, offset, methods, params, lengths, layout, checksum, out):
-    """Decode one chunk whose planes (methods/params/lengths per plane, streams back to back from
-    `offset` in `data`) the header parser checked, into `out` (n * k raw bytes); verify its XXH64.
-
-    Returns CHUNK_OK, or the CHUNK_BAD_* code and the index of the plane at fault.
-    """
-    k = methods.shape[0]
-    n = out.shape[0] // k
-    planes = np.empty((k, n), np.uint8)
-    pos = offset
+def _decode_chunk(data, row, out, scratch, table):
+    """Decode the chunk described by `row` (see ROW_*) from `data` into `out`; a CHUNK_* code."""
+    n, k = row[ROW_N], row[ROW_K]
+    planes = out.reshape((1, n)) if k == 1 else scratch[:k * n].reshape((k, n))
+    pos = row[ROW_OFFSET]
     for j in range(k):
-        stream = data[pos:pos + lengths[j]]
-        pos += lengths[j]
-        if methods[j] == 0:
-            planes[j, :] = stream
-        elif methods[j] == 1:
-            planes[j, :] = params[j]
-        elif not _decode_plane(stream, methods[j], n, planes[j]):
-            return CHUNK_BAD_STREAM, j
-    merge_planes(planes, layout, out)
-    if xxh64(out) != checksum:
-        return CHUNK_BAD_CHECKSUM, -1
-    return CHUNK_OK, -1
+        method, length = row[ROW_METHODS + j], row[ROW_LENGTHS + j]
+        stream = data[pos:pos + length]
+        pos += length
+        plane = planes[j]
+        if method == RAW:
+            for i in range(n):
+                plane[i] = stream[i]
+        elif method == CONSTANT:
+            plane[:] = row[ROW_PARAMS + j]
+        elif not _decode_plane(stream, method, n, plane, table):
+            return CHUNK_BAD_STREAM
+    if k > 1:
+        merge_planes(planes, row[ROW_LAYOUT], out)
+    if xxh64(out) != np.uint64(row[ROW_CHECKSUM]):
+        return CHUNK_BAD_CHECKSUM
+    return CHUNK_OK
 
 
 @_jit
-def decode_batch(data, offsets, counts, methods, params, lengths, layouts, checksums, out, out_starts):
-    """Decode chunks c = 0.. of a batch with `decode_chunk`: chunk c has counts[c] planes described
-    by row c of methods/params/lengths, and its raw bytes go to out[out_starts[c]:out_starts[c + 1]].
-    Returns -1 when all are right, else the index of the first faulty chunk."""
-    for c in range(offsets.shape[0]):
-        k = counts[c]
-        status, _ = decode_chunk(data, offsets[c], methods[c, :k], params[c, :k], lengths[c, :k], layouts[c],
-                                 checksums[c], out[out_starts[c]:out_starts[c + 1]])
-        if status != CHUNK_OK:
+def decode_chunks(data, rows, out_starts, out):
+    """Decode the chunks described by `rows` (int64[m, ROW_SIZE], see ROW_*) from the file bytes
+    `data`: chunk c's n * k raw bytes go to out[out_starts[c]:], and its XXH64 is verified.
+
+    The header parser has checked every row: offsets and plane lengths inside `data`, methods,
+    layouts, lengths as the methods require, n * k bytes of room in `out`. Returns -1 when all
+    chunks are right, else the index of the first faulty one (whose output is then undefined).
+    """
+    biggest = 0
+    for c in range(rows.shape[0]):
+        biggest = max(biggest, rows[c, ROW_N] * rows[c, ROW_K])
+    scratch = np.empty(biggest, np.uint8)
+    table = np.empty(1 << 14, np.int64)
+    for c in range(rows.shape[0]):
+        start = out_starts[c]
+        size = rows[c, ROW_N] * rows[c, ROW_K]
+        if _decode_chunk(data, rows[c], out[start:start + size], scratch, table) != CHUNK_OK:
             return c
     return -1
