@@ -1,6 +1,11 @@
-"""llmcodec: lossless compression of neural-network weights (spec/FORMAT.md)."""
+"""llmcodec: lossless compression of neural-network weights (spec/FORMAT.md).
 
-from .api import load_file, save_file
+`import llmcodec` loads only the error classes; numpy and the numba kernels are imported on first
+use of a function below, so the command line and `import llmcodec` start fast.
+"""
+
+import importlib
+
 from .errors import (
     ChecksumError,
     FormatError,
@@ -12,14 +17,31 @@ from .errors import (
     UnsupportedFeatureError,
     UnsupportedVersionError,
 )
-from .files import decode_file, encode_file, verify_file
-from .format import Limits
-from .loader import LlmcodecFile, open
 
 __version__ = "0.1.0"
+
+_LAZY = {"load_file": "api", "save_file": "api", "decode_file": "files", "encode_file": "files",
+         "verify_file": "files", "Limits": "format", "LlmcodecFile": "loader", "open": "loader"}
+# Reachable as attributes without an import of their own; `llmcodec.torch` needs `import llmcodec.torch`.
+_SUBMODULES = {"api", "atomic", "codec", "container", "dtypes", "files", "format", "kernels", "loader", "models",
+               "safetensors_io"}
 
 __all__ = [
     "ChecksumError", "FormatError", "InvalidArgumentError", "LimitExceededError", "Limits", "LlmcodecFile", "open",
     "LlmcodecError", "TensorNotFoundError", "TruncatedError", "UnsupportedFeatureError",
     "UnsupportedVersionError", "decode_file", "encode_file", "load_file", "save_file", "verify_file",
 ]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})

@@ -8,8 +8,9 @@ import numpy as np
 
 from . import dtypes
 from .container import ContainerReader, ContainerWriter, TensorSource
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, LimitExceededError
 from .format import Limits
+from .loader import as_array, check_max_memory, reserve
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, str] | None = None, *,
@@ -43,11 +44,27 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
         writer.finish(metadata)
 
 
-def load_file(path, *, threads: int | None = None, limits: Limits | None = None) -> dict[str, np.ndarray]:
-    """Read every tensor of an `.llmc` file into numpy arrays, bit-exact, checksums verified."""
+def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
+              max_memory: int | None = None) -> dict[str, np.ndarray]:
+    """Read every tensor of an `.llmc` file into numpy arrays, bit-exact, checksums verified.
+
+    With `max_memory`, a file whose tensors add up to more bytes raises `LimitExceededError`
+    before anything is allocated (see `llmcodec.open`).
+    """
+    max_memory = check_max_memory(max_memory)
     with ContainerReader(path, threads=threads, limits=limits) as reader:
-        raws = reader.read_many(reader.tensors)
-        return {t.name: raw.view(t.dtype.numpy).reshape(t.shape) for t, raw in zip(reader.tensors, raws)}
+        total = sum(t.nbytes for t in reader.tensors)
+        what = f"{reader.name}: loading its {len(reader.tensors)} tensors"
+        if reader.tensors:
+            largest = max(reader.tensors, key=lambda t: t.nbytes)
+            what += f" (the largest, {largest.name!r}, is {largest.nbytes} bytes)"
+        reserve(total, max_memory, what)
+        try:
+            raws = reader.read_many(reader.tensors)
+        except MemoryError:
+            raise LimitExceededError(f"{what} needs {total} bytes, more than this machine can allocate; "
+                                     f"pass max_memory to refuse such files earlier") from None
+        return {t.name: as_array(raw, t, t.shape, reader.name) for t, raw in zip(reader.tensors, raws)}
 
 
 def _check_metadata(metadata) -> dict[str, str]:

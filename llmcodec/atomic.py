@@ -21,7 +21,7 @@ class AtomicFile:
 
     Until then it is a hidden temporary file in the same folder (so the rename cannot cross file
     systems); `discard()` (or leaving a `with` block by an exception) removes it and leaves `path`
-    as it was.
+    as it was. An `OSError` from writing (a full disk) names `path`.
     """
 
     def __init__(self, path):
@@ -38,16 +38,38 @@ class AtomicFile:
         if exc_type is not None:
             self.discard()
 
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    def seek(self, offset: int) -> int:
+        return self.file.seek(offset)
+
     def commit(self) -> None:
         try:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise self._named(exc) from None
         except BaseException:
             self.discard()
             raise
 
     def discard(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.file.close()
+        except OSError:
+            pass  # flushing what is buffered failed (a full disk): the file goes all the same
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def _named(self, exc: OSError) -> OSError:
+        """`exc` with the destination as its file name (a failed write names no file)."""
+        if exc.filename is not None or exc.errno is None:
+            return exc
+        return type(exc)(exc.errno, exc.strerror, os.fspath(self.path))

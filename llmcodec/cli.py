@@ -1,12 +1,14 @@
 """The `llmcodec` command line: argument handling only; the work is in `llmcodec.files`.
 
-Expected failures print one line on stderr and exit 1; usage errors exit 2.
+Expected failures print one line on stderr and exit 1; usage errors exit 2. The codec (numba) is
+imported inside the commands, so `--help` and usage errors do not load it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import signal
 import sys
@@ -14,8 +16,6 @@ from pathlib import Path
 
 import typer
 
-from . import files
-from .container import ContainerReader
 from .errors import LlmcodecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -93,6 +93,8 @@ def encode(
     quiet: bool = Quiet,
 ) -> None:
     """Compress a checkpoint losslessly."""
+    from . import files
+
     _check_input(src)
     dst = output or files.encoded_name(src)
     _check_output(dst, force)
@@ -111,6 +113,9 @@ def decode(
     quiet: bool = Quiet,
 ) -> None:
     """Restore the original checkpoint, byte-identical (its SHA-256 is checked)."""
+    from . import files
+    from .container import ContainerReader
+
     _check_input(src)
     with _errors():
         if output is None and not src.is_dir():
@@ -134,6 +139,8 @@ def verify(
     quiet: bool = Quiet,
 ) -> None:
     """Decode everything in memory and check every checksum; exit 0 only if all is right."""
+    from . import files
+
     _check_input(src)
     with _errors(), _progress(f"verify {src.name}", _size(src), quiet) as progress:
         files.verify_file(src, threads=threads, progress=progress)
@@ -145,40 +152,76 @@ def verify(
 def info(
     src: Path = typer.Argument(..., help="A .llmc file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    limits: bool = typer.Option(False, "--limits", help="Also show how far each plane is from its entropy "
+                                "limits: order-0, conditioned on each context tried, and adaptive."),
     threads: int | None = Threads,
 ) -> None:
     """Per tensor: dtype, shape, sizes, ratio, and per plane its coded bits next to its entropy."""
+    from . import files
+
     _check_input(src)
     with _errors():
-        stats = files.file_stats(src, threads=threads)
+        stats = files.file_stats(src, threads=threads, limits=limits)
     if as_json:
-        stats["tensors"] = [dict(dataclasses.asdict(t), ratio=t.ratio) for t in stats["tensors"]]
+        stats["tensors"] = [_without_none(dict(dataclasses.asdict(t), ratio=t.ratio)) for t in stats["tensors"]]
         typer.echo(json.dumps(stats, indent=2))
         return
-    _print_table(stats)
+    (_print_limits if limits else _print_table)(stats)
+
+
+def _without_none(tensor: dict) -> dict:
+    """A tensor's JSON without the fields that only --limits fills."""
+    tensor["planes"] = [{k: v for k, v in p.items() if v is not None} for p in tensor["planes"]]
+    return {k: v for k, v in tensor.items() if v is not None}
+
+
+def _print_limits(stats: dict) -> None:
+    """Bytes per tensor: coded, then the order-0, best-context and adaptive bounds; per plane the bits
+    per symbol achieved / order-0 entropy / best context's entropy / its adaptive code, and which
+    context (the one with the shortest adaptive code: on small planes the entropy overfits)."""
+    header = ("tensor", "dtype", "coded", "order-0", "context", "adaptive",
+              "planes: bits/symbol achieved/order-0/context/adaptive, best context")
+    rows = [(t.name, t.dtype, f"{t.coded_bytes:,}", f"{t.order0_bytes:,.0f}", f"{t.context_bytes:,.0f}",
+             f"{t.adaptive_bytes:,.0f}",
+             "  ".join(f"{p.bits_per_symbol:.2f}/{p.entropy:.2f}/{p.best_bits:.2f}/{p.best_adaptive_bits:.2f} "
+                       f"{p.best_context}" for p in t.planes))
+            for t in stats["tensors"]]
+    total = ("total", "", f"{stats['file_bytes']:,}", f"{stats['order0_bytes']:,.0f}",
+             f"{stats['context_bytes']:,.0f}", f"{stats['adaptive_bytes']:,.0f}", "")
+    _echo_table(f"{stats['file']}: coded bytes next to entropy bounds (contexts within chunks)", header, rows,
+                total, right=range(2, 6))
 
 
 def _print_table(stats: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{stats['file']} (format {stats['version']}, source: {stats['source']})")
-    for col in ("tensor", "dtype", "shape", "original", "coded", "ratio", "planes: bits/symbol (entropy)"):
-        table.add_column(col, justify="right" if col in ("original", "coded", "ratio") else "left")
-    for t in stats["tensors"]:
-        planes = "  ".join(f"{p.bits_per_symbol:.2f} ({p.entropy:.2f})" for p in t.planes)
-        table.add_row(t.name, t.dtype, str(t.shape), f"{t.original_bytes:,}", f"{t.coded_bytes:,}",
-                      f"{t.ratio:.3f}", planes)
+    header = ("tensor", "dtype", "shape", "original", "coded", "ratio", "planes: bits/symbol (entropy)")
+    rows = [(t.name, t.dtype, str(t.shape), f"{t.original_bytes:,}", f"{t.coded_bytes:,}", f"{t.ratio:.3f}",
+             "  ".join(f"{p.bits_per_symbol:.2f} ({p.entropy:.2f})" for p in t.planes)) for t in stats["tensors"]]
     original, coded = stats["original_bytes"], stats["file_bytes"]
-    table.add_row("total", "", "", f"{original:,}", f"{coded:,}", f"{coded / max(original, 1):.3f}", "",
-                  end_section=True)
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    total = ("total", "", "", f"{original:,}", f"{coded:,}", f"{coded / max(original, 1):.3f}", "")
+    _echo_table(f"{stats['file']} (format {stats['version']}, source: {stats['source']})", header, rows, total,
+                right=range(3, 6))
+
+
+def _echo_table(title: str, header: tuple, rows: list, total: tuple, right: range) -> None:
+    """A plain-text table; the columns in `right` (sizes, ratios) right-aligned."""
+    widths = [max(len(row[i]) for row in (header, *rows, total)) for i in range(len(header))]
+    rule = tuple("-" * w for w in widths)
+    typer.echo(title)
+    for row in (header, rule, *rows, rule, total):
+        typer.echo("  ".join(c.rjust(w) if i in right else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(row, widths))).rstrip())
 
 
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out.
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    # Start-up (numba, typer's pydantic) leaves ~130,000 long-lived objects: collect every 50,000
+    # allocations rather than 700, and not at exit, where the interpreter's last collections walk them all.
+    gc.set_threshold(50_000)
+    try:
+        app()
+    finally:
+        gc.freeze()
 
 
 def _terminate(signum, frame) -> None:

@@ -43,19 +43,27 @@ def chunk_elements(chunk_size: int | None, itemsize: int) -> int:
     return size // itemsize
 
 
-def encode_chunk(raw: np.ndarray, layout: int, itemsize: int) -> tuple[int, list[PlaneRef], np.ndarray]:
-    """Checksum, plane records and streams (back to back) of one chunk; `raw` is its n * itemsize
-    bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
+def plane_geometry(entry: TensorEntry) -> tuple[np.ndarray, np.ndarray]:
+    """(fields, widths) of the tensor's planes as int64 arrays, for the kernels."""
+    planes = np.array(entry.planes, np.int64).reshape(-1, 2)
+    return np.ascontiguousarray(planes[:, 0]), np.ascontiguousarray(planes[:, 1])
+
+
+def encode_chunk(raw: np.ndarray, entry: TensorEntry) -> tuple[int, list[PlaneRef], np.ndarray]:
+    """Checksum, plane records and streams (back to back) of one chunk of `entry`; `raw` is its
+    n * itemsize bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
+    fields, widths = plane_geometry(entry)
     out = np.empty(raw.shape[0], np.uint8)
-    info = np.empty((itemsize, 3), np.int64)
-    check, total = kernels.encode_chunk(raw, layout, itemsize, out, info)
+    info = np.empty((widths.shape[0], 3), np.int64)
+    check, total = kernels.encode_chunk(raw, entry.layout, entry.dtype.itemsize, fields, widths, out, info)
     return int(check), [PlaneRef(int(m), int(p), int(n)) for m, p, n in info], out[:total]
 
 
 def chunk_rows(entry: TensorEntry) -> np.ndarray:
     """The tensor's chunk descriptors for kernels.decode_chunks: int64[chunks, ROW_SIZE]."""
     rows = np.zeros((len(entry.chunks), kernels.ROW_SIZE), np.int64)
-    k = entry.dtype.itemsize
+    fields, widths = plane_geometry(entry)
+    k = widths.shape[0]
     for i, chunk in enumerate(entry.chunks):
         row = rows[i]
         row[kernels.ROW_OFFSET] = chunk.offset
@@ -67,6 +75,9 @@ def chunk_rows(entry: TensorEntry) -> np.ndarray:
             row[kernels.ROW_LENGTHS + j] = p.length
     rows[:, kernels.ROW_K] = k
     rows[:, kernels.ROW_LAYOUT] = entry.layout
+    rows[:, kernels.ROW_ITEMSIZE] = entry.dtype.itemsize
+    rows[:, kernels.ROW_WIDTHS:kernels.ROW_WIDTHS + k] = widths
+    rows[:, kernels.ROW_FIELDS:kernels.ROW_FIELDS + k] = fields
     return rows
 
 
@@ -86,32 +97,43 @@ def ordered_map(pool, threads: int, fn, items):
         yield pending.popleft().result()
 
 
-def explain_fault(data: np.ndarray, chunk: Chunk, layout: int, n: int, where: str) -> None:
-    """Decode `chunk` (n elements) again on the validating Python path and raise the precise
-    error: the kernel reported a fault in it."""
-    planes = decode_planes(data, chunk, n, where)  # raises on a bad stream
-    out = np.empty(n * len(chunk.planes), np.uint8)
-    kernels.merge_planes(planes, layout, out)
+def explain_fault(data: np.ndarray, chunk: Chunk, entry: TensorEntry, n: int, where: str) -> None:
+    """Decode `chunk` (n elements of `entry`) again on the validating Python path and raise the
+    precise error: the kernel reported a fault in it."""
+    out = merge(decode_planes(data, chunk, entry, n, where), entry, n)  # raises on a bad stream
     computed = checksum64(out)
     if computed != chunk.checksum:
         raise ChecksumError(f"{where}: stored checksum {chunk.checksum:#018x}, computed {computed:#018x}")
     raise FormatError(f"{where}: the chunk's streams break spec section 6")
 
 
-def decode_planes(data: np.ndarray, chunk: Chunk, n: int, where: str) -> np.ndarray:
-    """The chunk's planes, uint8[k, n], decoded from the file bytes `data`."""
-    planes = np.empty((len(chunk.planes), n), np.uint8)
+def decode_planes(data: np.ndarray, chunk: Chunk, entry: TensorEntry, n: int, where: str) -> list[np.ndarray]:
+    """The chunk's planes (n * width bytes each) decoded from the file bytes `data`."""
+    planes = []
     pos = chunk.offset
-    for j, ref in enumerate(chunk.planes):
+    for j, (ref, (_, width)) in enumerate(zip(chunk.planes, entry.planes)):
         stream = data[pos:pos + ref.length]
         pos += ref.length
+        plane = np.empty(n * width, np.uint8)
         if ref.method == METHOD_RAW:
-            planes[j] = stream
+            plane[:] = stream
         elif ref.method == METHOD_CONSTANT:
-            planes[j] = ref.parameter
+            plane[:] = ref.parameter
         else:  # RANS0 or RANS0_PAIRS: the header parser admits no other method
-            _decode_rans(stream, ref.method, planes[j], f"{where} plane {j}")
+            _decode_rans(stream, ref.method, plane, f"{where} plane {j}")
+        planes.append(plane)
     return planes
+
+
+def merge(planes: list[np.ndarray], entry: TensorEntry, n: int) -> np.ndarray:
+    """The raw bytes of n elements of `entry` from their planes (inverse of the layout)."""
+    out = np.empty(n * entry.dtype.itemsize, np.uint8)
+    flat = np.concatenate(planes) if planes else np.empty(0, np.uint8)
+    if entry.layout == kernels.BLOCK_FIELDS:
+        kernels.merge_fields(flat, entry.dtype.itemsize, *plane_geometry(entry), out)
+    else:
+        kernels.merge_planes(flat.reshape(len(planes), n), entry.layout, out)
+    return out
 
 
 def _decode_rans(stream: np.ndarray, method: int, out: np.ndarray, where: str) -> None:

@@ -65,8 +65,9 @@ class ContainerWriter:
         self.tensors: list[TensorEntry] = []
         self.segments: list[Segment] = []
         self._out = AtomicFile(self.path)
-        self._file = self._out.file
-        self._file.write(bytes(format.PREAMBLE_SIZE))
+        self._file = self._out  # writes that fail (a full disk) name the destination
+        with self._out:  # a failure here, outside the caller's `with`, still removes the file
+            self._file.write(bytes(format.PREAMBLE_SIZE))
         self._pos = format.PREAMBLE_SIZE
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
@@ -112,7 +113,7 @@ class ContainerWriter:
             if span is None:
                 return None, None, None, None
             chunk = item.read(*span)
-            return chunk, *codec.encode_chunk(chunk, entry.layout, entry.dtype.itemsize)
+            return chunk, *codec.encode_chunk(chunk, entry)
 
         indices, last = [], None
         results = codec.ordered_map(self._pool, self.threads, encode, jobs)
@@ -294,7 +295,7 @@ class ContainerReader:
 
         def decode(index: int) -> np.ndarray:
             row = rows[index:index + 1]
-            out = np.empty(int(row[0, kernels.ROW_N] * row[0, kernels.ROW_K]), np.uint8)
+            out = np.empty(int(row[0, kernels.ROW_N] * row[0, kernels.ROW_ITEMSIZE]), np.uint8)
             self._decode_batch(row, [(entry, index)], out, np.zeros(1, np.int64))
             chunk = entry.chunks[index]
             self._release(chunk.offset, chunk.length)
@@ -317,7 +318,7 @@ class ContainerReader:
         Chunks go to the kernel in batches of about BATCH_BYTES of output: one kernel call per
         batch, not per chunk, and one batch per task on the worker threads.
         """
-        sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_K]
+        sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_ITEMSIZE]
         ends = np.cumsum(sizes)
         starts = ends - sizes
         cuts = [0]
@@ -341,26 +342,45 @@ class ContainerReader:
         if bad >= 0:  # decode that chunk again on the path that explains what is wrong
             t, i = owners[bad]
             where = f"tensor {t.name!r} chunk {i}"
-            codec.explain_fault(self._data, t.chunks[i], t.layout, t.chunk_span(i)[1], where)
+            codec.explain_fault(self._data, t.chunks[i], t, t.chunk_span(i)[1], where)
             raise FormatError(f"{where}: corrupt")
 
-    def plane_histograms(self, entry: TensorEntry) -> np.ndarray:
-        """Symbol counts of each plane over the whole tensor: int64[itemsize, 256]."""
-        k = entry.dtype.itemsize
+    def plane_statistics(self, entry: TensorEntry, contexts: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Symbol counts of each plane over the whole tensor, int64[planes, 256], and with
+        `contexts` the joint counts of kernels.context_counts, int64[planes, 3, 257, 256], each
+        chunk on its own (a chunk's first element has no previous one). Contexts need planes of
+        one byte per element; a block type's planes get only the previous-byte context."""
+        k = len(entry.planes)
+        scalar = entry.layout != kernels.BLOCK_FIELDS
+        cols = entry.shape[-1] if len(entry.shape) >= 2 and scalar else 0
         total = np.zeros((k, 256), np.int64)
+        joint = np.zeros((k, 3, 257, 256), np.int64) if contexts else None
 
-        def count(index: int) -> np.ndarray:
+        def count(index: int) -> tuple[np.ndarray, np.ndarray | None]:
             _, n = entry.chunk_span(index)
-            planes = codec.decode_planes(self._data, entry.chunks[index], n,
+            planes = codec.decode_planes(self._data, entry.chunks[index], entry, n,
                                          f"tensor {entry.name!r} chunk {index}")
-            return kernels.histograms(planes)
+            counts = np.array([kernels.byte_histogram(p) for p in planes]).reshape(k, 256)
+            if not contexts:
+                return counts, None
+            part = np.zeros((k, 3, 257, 256), np.int64)
+            if scalar:
+                kernels.context_counts(np.array(planes).reshape(k, n), cols, part)
+            else:
+                for j, p in enumerate(planes):  # each plane alone: only "previous" means something
+                    kernels.context_counts(p.reshape(1, -1), 0, part[j:j + 1])
+                    part[j, 1:] = 0
+                    part[j, 1:, kernels.CONTEXT_NONE] = counts[j]
+            return counts, part
 
         try:
-            for counts in codec.ordered_map(self._workers(), self.threads, count, range(len(entry.chunks))):
+            for counts, part in codec.ordered_map(self._workers(), self.threads, count, range(len(entry.chunks))):
                 total += counts
+                if part is not None:
+                    joint += part
         except LlmcodecError as exc:
             raise self._named(exc) from None
-        return total
+        return total, joint
 
     def _workers(self) -> ThreadPoolExecutor | None:
         if self.threads > 1 and self._pool is None:

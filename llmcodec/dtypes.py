@@ -1,4 +1,4 @@
-"""The dtype table (spec section 4.4) and the numpy dtypes behind it."""
+"""The dtype table (spec section 4.4), the numpy dtypes behind it, and which planes a layout makes."""
 
 from __future__ import annotations
 
@@ -7,47 +7,67 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from . import gguf_io
 from .errors import InvalidArgumentError, UnsupportedFeatureError
 
 # Layout ids (spec section 5).
 LAYOUT_BYTES = 0
 LAYOUT_FIELDS16 = 1
 LAYOUT_FIELDS32 = 2
-LAYOUT_ITEMSIZE = {LAYOUT_BYTES: None, LAYOUT_FIELDS16: 2, LAYOUT_FIELDS32: 4}
+LAYOUT_BLOCK_FIELDS = 3
+LAYOUT_ITEMSIZE = {LAYOUT_BYTES: None, LAYOUT_FIELDS16: 2, LAYOUT_FIELDS32: 4, LAYOUT_BLOCK_FIELDS: None}
+GGML_BASE = 64  # dtype id of a GGUF block type: GGML_BASE + its ggml type id (spec section 4.4)
 
 
 @dataclass(frozen=True)
 class Dtype:
     id: int
     name: str
-    numpy: np.dtype
+    numpy: np.dtype  # of one element; uint8 for a block type, whose blocks are read as bytes
     default_layout: int
+    itemsize: int  # bytes of one element: a value, or a block of `block_size` values
+    block_size: int = 1
+    fields: tuple = ()  # LAYOUT_BLOCK_FIELDS: the block's fields, (offset, length) each, in order
 
     @property
-    def itemsize(self) -> int:
-        return self.numpy.itemsize
+    def is_block(self) -> bool:
+        return self.block_size > 1
+
+
+def _scalar(dtype_id: int, name: str, numpy, layout: int) -> Dtype:
+    return Dtype(dtype_id, name, np.dtype(numpy), layout, np.dtype(numpy).itemsize)
+
+
+def _block(ggml_id: int) -> Dtype:
+    """A GGUF block type; its 2-byte fields (fp16 scales) are cut into their two bytes."""
+    t = gguf_io.GGML_TYPES[ggml_id]
+    fields = []
+    for f in gguf_io.block_fields(t.name):
+        fields += [(f.offset, 1), (f.offset + 1, 1)] if f.length == 2 else [(f.offset, f.length)]
+    return Dtype(GGML_BASE + ggml_id, f"GGML_{t.name}", np.dtype(np.uint8), LAYOUT_BLOCK_FIELDS, t.type_size,
+                 t.block_size, tuple(fields))
 
 
 _TABLE = [
-    Dtype(1, "BOOL", np.dtype(np.bool_), LAYOUT_BYTES),
-    Dtype(2, "U8", np.dtype("<u1"), LAYOUT_BYTES),
-    Dtype(3, "I8", np.dtype("<i1"), LAYOUT_BYTES),
-    Dtype(4, "F8_E5M2", np.dtype(ml_dtypes.float8_e5m2), LAYOUT_BYTES),
-    Dtype(5, "F8_E4M3", np.dtype(ml_dtypes.float8_e4m3fn), LAYOUT_BYTES),
-    Dtype(6, "I16", np.dtype("<i2"), LAYOUT_BYTES),
-    Dtype(7, "U16", np.dtype("<u2"), LAYOUT_BYTES),
-    Dtype(8, "F16", np.dtype("<f2"), LAYOUT_BYTES),
-    Dtype(9, "BF16", np.dtype(ml_dtypes.bfloat16), LAYOUT_FIELDS16),
-    Dtype(10, "I32", np.dtype("<i4"), LAYOUT_BYTES),
-    Dtype(11, "U32", np.dtype("<u4"), LAYOUT_BYTES),
-    Dtype(12, "F32", np.dtype("<f4"), LAYOUT_FIELDS32),
-    Dtype(13, "I64", np.dtype("<i8"), LAYOUT_BYTES),
-    Dtype(14, "U64", np.dtype("<u8"), LAYOUT_BYTES),
-    Dtype(15, "F64", np.dtype("<f8"), LAYOUT_BYTES),
-]
+    _scalar(1, "BOOL", np.bool_, LAYOUT_BYTES),
+    _scalar(2, "U8", "<u1", LAYOUT_BYTES),
+    _scalar(3, "I8", "<i1", LAYOUT_BYTES),
+    _scalar(4, "F8_E5M2", ml_dtypes.float8_e5m2, LAYOUT_BYTES),
+    _scalar(5, "F8_E4M3", ml_dtypes.float8_e4m3fn, LAYOUT_BYTES),
+    _scalar(6, "I16", "<i2", LAYOUT_BYTES),
+    _scalar(7, "U16", "<u2", LAYOUT_BYTES),
+    _scalar(8, "F16", "<f2", LAYOUT_BYTES),
+    _scalar(9, "BF16", ml_dtypes.bfloat16, LAYOUT_FIELDS16),
+    _scalar(10, "I32", "<i4", LAYOUT_BYTES),
+    _scalar(11, "U32", "<u4", LAYOUT_BYTES),
+    _scalar(12, "F32", "<f4", LAYOUT_FIELDS32),
+    _scalar(13, "I64", "<i8", LAYOUT_BYTES),
+    _scalar(14, "U64", "<u8", LAYOUT_BYTES),
+    _scalar(15, "F64", "<f8", LAYOUT_BYTES),
+] + [_block(t) for t, info in gguf_io.GGML_TYPES.items() if info.block_size > 1]
 BY_ID = {d.id: d for d in _TABLE}
 BY_NAME = {d.name: d for d in _TABLE}
-_BY_NUMPY = {d.numpy: d for d in _TABLE}
+_BY_NUMPY = {d.numpy: d for d in _TABLE if not d.is_block}
 
 
 def from_id(dtype_id: int) -> Dtype:
@@ -74,6 +94,18 @@ def from_numpy(dtype: np.dtype) -> Dtype:
         raise InvalidArgumentError(f"unsupported array dtype {dtype}") from None
 
 
-def layout_allowed(layout: int, itemsize: int) -> bool:
+def layout_allowed(layout: int, dtype: Dtype) -> bool:
+    """Whether `layout` may be used for `dtype` (spec section 5): BLOCK_FIELDS for block types
+    only, which take no other; FIELDS16/FIELDS32 for 2- and 4-byte values."""
+    if layout == LAYOUT_BLOCK_FIELDS or dtype.is_block:
+        return layout == LAYOUT_BLOCK_FIELDS and dtype.is_block
     want = LAYOUT_ITEMSIZE.get(layout, -1)
-    return want is None or want == itemsize
+    return want is None or want == dtype.itemsize
+
+
+def plane_fields(dtype: Dtype, layout: int) -> tuple:
+    """The (offset, width) of each plane's bytes within an element: plane j of a chunk of n
+    elements holds n * width_j bytes (spec section 5)."""
+    if layout == LAYOUT_BLOCK_FIELDS:
+        return dtype.fields
+    return tuple((j, 1) for j in range(dtype.itemsize))

@@ -8,6 +8,7 @@ and checks that SHA-256 before the output appears under its name.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -16,19 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import format, safetensors_io
+from . import dtypes, format, gguf_io, safetensors_io
 from .atomic import AtomicFile
 from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
 from .format import Limits
 
 SUFFIX = ".llmc"
-SOURCE_SUFFIX = {format.SOURCE_SAFETENSORS: ".safetensors", format.SOURCE_ARRAYS: ".safetensors"}
+SOURCE_SUFFIX = {format.SOURCE_SAFETENSORS: ".safetensors", format.SOURCE_ARRAYS: ".safetensors",
+                 format.SOURCE_GGUF: ".gguf"}
 BLOB_PIECE = 16 << 20  # blobs are read and stored in pieces of at most this many bytes
 
 
 def encoded_name(src: Path) -> Path:
-    """Default output of `encode`: `x.safetensors` -> `x.llmc`, folder `m` -> `m.llmc`."""
+    """Default output of `encode`: `x.safetensors` or `x.gguf` -> `x.llmc`, folder `m` -> `m.llmc`."""
     return src.with_name(src.name + SUFFIX) if src.is_dir() else src.with_suffix(SUFFIX)
 
 
@@ -43,7 +45,7 @@ def decoded_name(src: Path, source_kind: int | None = None) -> Path:
 
 def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | None = None,
                 progress=None) -> Path:
-    """Encode a safetensors file, or a folder holding a sharded checkpoint, losslessly.
+    """Encode a safetensors or GGUF file, or a folder holding a sharded safetensors checkpoint, losslessly.
 
     A folder becomes a folder: each `*.safetensors` is encoded to `*.llmc`, every other file is
     copied. `progress(nbytes)` is called as source bytes are consumed. Returns the output path;
@@ -77,7 +79,7 @@ def decode_file(src, dst=None, *, threads: int | None = None, progress=None) -> 
     with ContainerReader(src, threads=threads) as reader:
         dst = decoded_name(src, reader.source.kind) if dst is None else Path(dst)
         with AtomicFile(dst) as out:
-            _write_original(reader, out.file.write, progress)
+            _write_original(reader, out.write, progress)
             out.commit()
     return dst
 
@@ -96,12 +98,24 @@ def verify_file(src, *, threads: int | None = None, progress=None, limits: Limit
         _write_original(reader, lambda b: None, progress)
 
 
+CONTEXTS = ("previous", "above", "plane0")  # kernels.context_counts, in its order
+
+
 @dataclass
 class PlaneStats:
     method_counts: dict[str, int]
     coded_bytes: int
-    bits_per_symbol: float
+    bits_per_symbol: float  # what the file achieves, tables included
     entropy: float  # order-0 entropy of the plane over the whole tensor, bits per symbol
+    # With limits, for order-0 and each context tried (within chunks): the empirical conditional
+    # entropy of the plane's byte ("entropy") and the code length of an adaptive coder that learns
+    # the context's statistics as it goes ("adaptive", KT estimator: model cost included, so a
+    # context cannot win by overfitting a small tensor), in bits per symbol; and the best context
+    # by adaptive code length.
+    contexts: dict[str, dict[str, float]] | None = None
+    best_context: str | None = None
+    best_bits: float | None = None  # the best context's empirical entropy
+    best_adaptive_bits: float | None = None
 
 
 @dataclass
@@ -114,6 +128,9 @@ class TensorStats:
     coded_bytes: int
     chunks: int
     planes: list[PlaneStats] = field(default_factory=list)
+    order0_bytes: float | None = None  # with limits: the planes' order-0 entropy, in bytes
+    context_bytes: float | None = None  # with limits: the planes' best contexts' entropy
+    adaptive_bytes: float | None = None  # with limits: the planes' best adaptive code lengths
 
     @property
     def ratio(self) -> float:
@@ -122,16 +139,17 @@ class TensorStats:
 
 _METHOD_NAMES = {format.METHOD_RAW: "raw", format.METHOD_CONSTANT: "constant", format.METHOD_RANS0: "rans0",
                  format.METHOD_RANS0_PAIRS: "rans0_pairs"}
-_LAYOUT_NAMES = {0: "bytes", 1: "fields16", 2: "fields32"}
+_LAYOUT_NAMES = {0: "bytes", 1: "fields16", 2: "fields32", 3: "block_fields"}
 
 
-def file_stats(src, *, threads: int | None = None, progress=None) -> dict:
-    """What `llmcodec info` shows: per tensor and plane, coded size next to order-0 entropy."""
+def file_stats(src, *, threads: int | None = None, progress=None, limits: bool = False) -> dict:
+    """What `llmcodec info` shows: per tensor and plane, coded size next to order-0 entropy; with
+    `limits`, also the conditional entropy under each context tried (`CONTEXTS`) and the best."""
     src = Path(src)
     with ContainerReader(src, threads=threads) as reader:
-        tensors = [_tensor_stats(reader, t, progress) for t in reader.tensors]
+        tensors = [_tensor_stats(reader, t, progress, limits) for t in reader.tensors]
         source = reader.source
-        return {
+        stats = {
             "file": str(src),
             "version": "{}.{}".format(*reader.version),
             "file_bytes": src.stat().st_size,
@@ -141,21 +159,39 @@ def file_stats(src, *, threads: int | None = None, progress=None) -> dict:
             "metadata": reader.metadata,
             "tensors": tensors,
         }
+        if limits:
+            for key in ("order0_bytes", "context_bytes", "adaptive_bytes"):
+                stats[key] = sum(getattr(t, key) for t in tensors)
+        return stats
 
 
-def _tensor_stats(reader: ContainerReader, t, progress) -> TensorStats:
+def _tensor_stats(reader: ContainerReader, t, progress, limits: bool) -> TensorStats:
     stats = TensorStats(t.name, t.dtype.name, list(t.shape), _LAYOUT_NAMES[t.layout], t.nbytes,
                         t.coded_bytes, len(t.chunks))
-    counts = reader.plane_histograms(t)
-    for j in range(t.dtype.itemsize):
+    counts, joint = reader.plane_statistics(t, contexts=limits)
+    for j, (_, width) in enumerate(t.planes):
+        symbols = t.elements * width
         methods: dict[str, int] = {}
         coded = 0
         for c in t.chunks:
             p = c.planes[j]
             methods[_METHOD_NAMES[p.method]] = methods.get(_METHOD_NAMES[p.method], 0) + 1
             coded += p.length
-        stats.planes.append(PlaneStats(methods, coded, 8 * coded / t.numel if t.numel else 0.0,
-                                       entropy_bits(counts[j])))
+        plane = PlaneStats(methods, coded, 8 * coded / symbols if symbols else 0.0, entropy_bits(counts[j]))
+        if limits:
+            plane.contexts = {"order0": {"entropy": plane.entropy, "adaptive": adaptive_bits(counts[j][None])}}
+            for c, name in enumerate(CONTEXTS):
+                plane.contexts[name] = {"entropy": conditional_entropy_bits(joint[j, c]),
+                                        "adaptive": adaptive_bits(joint[j, c])}
+            plane.best_context = min(plane.contexts, key=lambda name: plane.contexts[name]["adaptive"])
+            plane.best_bits = plane.contexts[plane.best_context]["entropy"]
+            plane.best_adaptive_bits = plane.contexts[plane.best_context]["adaptive"]
+        stats.planes.append(plane)
+    if limits:
+        sizes = [t.elements * width / 8 for _, width in t.planes]  # bytes per bit per symbol
+        stats.order0_bytes = sum(p.entropy * size for p, size in zip(stats.planes, sizes))
+        stats.context_bytes = sum(p.best_bits * size for p, size in zip(stats.planes, sizes))
+        stats.adaptive_bytes = sum(p.best_adaptive_bits * size for p, size in zip(stats.planes, sizes))
     if progress is not None:
         progress(t.nbytes)
     return stats
@@ -170,13 +206,39 @@ def entropy_bits(counts: np.ndarray) -> float:
     return max(0.0, float(-(p * np.log2(p)).sum()))
 
 
+def adaptive_bits(joint: np.ndarray) -> float:
+    """Bits per symbol of adaptive coding with a Krichevsky-Trofimov estimator per context, over
+    the A symbols that occur in the plane, from joint counts [context, symbol]: symbol s after
+    n_s of N in its context costs -log2((n_s + 1/2) / (N + A/2)). Order-independent, so it follows
+    from the counts: per context, log2 G(N + A/2) - log2 G(A/2) - sum_s (log2 G(n_s + 1/2) - log2 G(1/2))."""
+    total = joint.sum()
+    if total == 0:
+        return 0.0
+    alphabet = int(np.count_nonzero(joint.sum(axis=0)))
+    lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
+    per_context = joint.sum(axis=1)
+    used = per_context[per_context > 0]
+    cells = joint[joint > 0]
+    nats = (np.sum(lgamma(used + alphabet / 2) - math.lgamma(alphabet / 2))
+            - np.sum(lgamma(cells + 0.5) - math.lgamma(0.5)))
+    return float(nats / math.log(2) / total)
+
+
+def conditional_entropy_bits(joint: np.ndarray) -> float:
+    """H(symbol | context) in bits per symbol from joint counts [context, symbol]."""
+    total = joint.sum()
+    if total == 0:
+        return 0.0
+    return max(0.0, entropy_bits(joint.reshape(-1)) - entropy_bits(joint.sum(axis=1)))
+
+
 # --- one file ------------------------------------------------------------------------------------
 
 
 def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        layout = safetensors_io.read_layout(f, size, str(src))
+        kind, metadata, tensors = _read_source(f, size, str(src))
         fd = f.fileno()
         sha = hashlib.sha256()
 
@@ -190,19 +252,41 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
                     for pos in range(start, stop, BLOB_PIECE)]
 
         items, pos = [], 0
-        for t in layout.tensors:
-            items += blobs(pos, t.begin)
-            if t.dtype is None:  # a dtype llmcodec does not code: kept verbatim
-                items += blobs(t.begin, t.end)
+        for name, dtype, shape, begin, end in tensors:
+            items += blobs(pos, begin)
+            if dtype is None:  # a dtype llmcodec does not code: kept verbatim
+                items += blobs(begin, end)
             else:
-                items.append(TensorSource(t.name, t.dtype, t.shape, _file_reader(fd, t.begin)))
-            pos = t.end
+                items.append(TensorSource(name, dtype, shape, _file_reader(fd, begin)))
+            pos = end
         items += blobs(pos, size)
         with ContainerWriter(dst, threads=threads, chunk_size=chunk_size) as writer:
             writer.add_many(items, consumed, segments=True)
             if os.fstat(fd).st_size != size:
                 raise InvalidArgumentError(f"{src}: file changed size while being encoded")
-            writer.finish(layout.metadata, format.SOURCE_SAFETENSORS, size, sha.digest())
+            writer.finish(metadata, kind, size, sha.digest())
+
+
+# ggml's one-value types, as llmcodec dtypes; every other ggml type is a block dtype (spec 4.4)
+_GGML_SCALARS = {"F32": "F32", "F16": "F16", "BF16": "BF16", "I8": "I8", "I16": "I16", "I32": "I32",
+                 "I64": "I64", "F64": "F64"}
+
+
+def _read_source(f, size: int, name: str) -> tuple[int, dict, list]:
+    """(source kind, metadata, tensors) of a safetensors or GGUF file: each tensor as (name,
+    dtype or None, shape, begin, end), by position in the file."""
+    f.seek(0)
+    if f.read(4) == gguf_io.MAGIC:
+        layout = gguf_io.read_layout(f, size, name)
+        tensors = []
+        for t in layout.tensors:
+            scalar = _GGML_SCALARS.get(t.type_name)
+            dtype = dtypes.BY_NAME[scalar] if scalar else dtypes.BY_ID[dtypes.GGML_BASE + t.ggml_type]
+            tensors.append((t.name, dtype, tuple(reversed(t.dims)), t.begin, t.end))  # ggml's ne[0] is the last axis
+        return format.SOURCE_GGUF, {}, tensors
+    layout = safetensors_io.read_layout(f, size, name)
+    return (format.SOURCE_SAFETENSORS, layout.metadata,
+            [(t.name, t.dtype, t.shape, t.begin, t.end) for t in layout.tensors])
 
 
 def _blob_reader(fd: int, offset: int, length: int):
@@ -225,7 +309,7 @@ def _file_reader(fd: int, base: int):
 
 def _decode_one(src: Path, dst: Path, threads, progress) -> None:
     with ContainerReader(src, threads=threads) as reader, AtomicFile(dst) as out:
-        _write_original(reader, out.file.write, progress)
+        _write_original(reader, out.write, progress)
         out.commit()
 
 
@@ -241,7 +325,7 @@ def _write_original(reader: ContainerReader, write, progress) -> None:
                 if progress is not None:
                     progress(raw.shape[0])
         return
-    if source.kind != format.SOURCE_SAFETENSORS:
+    if source.kind not in (format.SOURCE_SAFETENSORS, format.SOURCE_GGUF):
         raise UnsupportedFeatureError(f"{reader.name}: this version cannot rebuild a Source_Kind {source.kind} file")
     sha = hashlib.sha256()
     total = 0

@@ -23,7 +23,7 @@ from .errors import (
 
 MAGIC = b"\x89LLMC\r\n\x1a"
 MAJOR_VERSION = 1
-MINOR_VERSION = 0
+MINOR_VERSION = 1
 PREAMBLE_SIZE = 40
 MIN_HEADER_SIZE = 9
 _PREAMBLE = struct.Struct("<8sHHIQQII")
@@ -104,8 +104,18 @@ class TensorEntry:
         return n
 
     @property
+    def elements(self) -> int:
+        """Elements of the tensor, as chunks count them: values, or blocks of a block type."""
+        return self.numel // self.dtype.block_size
+
+    @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+        return self.elements * self.dtype.itemsize
+
+    @property
+    def planes(self) -> tuple:
+        """(offset, width) of each plane within an element (dtypes.plane_fields)."""
+        return dtypes.plane_fields(self.dtype, self.layout)
 
     @property
     def coded_bytes(self) -> int:
@@ -114,7 +124,7 @@ class TensorEntry:
     def chunk_span(self, index: int) -> tuple[int, int]:
         """First element and element count of chunk `index`."""
         start = index * self.chunk_elements
-        return start, min(self.chunk_elements, self.numel - start)
+        return start, min(self.chunk_elements, self.elements - start)
 
 
 @dataclass
@@ -322,26 +332,31 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
     numel = 1
     for d in shape:
         numel *= d  # Python ints: no overflow; checked below
-    if numel * dtype.itemsize > limits.tensor_size:
-        raise LimitExceededError(f"tensor {name!r}: shape {list(shape)} is {numel * dtype.itemsize} "
+    if dtype.is_block and (not shape or shape[-1] % dtype.block_size):
+        raise FormatError(f"tensor {name!r}: shape {list(shape)} of {dtype.name}: the last dimension must be a "
+                          f"multiple of its block size {dtype.block_size}")
+    elements = numel // dtype.block_size
+    if elements * dtype.itemsize > limits.tensor_size:
+        raise LimitExceededError(f"tensor {name!r}: shape {list(shape)} is {elements * dtype.itemsize} "
                                  f"bytes, over the limit {limits.tensor_size}")
     layout, chunk_elems, n_chunks = cur.unpack("BQQ", f"tensor {name!r} Layout/Chunk_Elements/Chunk_Count")
     if layout not in dtypes.LAYOUT_ITEMSIZE:
         raise UnsupportedFeatureError(f"tensor {name!r}: unknown Layout {layout}")
-    if not dtypes.layout_allowed(layout, dtype.itemsize):
+    if not dtypes.layout_allowed(layout, dtype):
         raise FormatError(f"tensor {name!r}: Layout {layout} does not fit dtype {dtype.name}")
     if chunk_elems < 1:
         raise FormatError(f"tensor {name!r}: Chunk_Elements is 0")
     if chunk_elems * dtype.itemsize > limits.chunk_size:
         raise LimitExceededError(f"tensor {name!r}: chunks of {chunk_elems * dtype.itemsize} bytes are over "
                                  f"the limit {limits.chunk_size}")
-    expected = -(-numel // chunk_elems)
+    expected = -(-elements // chunk_elems)
     if n_chunks != expected:
-        raise FormatError(f"tensor {name!r}: Chunk_Count {n_chunks}, expected {expected} for {numel} "
+        raise FormatError(f"tensor {name!r}: Chunk_Count {n_chunks}, expected {expected} for {elements} "
                           f"elements in chunks of {chunk_elems}")
     entry = TensorEntry(name, dtype, tuple(shape), layout, chunk_elems)
-    k = dtype.itemsize
-    # n_chunks <= numel is bounded by the header's size: each chunk takes >= 16 + 6k header bytes.
+    widths = [w for _, w in entry.planes]
+    k = len(widths)
+    # n_chunks <= elements is bounded by the header's size: each chunk takes 16 + 6k header bytes.
     cur_left = len(cur.data) - cur.pos
     if n_chunks * (16 + 6 * k) > cur_left:
         raise TruncatedError(f"tensor {name!r}: {n_chunks} chunks do not fit in the {cur_left} header "
@@ -352,7 +367,7 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
         planes = [PlaneRef(*flat[3 * j:3 * j + 3]) for j in range(k)]
         _, n = entry.chunk_span(c)
         for j, p in enumerate(planes):
-            _check_plane(p, n, f"tensor {name!r} chunk {c} plane {j}")
+            _check_plane(p, n * widths[j], f"tensor {name!r} chunk {c} plane {j}")
         entry.chunks.append(Chunk(offset, check, planes))
     return entry
 

@@ -33,7 +33,7 @@ PAIR_TOLERANCE = 0.01
 
 # Methods and layouts (spec sections 5 and 6), as format.py numbers them.
 RAW, CONSTANT, RANS0, RANS0_PAIRS = 0, 1, 2, 3
-BYTES, FIELDS16, FIELDS32 = 0, 1, 2
+BYTES, FIELDS16, FIELDS32, BLOCK_FIELDS = 0, 1, 2, 3
 
 # rans_decode status codes
 DECODE_OK = 0
@@ -41,10 +41,13 @@ DECODE_BAD_STATE = 1
 DECODE_STREAM_SHORT = 2
 DECODE_BAD_END = 3
 
-# A chunk descriptor for decode_chunks: one int64 row per chunk.
-ROW_OFFSET, ROW_CHECKSUM, ROW_N, ROW_K, ROW_LAYOUT = 0, 1, 2, 3, 4
-ROW_METHODS, ROW_PARAMS, ROW_LENGTHS = 5, 13, 21  # 8 columns each: plane j at + j
-ROW_SIZE = 29
+# A chunk descriptor for decode_chunks: one int64 row per chunk, of n elements of ROW_ITEMSIZE
+# bytes in ROW_K planes; plane j holds n * width_j bytes, the bytes [field_j, field_j + width_j) of
+# every element (dtypes.plane_fields).
+ROW_OFFSET, ROW_CHECKSUM, ROW_N, ROW_K, ROW_LAYOUT, ROW_ITEMSIZE = 0, 1, 2, 3, 4, 5
+ROW_METHODS, ROW_PARAMS, ROW_LENGTHS, ROW_WIDTHS, ROW_FIELDS = 6, 14, 22, 30, 38  # 8 columns each: plane j at + j
+ROW_SIZE = 46
+MAX_PLANES = 8
 
 _jit = njit(cache=True, nogil=True)
 _inline = njit(cache=True, nogil=True, inline="always")
@@ -145,28 +148,95 @@ def merge_planes(planes, layout, dst):
 
 
 @_jit
-def histograms(planes):
-    """Symbol counts of each plane: int64[k, 256]. Four sub-counts per plane, so runs of one byte
+def split_fields(src, itemsize, fields, widths, dst):
+    """LAYOUT_BLOCK_FIELDS: gather field j (bytes [fields[j], fields[j] + widths[j]) of each of the
+    n = len(src) // itemsize elements) into dst, plane after plane. Assumes len(dst) == len(src)
+    and that the fields tile the element."""
+    n = src.shape[0] // itemsize
+    pos = 0
+    for j in range(fields.shape[0]):
+        o, w = fields[j], widths[j]
+        plane = dst[pos:pos + n * w]
+        for b in range(n):
+            row = src[b * itemsize + o:b * itemsize + o + w]
+            part = plane[b * w:b * w + w]
+            for t in range(w):
+                part[t] = row[t]
+        pos += n * w
+
+
+@_jit
+def merge_fields(planes, itemsize, fields, widths, dst):
+    """Inverse of split_fields: scatter the planes (back to back in `planes`) into the elements."""
+    n = dst.shape[0] // itemsize
+    pos = 0
+    for j in range(fields.shape[0]):
+        o, w = fields[j], widths[j]
+        plane = planes[pos:pos + n * w]
+        for b in range(n):
+            row = dst[b * itemsize + o:b * itemsize + o + w]
+            part = plane[b * w:b * w + w]
+            for t in range(w):
+                row[t] = part[t]
+        pos += n * w
+
+
+@_jit
+def byte_histogram(plane):
+    """Counts of the 256 byte values of `plane`: int64[256]. Four sub-counts, so runs of one byte
     do not wait on their own previous increment."""
+    n = plane.shape[0]
+    sub = np.zeros((4, 256), np.int64)
+    s0, s1, s2, s3 = sub[0], sub[1], sub[2], sub[3]
+    quad = n - n % 4
+    for i in range(0, quad, 4):
+        s0[plane[i]] += 1
+        s1[plane[i + 1]] += 1
+        s2[plane[i + 2]] += 1
+        s3[plane[i + 3]] += 1
+    for i in range(quad, n):
+        s0[plane[i]] += 1
+    return s0 + s1 + s2 + s3
+
+
+@_jit
+def histograms(planes):
+    """Symbol counts of each row of `planes[k, n]`: int64[k, 256]."""
+    counts = np.zeros((planes.shape[0], 256), np.int64)
+    for j in range(planes.shape[0]):
+        counts[j] = byte_histogram(planes[j])
+    return counts
+
+
+CONTEXT_NONE = 256  # the context of an element that has none (first of a chunk, no row above)
+
+
+@_jit
+def context_counts(planes, cols, counts):
+    """Add to counts[k, 3, 257, 256] each plane byte's joint counts with three contexts: [j, 0] the
+    previous element's byte of plane j, [j, 1] the byte `cols` elements before (the element above
+    in a row-major matrix of `cols` columns; cols = 0 for none), [j, 2] plane 0's byte of the same
+    element (for j >= 1). An element without such a context counts under CONTEXT_NONE."""
     k = planes.shape[0]
     n = planes.shape[1]
-    counts = np.zeros((k, 256), np.int64)
-    sub = np.zeros((4, 256), np.int64)
     for j in range(k):
         row = planes[j]
-        sub[:] = 0
-        s0, s1, s2, s3 = sub[0], sub[1], sub[2], sub[3]
-        quad = n - n % 4
-        for i in range(0, quad, 4):
-            s0[row[i]] += 1
-            s1[row[i + 1]] += 1
-            s2[row[i + 2]] += 1
-            s3[row[i + 3]] += 1
-        for i in range(quad, n):
-            s0[row[i]] += 1
-        for s in range(256):
-            counts[j, s] = s0[s] + s1[s] + s2[s] + s3[s]
-    return counts
+        prev, above, first = counts[j, 0], counts[j, 1], counts[j, 2]
+        if n > 0:
+            prev[CONTEXT_NONE, row[0]] += 1
+        for i in range(1, n):
+            prev[row[i - 1], row[i]] += 1
+        reach = min(cols, n) if cols > 0 else n
+        for i in range(reach):
+            above[CONTEXT_NONE, row[i]] += 1
+        for i in range(reach, n):
+            above[row[i - cols], row[i]] += 1
+        base = planes[0]
+        for i in range(n):
+            if j == 0:
+                first[CONTEXT_NONE, row[i]] += 1
+            else:
+                first[base[i], row[i]] += 1
 
 
 @_jit
@@ -546,20 +616,31 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
 
 
 @_jit
-def encode_chunk(raw, layout, k, out, info):
-    """Encode one chunk of n elements, `raw` its n * k bytes (n >= 1): the plane streams go back to
-    back into `out` (room for n * k bytes: no plane is stored larger than n), and info[j] gets
+def encode_chunk(raw, layout, itemsize, fields, widths, out, info):
+    """Encode one chunk of n elements, `raw` its n * itemsize bytes (n >= 1), in the planes that
+    `layout` and (fields, widths) make (dtypes.plane_fields): their streams go back to back into
+    `out` (room for n * itemsize bytes: no plane is stored larger than it is), and info[j] gets
     plane j's (method, parameter, length). Returns the chunk's XXH64 and the streams' total length.
     """
-    n = raw.shape[0] // k
-    planes = np.empty((k, n), np.uint8)
-    split_planes(raw, layout, planes)
-    counts = histograms(planes)
-    ids = np.empty(n, np.uint16)
-    words = np.empty(n + 1, np.uint16)
-    pos = 0
+    n = raw.shape[0] // itemsize
+    k = widths.shape[0]
+    planes = np.empty(raw.shape[0], np.uint8)
+    if layout == BLOCK_FIELDS:
+        split_fields(raw, itemsize, fields, widths, planes)
+    else:
+        split_planes(raw, layout, planes.reshape((k, n)))
+    widest = 0
     for j in range(k):
-        method, parameter, length = encode_plane(planes[j], counts[j], out, pos, ids, words, ALL_METHODS, MIN_GAIN)
+        widest = max(widest, widths[j])
+    ids = np.empty(n * widest, np.uint16)
+    words = np.empty(n * widest + 1, np.uint16)
+    pos = 0
+    start = 0
+    for j in range(k):
+        plane = planes[start:start + n * widths[j]]
+        start += n * widths[j]
+        method, parameter, length = encode_plane(plane, byte_histogram(plane), out, pos, ids, words,
+                                                 ALL_METHODS, MIN_GAIN)
         info[j, 0] = method
         info[j, 1] = parameter
         info[j, 2] = length
@@ -748,23 +829,30 @@ def _decode_plane(stream, method, n, out, table):
 @_jit
 def _decode_chunk(data, row, out, scratch, table):
     """Decode the chunk described by `row` (see ROW_*) from `data` into `out`; a CHUNK_* code."""
-    n, k = row[ROW_N], row[ROW_K]
-    planes = out.reshape((1, n)) if k == 1 else scratch[:k * n].reshape((k, n))
+    n, k, layout, itemsize = row[ROW_N], row[ROW_K], row[ROW_LAYOUT], row[ROW_ITEMSIZE]
+    whole = k == 1  # one plane holds the element's bytes as they are: decode straight into out
+    planes = out if whole else scratch[:n * itemsize]
     pos = row[ROW_OFFSET]
+    start = 0
     for j in range(k):
         method, length = row[ROW_METHODS + j], row[ROW_LENGTHS + j]
+        size = n * row[ROW_WIDTHS + j]
         stream = data[pos:pos + length]
         pos += length
-        plane = planes[j]
+        plane = planes[start:start + size]
+        start += size
         if method == RAW:
-            for i in range(n):
+            for i in range(size):
                 plane[i] = stream[i]
         elif method == CONSTANT:
             plane[:] = row[ROW_PARAMS + j]
-        elif not _decode_plane(stream, method, n, plane, table):
+        elif not _decode_plane(stream, method, size, plane, table):
             return CHUNK_BAD_STREAM
-    if k > 1:
-        merge_planes(planes, row[ROW_LAYOUT], out)
+    if not whole:
+        if layout == BLOCK_FIELDS:
+            merge_fields(planes, itemsize, row[ROW_FIELDS:ROW_FIELDS + k], row[ROW_WIDTHS:ROW_WIDTHS + k], out)
+        else:
+            merge_planes(planes.reshape((k, n)), layout, out)
     if xxh64(out) != np.uint64(row[ROW_CHECKSUM]):
         return CHUNK_BAD_CHECKSUM
     return CHUNK_OK
@@ -781,12 +869,12 @@ def decode_chunks(data, rows, out_starts, out):
     """
     biggest = 0
     for c in range(rows.shape[0]):
-        biggest = max(biggest, rows[c, ROW_N] * rows[c, ROW_K])
+        biggest = max(biggest, rows[c, ROW_N] * rows[c, ROW_ITEMSIZE])
     scratch = np.empty(biggest, np.uint8)
     table = np.empty(1 << 14, np.int64)
     for c in range(rows.shape[0]):
         start = out_starts[c]
-        size = rows[c, ROW_N] * rows[c, ROW_K]
+        size = rows[c, ROW_N] * rows[c, ROW_ITEMSIZE]
         if _decode_chunk(data, rows[c], out[start:start + size], scratch, table) != CHUNK_OK:
             return c
     return -1

@@ -11,18 +11,22 @@ from collections.abc import Iterator
 import numpy as np
 
 from .container import ContainerReader
-from .errors import InvalidArgumentError, TensorNotFoundError
+from .errors import InvalidArgumentError, LimitExceededError, TensorNotFoundError
 from .format import Limits, TensorEntry
 
 FRAMEWORKS = ("np", "numpy", "pt", "torch")
 
 
 def open(path, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
-         limits: Limits | None = None) -> LlmcodecFile:
+         limits: Limits | None = None, max_memory: int | None = None) -> LlmcodecFile:
     """Open an `.llmc` file for lazy reading; use it as a context manager.
 
     `path` is a `str`, a `PathLike`, a bytes-like object, or a seekable binary file object.
     `framework` is "np" (numpy arrays) or "pt" (torch tensors; needs torch installed).
+    `max_memory` caps the bytes of decoded data one call (`get_tensor`, indexing a `get_slice`)
+    may allocate: a bigger request raises `LimitExceededError` before anything is allocated. Set
+    it for files from strangers: a valid file may decode to about 3 million times its size (a
+    constant chunk of 64 MiB takes 22 header bytes).
 
     >>> with llmcodec.open(path) as f:
     ...     sorted(f.keys())
@@ -32,14 +36,15 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     (4, 3)
     [[3.0, 4.0, 5.0], [6.0, 7.0, 8.0]]
     """
-    return LlmcodecFile(path, framework, device, threads=threads, limits=limits)
+    return LlmcodecFile(path, framework, device, threads=threads, limits=limits, max_memory=max_memory)
 
 
 class LlmcodecFile:
     """An open container; see `llmcodec.open`."""
 
     def __init__(self, path, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, max_memory: int | None = None):
+        self.max_memory = check_max_memory(max_memory)
         if framework not in FRAMEWORKS:
             raise InvalidArgumentError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
         self._torch = framework in ("pt", "torch")
@@ -107,9 +112,11 @@ class LlmcodecFile:
     def get_tensor(self, name: str):
         """The whole tensor, decoded on all threads into a new array, checksums verified."""
         t = self.entry(name)
-        raw = self.reader.read_raw(t)
+        what = f"{self.reader.name}: decoding tensor {name!r}"
+        reserve(t.nbytes, self.max_memory, what)
+        raw = self.reader.read_raw(t, new_buffer(t.nbytes, what))
         self.chunks_decoded += len(t.chunks)
-        return self._convert(raw.view(t.dtype.numpy).reshape(t.shape))
+        return self._convert(as_array(raw, t, t.shape, self.reader.name))
 
     def get_slice(self, name: str) -> TensorSlice:
         """A lazy view: index it (`f.get_slice("w")[10:20]`) to decode only the chunks needed."""
@@ -154,8 +161,9 @@ class TensorSlice:
         else:
             raise InvalidArgumentError(f"get_slice indexes the first axis with an int, a slice or ..., "
                                        f"not {first!r}")
-        if len(picked) == 0:
-            block = self._decode_rows(0, 0)
+        if not picked or t.numel == 0:  # nothing to decode (an empty tensor may have 2^62 rows)
+            count = (picked[-1] - picked[0]) // picked.step + 1 if picked else 0
+            block = as_array(np.empty(0, np.uint8), t, (count, *t.shape[1:]), self._file.reader.name)
         else:
             lo, hi = min(picked[0], picked[-1]), max(picked[0], picked[-1]) + 1
             block = self._decode_rows(lo, hi)
@@ -170,18 +178,61 @@ class TensorSlice:
         row = 1
         for d in t.shape[1:]:
             row *= d
+        row //= t.dtype.block_size  # elements: a block type's rows are whole blocks
         first, last = lo * row, hi * row  # element range
         k = t.dtype.itemsize
-        out = np.empty((last - first) * k, np.uint8)
+        c0, c1 = first // t.chunk_elements, (last - 1) // t.chunk_elements + 1
+        span_bytes = (min(c1 * t.chunk_elements, t.elements) - c0 * t.chunk_elements) * k if last > first else 0
+        what = f"{self._file.reader.name}: decoding rows {lo}:{hi} of tensor {t.name!r}"
+        reserve((last - first) * k + span_bytes, self._file.max_memory, what)
+        out = new_buffer((last - first) * k, what)
         if last > first:
-            c0, c1 = first // t.chunk_elements, (last - 1) // t.chunk_elements + 1
-            span = np.empty((min(c1 * t.chunk_elements, t.numel) - c0 * t.chunk_elements) * k, np.uint8)
+            span = new_buffer(span_bytes, what)
             self._file.reader.read_chunks(t, c0, c1, span)
             self._file.chunks_decoded += c1 - c0
             skip = (first - c0 * t.chunk_elements) * k
             out[:] = span[skip:skip + out.shape[0]]
         shape = (hi - lo, *t.shape[1:]) if t.shape else ()
-        return out.view(t.dtype.numpy).reshape(shape)
+        return as_array(out, t, shape, self._file.reader.name)
+
+
+def check_max_memory(max_memory) -> int | None:
+    """`max_memory` as `open` and `load_file` take it: None (no cap) or a number of bytes >= 0."""
+    if max_memory is None:
+        return None
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 0:
+        raise InvalidArgumentError(f"max_memory must be a number of bytes >= 0 or None, not {max_memory!r}")
+    return int(max_memory)
+
+
+def reserve(nbytes: int, max_memory: int | None, what: str) -> None:
+    """Refuse, before allocating, a decoding call that needs more than `max_memory` bytes."""
+    if max_memory is not None and nbytes > max_memory:
+        raise LimitExceededError(f"{what} needs {nbytes} bytes, over max_memory={max_memory}")
+
+
+def new_buffer(nbytes: int, what: str) -> np.ndarray:
+    """uint8[nbytes] for decoded data; a size this machine cannot allocate is a LimitExceededError."""
+    try:
+        return np.empty(nbytes, np.uint8)
+    except MemoryError:
+        raise LimitExceededError(f"{what} needs {nbytes} bytes, more than this machine can allocate; "
+                                 f"pass max_memory to refuse such files earlier") from None
+
+
+def as_array(raw: np.ndarray, entry: TensorEntry, shape: tuple, file: str) -> np.ndarray:
+    """`raw` viewed as the tensor's dtype and `shape` (a block type's as bytes: its last dimension
+    becomes the bytes of its blocks). numpy cannot hold a shape whose nonzero dimensions multiply
+    past 2^63 bytes, which an empty tensor may have (`[0, 2^63]`): that is a LimitExceededError."""
+    dtype = entry.dtype
+    if dtype.is_block:
+        shape = (*shape[:-1], shape[-1] // dtype.block_size * dtype.itemsize)
+    size = dtype.numpy.itemsize
+    for d in shape:
+        size *= d or 1
+    if size > np.iinfo(np.intp).max:
+        raise LimitExceededError(f"{file}: tensor {entry.name!r}: numpy cannot hold an array of shape {list(shape)}")
+    return raw.view(entry.dtype.numpy).reshape(shape)
 
 
 def _import_torch():

@@ -31,7 +31,40 @@ DTYPES = {  # section 4.4: id -> (name, itemsize)
     8: ("F16", 2), 9: ("BF16", 2), 10: ("I32", 4), 11: ("U32", 4), 12: ("F32", 4), 13: ("I64", 8), 14: ("U64", 8),
     15: ("F64", 8),
 }
-LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4)}  # section 5: id -> (name, itemsize)
+BLOCK_DTYPES = {  # section 4.4, block dtypes: id -> (name, itemsize, block_size, fields as (offset, width))
+    66: ('GGML_Q4_0', 18, 32, [(0, 1), (1, 1), (2, 16)]),
+    67: ('GGML_Q4_1', 20, 32, [(0, 1), (1, 1), (2, 1), (3, 1), (4, 16)]),
+    70: ('GGML_Q5_0', 22, 32, [(0, 1), (1, 1), (2, 4), (6, 16)]),
+    71: ('GGML_Q5_1', 24, 32, [(0, 1), (1, 1), (2, 1), (3, 1), (4, 4), (8, 16)]),
+    72: ('GGML_Q8_0', 34, 32, [(0, 1), (1, 1), (2, 32)]),
+    73: ('GGML_Q8_1', 40, 32, [(0, 40)]),
+    74: ('GGML_Q2_K', 84, 256, [(0, 84)]),
+    75: ('GGML_Q3_K', 110, 256, [(0, 110)]),
+    76: ('GGML_Q4_K', 144, 256, [(0, 1), (1, 1), (2, 1), (3, 1), (4, 12), (16, 128)]),
+    77: ('GGML_Q5_K', 176, 256, [(0, 1), (1, 1), (2, 1), (3, 1), (4, 12), (16, 32), (48, 128)]),
+    78: ('GGML_Q6_K', 210, 256, [(0, 128), (128, 64), (192, 16), (208, 1), (209, 1)]),
+    79: ('GGML_Q8_K', 292, 256, [(0, 292)]),
+    80: ('GGML_IQ2_XXS', 66, 256, [(0, 66)]),
+    81: ('GGML_IQ2_XS', 74, 256, [(0, 74)]),
+    82: ('GGML_IQ3_XXS', 98, 256, [(0, 98)]),
+    83: ('GGML_IQ1_S', 50, 256, [(0, 50)]),
+    84: ('GGML_IQ4_NL', 18, 32, [(0, 18)]),
+    85: ('GGML_IQ3_S', 110, 256, [(0, 110)]),
+    86: ('GGML_IQ2_S', 82, 256, [(0, 82)]),
+    87: ('GGML_IQ4_XS', 136, 256, [(0, 136)]),
+    93: ('GGML_IQ1_M', 56, 256, [(0, 56)]),
+    95: ('GGML_Q4_0_4_4', 18, 32, [(0, 18)]),
+    96: ('GGML_Q4_0_4_8', 18, 32, [(0, 18)]),
+    97: ('GGML_Q4_0_8_8', 18, 32, [(0, 18)]),
+    98: ('GGML_TQ1_0', 54, 256, [(0, 54)]),
+    99: ('GGML_TQ2_0', 66, 256, [(0, 66)]),
+    103: ('GGML_MXFP4', 17, 32, [(0, 17)]),
+    104: ('GGML_NVFP4', 36, 64, [(0, 36)]),
+    105: ('GGML_Q1_0', 18, 128, [(0, 18)]),
+}
+DTYPES.update({k: v[:2] for k, v in BLOCK_DTYPES.items()})
+BLOCK_FIELDS = 3  # section 5
+LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4), 3: ("BLOCK_FIELDS", None)}  # id -> (name, itemsize)
 METHODS = {0: "RAW", 1: "CONSTANT", 2: "RANS0", 3: "RANS0_PAIRS"}  # section 6
 SOURCE_KINDS = {0: "arrays", 1: "safetensors", 2: "GGUF"}  # section 4.2
 SEGMENT_TENSOR, SEGMENT_BLOB = 0, 1  # section 4.2, Segment_Kind
@@ -63,9 +96,10 @@ class _Tensor:  # a section 4.3 record, checked but not yet decoded
     name: str
     dtype: int
     shape: tuple[int, ...]
-    numel: int
+    numel: int  # elements (section 1): values, or blocks of a block dtype
     itemsize: int
     layout: int
+    fields: list[tuple[int, int]]  # section 5: (offset, width) in the element of each plane's bytes
     chunk_elements: int
     chunks: list[tuple[int, int, list[tuple[int, int, int]]]]  # (Offset, Checksum, [(Method, Parameter, Length)])
 
@@ -119,8 +153,8 @@ def _preamble(data: bytes) -> tuple[int, int, int, int]:
         raise FormatError(f"Flags are reserved and must be 0, found {flags:#x}")
     if offset < PREAMBLE:
         raise FormatError(f"Header_Offset must be >= {PREAMBLE}, found {offset}")
-    if length < 9:  # the table names LimitExceededError for the whole Header_Length row
-        raise LimitExceededError(f"Header_Length must be >= 9, found {length}")
+    if length < 9:
+        raise FormatError(f"Header_Length must be >= 9, found {length}")
     _limit(length, "header", "Header_Length")
     if offset + length != len(data):
         error = TruncatedError if offset + length > len(data) else FormatError
@@ -172,13 +206,18 @@ def _tensor(r: _Reader) -> _Tensor:
     _limit(ndim, "ndim", f"{where}: Ndim")
     shape = tuple(r.uint(8, f"{where} Shape") for _ in range(ndim))
     numel = math.prod(shape)
-    _limit(numel * itemsize, "tensor size", f"{where}: numel x itemsize")  # Python ints cannot overflow
+    if dtype in BLOCK_DTYPES:  # section 1: an element is a block
+        block_size = BLOCK_DTYPES[dtype][2]
+        if not shape or shape[-1] % block_size:
+            raise FormatError(f"{where}: Shape {list(shape)} must end in a multiple of the block size {block_size}")
+        numel //= block_size
+    _limit(numel * itemsize, "tensor size", f"{where}: elements x itemsize")  # Python ints cannot overflow
     layout = r.uint(1, f"{where} Layout")
     if layout not in LAYOUTS:
         raise UnsupportedFeatureError(f"{where}: Layout {layout} is not a known id")
-    if LAYOUTS[layout][1] not in (None, itemsize):  # section 5
-        raise FormatError(f"{where}: Layout {LAYOUTS[layout][0]} needs itemsize {LAYOUTS[layout][1]}, "
-                          f"dtype {DTYPES[dtype][0]} has {itemsize}")
+    if (layout == BLOCK_FIELDS) != (dtype in BLOCK_DTYPES) or LAYOUTS[layout][1] not in (None, itemsize):  # section 5
+        raise FormatError(f"{where}: Layout {LAYOUTS[layout][0]} does not fit dtype {DTYPES[dtype][0]}")
+    fields = BLOCK_DTYPES[dtype][3] if layout == BLOCK_FIELDS else [(k, 1) for k in range(itemsize)]
     chunk_elements = r.uint(8, f"{where} Chunk_Elements")
     if chunk_elements < 1:
         raise FormatError(f"{where}: Chunk_Elements must be >= 1, found 0")
@@ -186,7 +225,7 @@ def _tensor(r: _Reader) -> _Tensor:
     count, expected = r.uint(8, f"{where} Chunk_Count"), -(-numel // chunk_elements)
     if count != expected:
         raise FormatError(f"{where}: Chunk_Count must be ceil({numel} / {chunk_elements}) = {expected}, found {count}")
-    record = 16 + 6 * itemsize  # Offset, Checksum, itemsize x (Method u8, Parameter u8, Length u32)
+    record = 16 + 6 * len(fields)  # Offset, Checksum, P x (Method u8, Parameter u8, Length u32)
     if count * record > r.remaining:  # section 8: lengths against what remains, before the loop
         raise TruncatedError(f"{where}: {count} chunks need {count * record} header bytes, only {r.remaining} left")
     chunks = []
@@ -194,9 +233,9 @@ def _tensor(r: _Reader) -> _Tensor:
         at = f"{where} chunk {c}"
         offset, checksum = r.uint(8, f"{at} Offset"), r.uint(8, f"{at} Checksum")
         planes = [(r.uint(1, f"{at} Method"), r.uint(1, f"{at} Parameter"), r.uint(4, f"{at} Length"))
-                  for _ in range(itemsize)]
+                  for _ in fields]
         chunks.append((offset, checksum, planes))
-    return _Tensor(name, dtype, shape, numel, itemsize, layout, chunk_elements, chunks)
+    return _Tensor(name, dtype, shape, numel, itemsize, layout, fields, chunk_elements, chunks)
 
 
 def _header(header: bytes) -> tuple[dict[str, str], tuple[int, int, bytes, list[tuple[int, ...]]], list[_Tensor]]:
@@ -357,9 +396,17 @@ def _plane(method: int, parameter: int, stream: bytes, n: int, where: str) -> Ca
     return (_rans0 if method == 2 else _rans0_pairs)(_Reader(stream, where, FormatError), n)
 
 
-def _unplane(layout: int, planes: list[bytes], itemsize: int) -> bytes:
+def _unplane(layout: int, planes: list[bytes], itemsize: int, fields: list[tuple[int, int]]) -> bytes:
     """Section 5: the inverse of the layout, element by element; each element is written little-endian."""
     out = bytearray()
+    if layout == BLOCK_FIELDS:  # plane j holds bytes [offset_j, offset_j + width_j) of each element
+        n = len(planes[0]) // fields[0][1]
+        for e in range(n):
+            block = bytearray(itemsize)
+            for p, (offset, width) in zip(planes, fields):
+                block[offset:offset + width] = p[e * width:(e + 1) * width]
+            out += block
+        return bytes(out)
     for p in zip(*planes):
         if layout == 0:  # BYTES
             v = sum(b << (8 * k) for k, b in enumerate(p))
@@ -399,7 +446,7 @@ def decode(data: bytes) -> Decoded:
             n = min(t.chunk_elements, t.numel - c * t.chunk_elements)  # the last chunk holds the remainder
             decoders = []
             for k, (method, parameter, length) in enumerate(planes):  # streams lie back to back from Offset
-                decoders.append(_plane(method, parameter, data[offset:offset + length], n,
+                decoders.append(_plane(method, parameter, data[offset:offset + length], n * t.fields[k][1],
                                        f"tensor {t.name!r} chunk {c} plane {k}"))
                 offset += length
             plans.append((t, c, checksum, decoders))
@@ -407,7 +454,7 @@ def decode(data: bytes) -> Decoded:
     # Section 7 steps 2-4: decode the planes, invert the layout, check the chunk's XXH64; chunks are in order.
     raw: dict[str, list[bytes]] = {t.name: [] for t in tensors}
     for t, c, checksum, decoders in plans:
-        chunk = _unplane(t.layout, [decode_plane() for decode_plane in decoders], t.itemsize)
+        chunk = _unplane(t.layout, [decode_plane() for decode_plane in decoders], t.itemsize, t.fields)
         if _xxh64(chunk) != checksum:
             raise ChecksumError(f"tensor {t.name!r} chunk {c}: Checksum stored {checksum:#018x}, "
                                 f"computed {_xxh64(chunk):#018x}")

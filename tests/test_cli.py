@@ -1,5 +1,6 @@
 """The command line: exit codes, one-line errors, default names, --force, no partial output."""
 
+import errno
 import hashlib
 import json
 import os
@@ -93,6 +94,17 @@ def test_info_table_and_json(model, tmp_path):
     assert set(plane) == {"method_counts", "coded_bytes", "bits_per_symbol", "entropy"}
 
 
+def test_info_limits(model, tmp_path):
+    run("encode", model, "-q")
+    r = run("info", tmp_path / "model.llmc", "--limits")
+    assert r.exit_code == 0 and "adaptive" in r.output and "total" in r.output
+    stats = json.loads(run("info", tmp_path / "model.llmc", "--limits", "--json").output)
+    plane = stats["tensors"][0]["planes"][0]
+    assert set(plane["contexts"]) == {"order0", "previous", "above", "plane0"}
+    assert plane["best_context"] in plane["contexts"]
+    assert stats["adaptive_bytes"] == pytest.approx(sum(t["adaptive_bytes"] for t in stats["tensors"]))
+
+
 def test_usage_error_exits_2(tmp_path):
     assert run("encode").exit_code == 2
     assert run("encode", tmp_path, "--threads", "0").exit_code == 2
@@ -118,12 +130,12 @@ def test_folder_round_trip(model, tmp_path):
     assert (tmp_path / "back" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
 
 
-def _encode_in_background(tmp_path):
+def _encode_in_background(tmp_path, *options):
     """Start `llmcodec encode` on a 24 MB file; return once its temporary output exists."""
     src = tmp_path / "big.safetensors"
     st_save({"w": np.random.default_rng(0).standard_normal(6_000_000).astype(np.float32)}, src)
     proc = subprocess.Popen([sys.executable, "-m", "llmcodec.cli", "encode", str(src), "-q", "--threads", "1",
-                             "--chunk-size", "65536"], stderr=subprocess.PIPE)
+                             "--chunk-size", "65536", *options], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "encode ended before it could be stopped"
@@ -146,3 +158,47 @@ def test_terminated_encode_removes_its_temporary_file(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and b"interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
+
+
+def test_killed_encode_over_an_old_output_keeps_it(tmp_path):
+    """SIGKILL while `--force` replaces an output: the old output is still there, whole."""
+    (tmp_path / "big.llmc").write_bytes(b"old output")
+    proc = _encode_in_background(tmp_path, "--force")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "big.llmc").read_bytes() == b"old output"
+
+
+def test_interrupted_encode_removes_its_temporary_file(tmp_path):
+    """Ctrl-C (SIGINT): exit 130, no output and no temporary file are left."""
+    proc = _encode_in_background(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.decode().strip() == "llmcodec: interrupted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_full_disk_is_one_line_and_leaves_no_partial_output(model, tmp_path, monkeypatch, force):
+    out = tmp_path / "model.llmc"
+    if force:
+        out.write_bytes(b"old")
+    fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.file = fdopen(fd, mode)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    r = run("encode", model, "-q", *(["--force"] if force else []))
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [f"llmcodec: error: {out}: No space left on device"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["model.llmc"] if force else []) + ["model.safetensors"]
+    if force:
+        assert out.read_bytes() == b"old"

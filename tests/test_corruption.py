@@ -1,10 +1,19 @@
 """Random corruptions of valid files: every one raises an LlmcodecError or decodes exactly."""
 
+import struct
+from pathlib import Path
+
 import numpy as np
 import pytest
+from fuzz.fuzz_open import check, read_everything, reseal
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import llmcodec
-from llmcodec import reference
+from llmcodec import files, models, reference
+from llmcodec import format as fmt
+from llmcodec.container import ContainerReader
+from llmcodec.errors import ChecksumError, FormatError, TruncatedError
 
 
 def _valid_file(tmp_path):
@@ -78,3 +87,139 @@ def test_reference_decoder_rejects_the_same_corruptions(tmp_path):
         except llmcodec.LlmcodecError:
             slow = "error"
         assert fast == slow
+
+
+# --- every prefix, every region, random mutations --------------------------------------------------
+
+GOLDEN = Path(__file__).parent / "golden"
+SMALL_FILES = ["arrays.llmc", "pairs.llmc", "checkpoint.llmc"]  # every method, layout and segment kind
+
+
+def _error(data: bytes) -> llmcodec.LlmcodecError | None:
+    """The error `data` raises when all it holds is read (None if it decodes)."""
+    try:
+        read_everything(data)
+    except llmcodec.LlmcodecError as exc:
+        return exc
+    return None
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent / "fuzz" / "corpus").glob("*.llmc")),
+                         ids=lambda p: p.name)
+def test_inputs_the_fuzzer_found_raise_only_llmcodec_errors(path):
+    check(path.read_bytes())
+
+
+@pytest.mark.parametrize("name", SMALL_FILES)
+def test_every_prefix_is_truncated(name):
+    data = (GOLDEN / name).read_bytes()
+    for cut in range(len(data)):
+        assert isinstance(_error(data[:cut]), TruncatedError), cut
+
+
+def _regions(data: bytes) -> dict[str, list[int]]:
+    """The byte positions of each region of a container."""
+    header_at = struct.unpack("<Q", data[16:24])[0]
+    found = {"magic": list(range(8)), "preamble fields and checksum": list(range(8, 40)),
+             "header": list(range(header_at, len(data))), "rANS tables and states": [], "rANS words": [],
+             "RAW planes": [], "blobs": []}
+    with ContainerReader(data) as r:
+        for t in r.tensors:
+            for i, chunk in enumerate(t.chunks):
+                pos = chunk.offset
+                for p in chunk.planes:
+                    if p.method == fmt.METHOD_RAW:
+                        found["RAW planes"] += range(pos, pos + p.length)
+                    elif p.method != fmt.METHOD_CONSTANT:
+                        table = models.parse_table(memoryview(data)[pos:pos + p.length], p.method,
+                                                   t.chunk_span(i)[1], "")
+                        words = pos + table.size + 4 * table.lanes
+                        found["rANS tables and states"] += range(pos, words)
+                        found["rANS words"] += range(words, pos + p.length)
+                    pos += p.length
+        for s in r.source.segments:
+            if s.kind == fmt.SEGMENT_BLOB:
+                found["blobs"] += range(s.offset, s.offset + s.length)
+    return found
+
+
+EXPECTED = {"magic": FormatError, "preamble fields and checksum": ChecksumError, "header": ChecksumError}
+
+
+def test_a_bit_flip_in_any_region_is_caught():
+    """One bit flipped in each byte of each region (bit `position mod 8`): always an error, of the
+    class the region's check raises (data regions: a table, stream or checksum error)."""
+    flips = {}
+    for name in SMALL_FILES:
+        data = (GOLDEN / name).read_bytes()
+        for region, positions in _regions(data).items():
+            for pos in positions:
+                bad = bytearray(data)
+                bad[pos] ^= 1 << pos % 8
+                error = _error(bytes(bad))
+                assert isinstance(error, EXPECTED.get(region, (FormatError, ChecksumError))), (name, region, pos)
+                flips[region] = flips.get(region, 0) + 1
+    assert min(flips.values()) >= 4 and len(flips) == 7, flips
+
+
+def _mutated(data: bytes, edits) -> bytes:
+    out = bytearray(data)
+    for kind, where, value in edits:
+        pos = where % (len(out) + 1)
+        if kind == "flip" and pos < len(out):
+            out[pos] ^= 1 << value % 8
+        elif kind == "set" and pos < len(out):
+            out[pos] = value
+        elif kind == "field":  # an 8-byte field overwritten by an extreme value
+            extreme = [0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1, 2**40, 64 << 20][value % 8]
+            out[pos:pos + 8] = struct.pack("<Q", extreme)[:len(out) - pos]
+        elif kind == "insert":
+            out[pos:pos] = bytes([value]) * (1 + value % 16)
+        elif kind == "delete":
+            del out[pos:pos + 1 + value % 16]
+        elif kind == "truncate":
+            del out[pos:]
+    return bytes(out)
+
+
+EDITS = st.tuples(st.sampled_from(["flip", "set", "field", "insert", "delete", "truncate"]),
+                  st.integers(0, 2**32 - 1), st.integers(0, 255))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(SMALL_FILES), edits=st.lists(EDITS, min_size=1, max_size=6))
+def test_random_mutations_raise_only_llmcodec_errors(name, edits):
+    """Mutated as it is: an LlmcodecError, or the exact original tensors (an edit that changed
+    nothing). Resealed (checksums recomputed, so the header parser and the kernels meet the
+    mutation): an LlmcodecError or a successful decode, nothing else."""
+    data = (GOLDEN / name).read_bytes()
+    bad = _mutated(data, edits)
+    if _error(bad) is None:
+        assert read_everything(bad) == read_everything(data), "decoded to wrong weights"
+    check(bad)
+
+
+@pytest.mark.parametrize("name", ["pairs.llmc", "checkpoint.llmc"])
+def test_fast_and_reference_decoders_agree_on_every_header_byte(tmp_path, name):
+    """Each byte of the header changed (checksums recomputed): the fast decoder (verifying
+    everything, blobs and the original's SHA-256 included) accepts exactly the files that the
+    reference decoder accepts, with the same tensors."""
+    data = (GOLDEN / name).read_bytes()
+    header_at = struct.unpack("<Q", data[16:24])[0]
+    path = tmp_path / name
+    for pos in range(header_at, len(data)):
+        for mask in (0x01, 0x80):
+            bad = bytearray(data)
+            bad[pos] ^= mask
+            bad = reseal(bytes(bad))
+            try:
+                ref = {k: t.data for k, t in reference.decode(bad).tensors.items()}
+            except llmcodec.LlmcodecError:
+                ref = None
+            path.write_bytes(bad)
+            try:
+                files.verify_file(path, threads=1)
+                fast = read_everything(bad)
+            except llmcodec.LlmcodecError:
+                fast = None
+            assert fast == ref, (pos, mask)

@@ -1,7 +1,9 @@
 """Checkpoint files: safetensors files and folders round-trip byte-identical through the API."""
 
+import errno
 import hashlib
 import json
+import os
 import struct
 
 import ml_dtypes
@@ -212,3 +214,74 @@ def test_stats_report_entropy_and_bits(tmp_path):
     exponent = ((raw >> 7) & 0xFF).astype(np.int64).ravel()
     assert w.planes[0].entropy == pytest.approx(files.entropy_bits(np.bincount(exponent, minlength=256)))
     assert w.planes[0].bits_per_symbol < 8 and stats["original_bytes"] == src.stat().st_size
+
+
+class _FullDisk:
+    """A file that takes `room` bytes, then fails every write as a full disk does."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= size
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _run_writer(kind: str, src, dst) -> None:
+    if kind == "save_file":
+        llmcodec.save_file(weights(), dst, chunk_size=512)
+    elif kind == "encode_file":
+        files.encode_file(src, dst, chunk_size=512)
+    else:
+        files.decode_file(src, dst)
+
+
+@pytest.mark.parametrize("kind", ["save_file", "encode_file", "decode_file"])
+@pytest.mark.parametrize("room", [0, 3000, "fsync"])
+def test_full_disk_is_a_clear_error_and_leaves_no_partial_file(tmp_path, monkeypatch, kind, room):
+    """The disk fills up at the first write, in the middle, or only when the data is flushed to
+    it: an OSError (ENOSPC) naming the output, which keeps its old content, and no temporary file."""
+    src = tmp_path / "m.safetensors"
+    st_save(weights(), src)
+    if kind == "decode_file":
+        src = files.encode_file(src, tmp_path / "m.llmc", chunk_size=512)
+    dst = tmp_path / "out"
+    dst.write_bytes(b"old")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    if room == "fsync":
+        def fsync(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(os, "fsync", fsync)
+    else:
+        fdopen = os.fdopen
+        monkeypatch.setattr(os, "fdopen", lambda fd, mode: _FullDisk(fdopen(fd, mode), room))
+    with pytest.raises(OSError) as caught:
+        _run_writer(kind, src, dst)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(dst)
+    assert dst.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("where", ["encode_chunk", "serialize_header", "replace"])
+def test_an_exception_anywhere_in_encode_removes_the_temporary_file(tmp_path, monkeypatch, where):
+    src = tmp_path / "m.safetensors"
+    st_save(weights(), src)
+    dst = tmp_path / "m.llmc"
+    dst.write_bytes(b"old")
+    from llmcodec import atomic, codec
+    from llmcodec import format as fmt
+
+    def boom(*args):
+        raise RuntimeError("boom")
+    target = {"encode_chunk": codec, "serialize_header": fmt, "replace": atomic.os}[where]
+    monkeypatch.setattr(target, where, boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        files.encode_file(src, dst, chunk_size=512)
+    assert dst.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.llmc", "m.safetensors"]

@@ -75,12 +75,16 @@ def test_golden_vectors_cover_every_method():
 
 @pytest.mark.parametrize("name", sorted(MANIFEST["broken"]))
 def test_broken_files_raise_their_error(name):
+    """Exactly the recorded class (any subclass where the record is the base LlmcodecError), and the
+    fast decoder's message names the file."""
     error = getattr(errors, MANIFEST["broken"][name])
     data = (GOLDEN / "broken" / name).read_bytes()
-    with pytest.raises(error):
+    with pytest.raises(error, match=name) as fast:
         llmcodec.load_file(GOLDEN / "broken" / name)
-    with pytest.raises(error):
+    with pytest.raises(error) as slow:
         reference.decode(data)
+    if error is not errors.LlmcodecError:
+        assert fast.type is error and slow.type is error
 
 
 @st.composite

@@ -10,7 +10,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file as st_save
 
 import llmcodec
-from llmcodec import loader
+from llmcodec import dtypes, loader
+from llmcodec import format as fmt
 
 
 @pytest.fixture
@@ -131,6 +132,101 @@ def test_non_seekable_stream_is_refused(model):
 def test_bad_framework(model):
     with pytest.raises(llmcodec.InvalidArgumentError, match="framework"):
         llmcodec.open(model[0], framework="jax")
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    """A valid 360 KB file holding a 1 TiB tensor of zeros: 16384 CONSTANT chunks of 64 MiB."""
+    chunk = 64 << 20
+    check = fmt.checksum64(np.zeros(chunk, np.uint8))
+    planes = [fmt.PlaneRef(fmt.METHOD_CONSTANT, 0, 0)]
+    entry = fmt.TensorEntry("zeros", dtypes.from_numpy(np.dtype(np.uint8)), (1 << 40,), 0, chunk,
+                            [fmt.Chunk(fmt.PREAMBLE_SIZE, check, planes) for _ in range(1 << 14)])
+    header = fmt.serialize_header(fmt.Header({}, fmt.Source(), [entry]))
+    path = tmp_path_factory.mktemp("bomb") / "bomb.llmc"
+    path.write_bytes(fmt.build_preamble(fmt.PREAMBLE_SIZE, header) + header)
+    return path
+
+
+def test_max_memory_refuses_a_decompression_bomb_before_allocating(bomb):
+    limit = 1 << 30
+    with llmcodec.open(bomb, max_memory=limit) as f:
+        assert f.get_slice("zeros").get_shape() == [1 << 40]
+        with pytest.raises(llmcodec.LimitExceededError,
+                           match=f"bomb.llmc: decoding tensor 'zeros' needs {1 << 40} bytes, over max_memory={limit}"):
+            f.get_tensor("zeros")
+        with pytest.raises(llmcodec.LimitExceededError, match="rows 0:2147483648 of tensor 'zeros'"):
+            f.get_slice("zeros")[:1 << 31]
+        assert f.get_slice("zeros")[5:15].tobytes() == bytes(10)  # one 64 MiB chunk: within the limit
+        with pytest.raises(llmcodec.LimitExceededError, match="max_memory"):
+            list(f.items())
+    with pytest.raises(llmcodec.LimitExceededError, match=f"'zeros', is {1 << 40} bytes.*max_memory={limit}"):
+        llmcodec.load_file(bomb, max_memory=limit)
+
+
+def test_max_memory_counts_what_one_call_allocates(model):
+    path, tensors = model
+    embed = tensors["embed"].nbytes  # 300 x 64 bf16 in 1 KiB chunks (8 rows each)
+    with llmcodec.open(path, max_memory=embed) as f:
+        assert f.get_tensor("embed").tobytes() == tensors["embed"].tobytes()
+        assert f.get_slice("embed")[8:16].tobytes() == tensors["embed"][8:16].tobytes()  # 1 KiB + 1 KiB
+    with llmcodec.open(path, max_memory=embed - 1) as f:
+        with pytest.raises(llmcodec.LimitExceededError, match=f"'embed' needs {embed} bytes"):
+            f.get_tensor("embed")
+        assert f.get_tensor("proj").tobytes() == tensors["proj"].tobytes()
+    with llmcodec.open(path, max_memory=2047) as f:
+        with pytest.raises(llmcodec.LimitExceededError, match="rows 8:16 of tensor 'embed' needs 2048 bytes"):
+            f.get_slice("embed")[8:16]
+    total = sum(t.nbytes for t in tensors.values())
+    assert llmcodec.load_file(path, max_memory=total).keys() == tensors.keys()
+    with pytest.raises(llmcodec.LimitExceededError, match=f"needs {total} bytes, over max_memory={total - 1}"):
+        llmcodec.load_file(path, max_memory=total - 1)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1G", True])
+def test_max_memory_must_be_a_byte_count(model, bad):
+    with pytest.raises(llmcodec.InvalidArgumentError, match="max_memory"):
+        llmcodec.open(model[0], max_memory=bad)
+    with pytest.raises(llmcodec.InvalidArgumentError, match="max_memory"):
+        llmcodec.load_file(model[0], max_memory=bad)
+
+
+def test_an_allocation_the_machine_refuses_is_a_limit_error(bomb, monkeypatch):
+    """Without max_memory, a tensor too large for this machine (np.empty's MemoryError) is
+    reported as a LimitExceededError too, never as a MemoryError."""
+    empty = np.empty
+
+    def refuse_huge(shape, *args, **kwargs):
+        if np.prod(shape) >= 1 << 40:
+            raise MemoryError
+        return empty(shape, *args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", refuse_huge)
+    with llmcodec.open(bomb) as f:
+        with pytest.raises(llmcodec.LimitExceededError, match="more than this machine can allocate"):
+            f.get_tensor("zeros")
+    with pytest.raises(llmcodec.LimitExceededError, match="more than this machine can allocate"):
+        llmcodec.load_file(bomb)
+
+
+def test_an_empty_tensor_numpy_cannot_shape_is_a_limit_error(tmp_path):
+    """[0, 2^63] is a valid empty tensor of the format, but no numpy array has that shape (found by
+    the fuzzer as a ValueError)."""
+    u8 = dtypes.from_numpy(np.dtype(np.uint8))
+    tensors = [fmt.TensorEntry("huge", u8, (0, 1 << 63), 0, 1), fmt.TensorEntry("fine", u8, (0, 1 << 62), 0, 1),
+               fmt.TensorEntry("rows", u8, ((1 << 63) - 1, 0), 0, 1)]
+    header = fmt.serialize_header(fmt.Header({}, fmt.Source(), tensors))
+    path = tmp_path / "e.llmc"
+    path.write_bytes(fmt.build_preamble(fmt.PREAMBLE_SIZE, header) + header)
+    with llmcodec.open(path) as f:
+        assert f.get_tensor("fine").shape == (0, 1 << 62)
+        assert f.get_slice("rows")[::2].shape == (1 << 62, 0)  # no row is decoded, nor listed
+        assert f.get_slice("rows")[-1].shape == (0,)
+        for read in (lambda: f.get_tensor("huge"), lambda: f.get_slice("huge")[:]):
+            with pytest.raises(llmcodec.LimitExceededError, match=r"'huge': numpy cannot hold .* shape \[0, 9223"):
+                read()
+    with pytest.raises(llmcodec.LimitExceededError, match="numpy cannot hold"):
+        llmcodec.load_file(path)
 
 
 def test_docstring_examples_run(tmp_path):

@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 
 import llmcodec
+from llmcodec import format as fmt
 
 HERE = Path(__file__).parent
 
@@ -56,6 +57,41 @@ def flip(data: bytes, pos: int, mask: int = 1) -> bytes:
     return bytes(out)
 
 
+def with_preamble(data: bytes, major: int = 1, flags: int = 0) -> bytes:
+    """`data` with another Major_Version or Flags and a valid Preamble_Checksum."""
+    minor = struct.unpack("<H", data[10:12])[0]
+    head = data[:8] + struct.pack("<HHI", major, minor, flags) + data[16:36]
+    return head + struct.pack("<I", fmt.checksum32(head)) + data[40:]
+
+
+def with_header(data: bytes, header: bytes) -> bytes:
+    """`data` with its header replaced by `header` and both checksums valid, so that a reader gets
+    past them to the fault under test."""
+    header_at = struct.unpack("<Q", data[16:24])[0]
+    return fmt.build_preamble(header_at, header) + data[40:header_at] + header
+
+
+def edited(data: bytes, edit) -> bytes:
+    """`data` with its parsed header changed by `edit(header)` (which may return the header's bytes
+    itself), re-serialised with valid checksums."""
+    pre = fmt.parse_preamble(data[:40], len(data), fmt.Limits())
+    header = fmt.parse_header(data[pre.header_offset:], pre, fmt.Limits())
+    raw = edit(header)
+    return with_header(data, fmt.serialize_header(header) if raw is None else raw)
+
+
+def set_field(obj, name: str, value) -> None:
+    setattr(obj, name, value)
+
+
+def bomb(header: fmt.Header) -> bytes:
+    """A last tensor of 2^40 bytes (16384 chunks of 64 MiB) whose chunk records are missing: the
+    header declares a tensor far larger than the file."""
+    header.tensors.append(fmt.TensorEntry("bomb", llmcodec.dtypes.from_numpy(np.dtype(np.uint8)), (1 << 40,),
+                                          0, 1 << 26))
+    return fmt.serialize_header(header)[:-8] + struct.pack("<Q", 1 << 14)  # its Chunk_Count
+
+
 def tensors_entry(tensors: dict, metadata: dict) -> dict:
     return {
         "metadata": metadata,
@@ -95,6 +131,25 @@ def broken_files() -> dict:
         "header-bitflip.llmc": (flip(good, header_at + 3), "ChecksumError"),
         "data-bitflip.llmc": (flip(good, 200, 0x80), "LlmcodecError"),
         "empty.llmc": (b"", "TruncatedError"),
+        # Faults behind valid checksums: each file breaks one rule of spec/FORMAT.md.
+        "major-version-2.llmc": (with_preamble(good, major=2), "UnsupportedVersionError"),
+        "reserved-flags.llmc": (with_preamble(good, flags=1), "FormatError"),
+        "header-trailing-bytes.llmc": (with_header(good, good[header_at:] + b"\0"), "FormatError"),
+        "shape-overflow.llmc": (edited(good, lambda h: set_field(h.tensors[0], "shape", (2, 1 << 63))),
+                                "LimitExceededError"),
+        "decompression-bomb.llmc": (edited(good, bomb), "TruncatedError"),
+        "chunk-outside-data.llmc": (edited(good, lambda h: set_field(h.tensors[0].chunks[0], "offset", 10**9)),
+                                    "FormatError"),
+        "chunks-overlap.llmc": (edited(good, lambda h: set_field(h.tensors[0].chunks[1], "offset",
+                                                                 h.tensors[0].chunks[0].offset + 1)), "FormatError"),
+        "reserved-parameter.llmc": (edited(good, lambda h: set_field(h.tensors[0].chunks[0].planes[0], "parameter",
+                                                                     1)), "FormatError"),
+        "unknown-method.llmc": (edited(good, lambda h: set_field(h.tensors[0].chunks[0].planes[0], "method", 7)),
+                                "UnsupportedFeatureError"),
+        # bf16.gaussian's chunk 0 starts at byte 40 with a RANS0 plane: its first frequency + 1.
+        "rans-frequency-sum.llmc": (flip(good, 40 + 34, good[74] ^ (good[74] + 1) % 256), "FormatError"),
+        # u8.random's chunk 0 is a RAW plane at byte 2446: one bit of its data.
+        "chunk-checksum.llmc": (flip(good, 2446 + 10), "ChecksumError"),
     }
 
 

@@ -1,0 +1,367 @@
+"""The GGUF file layout (versions 2 and 3): parse it to encode a file byte for byte.
+
+A GGUF file is, every integer little-endian:
+
+| field | type | rule |
+|---|---|---|
+| magic | 4 bytes | `GGUF` |
+| version | u32 | 2 or 3 (1 had 32-bit counts; 0x03000000 is a big-endian file) |
+| tensor_count | u64 | |
+| metadata_kv_count | u64 | |
+| metadata | pairs | key (string, not empty, unique), value type (u32), value |
+| tensor infos | infos | see below |
+| padding | | to a multiple of `general.alignment` (u32, a power of two, default 32); only if there are tensors |
+| data section | | the tensors' bytes at their offsets |
+
+A tensor info is its name (string, unique), n_dims (u32, 0..4), the dims (u64 each; `dims[0]` is the
+row length, ggml's `ne[0]`), its ggml type (u32) and its offset (u64, a multiple of the alignment,
+relative to the data section). A string is a u64 byte count and that many bytes of UTF-8. A value
+is one of the thirteen `VALUE_TYPES`; an array is its element type (u32), a u64 count and the
+elements, which may be arrays themselves. A tensor holds `prod(dims) / block_size` blocks of
+`type_size` bytes of its ggml type (`GGML_TYPES`), so its row length is a multiple of the block size.
+
+Everything read from the file is checked against the file's size before it is used: no string,
+array or count can make the reader allocate more than the file holds. The bytes between and around
+tensors (header, padding) are not described here: the encoder keeps them as blobs.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import FormatError, LimitExceededError, TruncatedError, UnsupportedFeatureError, UnsupportedVersionError
+
+MAGIC = b"GGUF"
+VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+ALIGNMENT_KEY = "general.alignment"
+MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
+MAX_STRING = 1 << 30  # ggml's GGUF_MAX_STRING_LENGTH
+MAX_ARRAY = 1 << 30  # ggml's GGUF_MAX_ARRAY_ELEMENTS
+MAX_NESTING = 16  # arrays of arrays: deeper ones are refused rather than recursed into
+_READ_BLOCK = 1 << 20
+
+
+class GgmlType(NamedTuple):
+    name: str
+    block_size: int  # elements per block
+    type_size: int  # bytes per block
+
+
+# ggml's type table, as in the gguf package's GGML_QUANT_SIZES (gguf 0.19.0). Ids 4, 5 (Q4_2, Q4_3)
+# were gone before GGUF existed and 36..38 were never written to files; 31..33 were written by
+# llama.cpp in 2024 and removed since: kept so that such files still parse (their bytes stay plain).
+_QK_K = 256
+GGML_TYPES: dict[int, GgmlType] = {t[0]: GgmlType(*t[1:]) for t in [
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (2, "Q4_0", 32, 2 + 16),
+    (3, "Q4_1", 32, 2 + 2 + 16),
+    (6, "Q5_0", 32, 2 + 4 + 16),
+    (7, "Q5_1", 32, 2 + 2 + 4 + 16),
+    (8, "Q8_0", 32, 2 + 32),
+    (9, "Q8_1", 32, 4 + 4 + 32),
+    (10, "Q2_K", _QK_K, 2 + 2 + _QK_K // 16 + _QK_K // 4),
+    (11, "Q3_K", _QK_K, 2 + _QK_K // 4 + _QK_K // 8 + 12),
+    (12, "Q4_K", _QK_K, 2 + 2 + _QK_K // 2 + 12),
+    (13, "Q5_K", _QK_K, 2 + 2 + _QK_K // 2 + _QK_K // 8 + 12),
+    (14, "Q6_K", _QK_K, 2 + _QK_K // 2 + _QK_K // 4 + _QK_K // 16),
+    (15, "Q8_K", _QK_K, 4 + _QK_K + _QK_K // 8),
+    (16, "IQ2_XXS", _QK_K, 2 + _QK_K // 4),
+    (17, "IQ2_XS", _QK_K, 2 + _QK_K // 4 + _QK_K // 32),
+    (18, "IQ3_XXS", _QK_K, 2 + _QK_K // 4 + _QK_K // 8),
+    (19, "IQ1_S", _QK_K, 2 + _QK_K // 8 + _QK_K // 16),
+    (20, "IQ4_NL", 32, 2 + 16),
+    (21, "IQ3_S", _QK_K, 2 + _QK_K // 4 + _QK_K // 8 + _QK_K // 32 + 4),
+    (22, "IQ2_S", _QK_K, 2 + _QK_K // 4 + _QK_K // 16),
+    (23, "IQ4_XS", _QK_K, 2 + 2 + _QK_K // 2 + _QK_K // 64),
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (29, "IQ1_M", _QK_K, _QK_K // 8 + _QK_K // 16 + _QK_K // 32),
+    (30, "BF16", 1, 2),
+    (31, "Q4_0_4_4", 32, 2 + 16),
+    (32, "Q4_0_4_8", 32, 2 + 16),
+    (33, "Q4_0_8_8", 32, 2 + 16),
+    (34, "TQ1_0", _QK_K, 2 + 4 * 13),
+    (35, "TQ2_0", _QK_K, 2 + 64),
+    (39, "MXFP4", 32, 1 + 16),
+    (40, "NVFP4", 64, 4 + 32),
+    (41, "Q1_0", 128, 2 + 16),
+]}
+GGML_TYPE_IDS = {t.name: type_id for type_id, t in GGML_TYPES.items()}
+
+
+class BlockField(NamedTuple):
+    name: str  # the member of ggml's block struct (ggml-common.h)
+    offset: int  # bytes from the start of the block
+    length: int  # bytes
+
+
+# Byte layout of one block, from ggml-common.h. What each field holds:
+#   d, m, dmin   fp16 scale, min, scale of the mins
+#   qs (Q8_0)    32 int8 quants
+#   qs (Q4_*, Q5_*, Q4_K, Q5_K)  4-bit quants, two per byte (low nibble first)
+#   qh (Q5_0, Q5_1)  u32: bit j is the fifth bit of quant j
+#   qh (Q5_K)    32 bytes: bit 2i / 2i+1 of byte l is the fifth bit of quant 64i+l / 64i+32+l
+#   scales (Q4_K, Q5_K)  8 scales and 8 mins of 6 bits packed in 12 bytes (ggml's get_scale_min_k4)
+#   ql, qh (Q6_K)  low 4 bits of the 256 quants (two per byte), high 2 bits (four per byte)
+#   scales (Q6_K)  16 int8 sub-block scales
+_BLOCK_FIELDS: dict[str, tuple[BlockField, ...]] = {
+    "Q4_0": (BlockField("d", 0, 2), BlockField("qs", 2, 16)),
+    "Q4_1": (BlockField("d", 0, 2), BlockField("m", 2, 2), BlockField("qs", 4, 16)),
+    "Q5_0": (BlockField("d", 0, 2), BlockField("qh", 2, 4), BlockField("qs", 6, 16)),
+    "Q5_1": (BlockField("d", 0, 2), BlockField("m", 2, 2), BlockField("qh", 4, 4), BlockField("qs", 8, 16)),
+    "Q8_0": (BlockField("d", 0, 2), BlockField("qs", 2, 32)),
+    "Q4_K": (BlockField("d", 0, 2), BlockField("dmin", 2, 2), BlockField("scales", 4, 12),
+             BlockField("qs", 16, 128)),
+    "Q5_K": (BlockField("d", 0, 2), BlockField("dmin", 2, 2), BlockField("scales", 4, 12),
+             BlockField("qh", 16, 32), BlockField("qs", 48, 128)),
+    "Q6_K": (BlockField("ql", 0, 128), BlockField("qh", 128, 64), BlockField("scales", 192, 16),
+             BlockField("d", 208, 2)),
+}
+
+
+def block_fields(type_name: str) -> list[BlockField]:
+    """The fields of one block of a ggml type, as `(name, offset, length)` in block order.
+
+    Quantized types of the table above are split into their struct members; a type of one element
+    per block (F32, F16, BF16, I8..I64, F64) is one field `value`; any other type is one field
+    `block`, its bytes as they are.
+
+    >>> block_fields("Q8_0")
+    [BlockField(name='d', offset=0, length=2), BlockField(name='qs', offset=2, length=32)]
+    """
+    if type_name not in GGML_TYPE_IDS:
+        raise UnsupportedFeatureError(f"unknown ggml type {type_name!r}")
+    t = GGML_TYPES[GGML_TYPE_IDS[type_name]]
+    if type_name in _BLOCK_FIELDS:
+        return list(_BLOCK_FIELDS[type_name])
+    return [BlockField("value" if t.block_size == 1 else "block", 0, t.type_size)]
+
+
+# Metadata value types: id -> (name, struct format of a scalar, numpy dtype of an array element).
+VALUE_TYPES: dict[int, tuple[str, str | None, str | None]] = {
+    0: ("UINT8", "<B", "<u1"),
+    1: ("INT8", "<b", "<i1"),
+    2: ("UINT16", "<H", "<u2"),
+    3: ("INT16", "<h", "<i2"),
+    4: ("UINT32", "<I", "<u4"),
+    5: ("INT32", "<i", "<i4"),
+    6: ("FLOAT32", "<f", "<f4"),
+    7: ("BOOL", "<B", "<u1"),  # one byte; not 0 is true, as ggml reads it
+    8: ("STRING", None, None),
+    9: ("ARRAY", None, None),
+    10: ("UINT64", "<Q", "<u8"),
+    11: ("INT64", "<q", "<i8"),
+    12: ("FLOAT64", "<d", "<f8"),
+}
+_STRING, _ARRAY, _BOOL, _UINT32 = 8, 9, 7, 4
+_MIN_VALUE_SIZE = {_STRING: 8, _ARRAY: 12}  # smallest string (its length), smallest array (type, count)
+
+
+@dataclass(frozen=True)
+class GgufTensor:
+    name: str
+    ggml_type: int
+    type_name: str
+    dims: tuple[int, ...]  # as in the file: dims[0] is the row length (ggml's ne[0])
+    begin: int  # absolute offsets in the file
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.dims:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class GgufLayout:
+    version: int
+    alignment: int
+    data_start: int  # absolute offset of the data section: the end of the header, aligned if there are tensors
+    metadata: dict[str, object]
+    tensors: list[GgufTensor]  # by position in the file
+
+
+def read_layout(f, file_size: int, name: str) -> GgufLayout:
+    """Parse and check the header of the GGUF file open as `f` (binary, seekable).
+
+    Metadata values come back as Python values (`int`, `float`, `bool`, `str`, lists of them);
+    a string that is not valid UTF-8 keeps its bytes as lone surrogates
+    (`s.encode("utf-8", "surrogateescape")` gives them back).
+
+    >>> with open("model.gguf", "rb") as f:                      # doctest: +SKIP
+    ...     layout = read_layout(f, os.fstat(f.fileno()).st_size, "model.gguf")
+    >>> layout.tensors[0].type_name, layout.tensors[0].dims       # doctest: +SKIP
+    ('Q8_0', (576, 49152))
+    """
+    r = _Reader(f, file_size, name)
+    magic = r.take(4, "magic")
+    if magic != MAGIC:
+        raise FormatError(f"{name}: not a GGUF file: magic {magic!r}, expected {MAGIC!r}")
+    version = r.u32("version")
+    if version not in VERSIONS:
+        hint = " (a big-endian file?)" if version >= 1 << 16 and version & 0xFFFF == 0 else ""
+        raise UnsupportedVersionError(f"{name}: GGUF version {version}{hint} is not supported "
+                                      f"(versions {' and '.join(map(str, VERSIONS))} are)")
+    n_tensors = r.count("tensor_count", 24)  # smallest tensor info: empty name, 0 dims, type, offset
+    n_kv = r.count("metadata_kv_count", 13)  # smallest pair: key length, type, 1-byte value
+
+    metadata: dict[str, object] = {}
+    value_types: dict[str, int] = {}
+    for i in range(n_kv):
+        key = r.string(f"metadata key {i}")
+        if not key:
+            raise FormatError(f"{name}: metadata key {i} is empty")
+        if key in metadata:
+            raise FormatError(f"{name}: metadata key {key!r} appears twice")
+        value_types[key] = r.u32(f"metadata {key!r} value type")
+        metadata[key] = r.value(value_types[key], f"metadata {key!r}", 0)
+
+    alignment = DEFAULT_ALIGNMENT
+    if ALIGNMENT_KEY in metadata:
+        alignment = metadata[ALIGNMENT_KEY]
+        if value_types[ALIGNMENT_KEY] != _UINT32:
+            raise FormatError(f"{name}: metadata {ALIGNMENT_KEY!r} must be UINT32, "
+                              f"found {VALUE_TYPES[value_types[ALIGNMENT_KEY]][0]}")
+        if alignment == 0 or alignment & (alignment - 1):
+            raise FormatError(f"{name}: metadata {ALIGNMENT_KEY!r} must be a power of two, found {alignment}")
+
+    infos = [_tensor_info(r, i, alignment) for i in range(n_tensors)]
+    seen: set[str] = set()
+    for key, *_ in infos:
+        if key in seen:
+            raise FormatError(f"{name}: tensor name {key!r} appears twice")
+        seen.add(key)
+
+    data_start = r.pos
+    if n_tensors:
+        data_start += -data_start % alignment
+        if data_start > file_size:
+            raise TruncatedError(f"{name}: data section starts at byte {data_start} "
+                                 f"(header end aligned to {alignment}), past the end of the file ({file_size} bytes)")
+    tensors = []
+    for key, type_id, dims, offset, nbytes in infos:
+        begin = data_start + offset
+        if begin + nbytes > file_size:
+            raise TruncatedError(f"{name}: tensor {key!r}: bytes [{begin}, {begin + nbytes}) "
+                                 f"run past the end of the file ({file_size} bytes)")
+        tensors.append(GgufTensor(key, type_id, GGML_TYPES[type_id].name, dims, begin, begin + nbytes))
+    tensors.sort(key=lambda t: (t.begin, t.end))
+    for prev, cur in zip(tensors, tensors[1:]):
+        if cur.begin < prev.end:
+            raise FormatError(f"{name}: tensors {prev.name!r} [{prev.begin}, {prev.end}) and "
+                              f"{cur.name!r} [{cur.begin}, {cur.end}) overlap")
+    return GgufLayout(version, alignment, data_start, metadata, tensors)
+
+
+def _tensor_info(r: _Reader, i: int, alignment: int) -> tuple[str, int, tuple[int, ...], int, int]:
+    """(name, ggml type id, dims, offset in the data section, byte count) of tensor info `i`."""
+    key = r.string(f"tensor {i} name")
+    where = f"tensor {key!r}"
+    n_dims = r.u32(f"{where} n_dims")
+    if n_dims > MAX_DIMS:
+        raise FormatError(f"{r.name}: {where}: n_dims is {n_dims}, at most {MAX_DIMS} allowed")
+    dims = tuple(r.u64(f"{where} dims[{j}]") for j in range(n_dims))
+    numel = 1
+    for j, d in enumerate(dims):
+        numel *= d
+        if d >= 1 << 63 or numel >= 1 << 63:
+            raise FormatError(f"{r.name}: {where}: dims {list(dims[:j + 1])} hold 2^63 elements or more")
+    type_id = r.u32(f"{where} type")
+    if type_id not in GGML_TYPES:
+        raise UnsupportedFeatureError(f"{r.name}: {where}: unknown ggml type id {type_id}")
+    t = GGML_TYPES[type_id]
+    row = dims[0] if dims else 1
+    if row % t.block_size:
+        raise FormatError(f"{r.name}: {where}: row length dims[0] = {row} is not a multiple of "
+                          f"{t.name}'s block size {t.block_size}")
+    offset = r.u64(f"{where} offset")
+    if offset % alignment:
+        raise FormatError(f"{r.name}: {where}: offset {offset} is not a multiple of the alignment {alignment}")
+    return key, type_id, dims, offset, numel // t.block_size * t.type_size
+
+
+class _Reader:
+    """Reads a file front to back through a buffer, never past `size`: every length is checked
+    against the bytes left before anything of that length is read or allocated."""
+
+    def __init__(self, f, size: int, name: str):
+        f.seek(0)
+        self.f, self.size, self.name = f, size, name
+        self.pos = 0  # file offset of the next byte to hand out
+        self.buf = b""
+        self.at = 0  # index in buf of the byte at `pos`
+
+    def take(self, n: int, what: str) -> bytes:
+        left = self.size - self.pos
+        if n > left:
+            raise TruncatedError(f"{self.name}: {what} at byte {self.pos} needs {n} bytes, "
+                                 f"the file has {left} left")
+        if self.at + n > len(self.buf):
+            want = min(max(n - (len(self.buf) - self.at), _READ_BLOCK), left - (len(self.buf) - self.at))
+            more = self.f.read(want)
+            if len(more) != want:
+                raise TruncatedError(f"{self.name}: {what}: the file ended early (read {len(more)} of {want} bytes)")
+            self.buf = self.buf[self.at:] + more
+            self.at = 0
+        out = self.buf[self.at:self.at + n]
+        self.at += n
+        self.pos += n
+        return out
+
+    def u32(self, what: str) -> int:
+        return struct.unpack("<I", self.take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return struct.unpack("<Q", self.take(8, what))[0]
+
+    def count(self, what: str, min_item_size: int) -> int:
+        """A u64 count of items of at least `min_item_size` bytes each, checked against the file."""
+        n = self.u64(what)
+        if n * min_item_size > self.size - self.pos:
+            raise TruncatedError(f"{self.name}: {what} is {n}: {n} items of at least {min_item_size} bytes "
+                                 f"do not fit in the {self.size - self.pos} bytes left")
+        return n
+
+    def string(self, what: str) -> str:
+        n = self.u64(f"{what} length")
+        if n > self.size - self.pos:
+            raise TruncatedError(f"{self.name}: {what}: string length {n} runs past the end of the file "
+                                 f"({self.size - self.pos} bytes left)")
+        if n > MAX_STRING:
+            raise LimitExceededError(f"{self.name}: {what}: string length {n} is over the limit {MAX_STRING}")
+        return self.take(n, what).decode("utf-8", "surrogateescape")
+
+    def value(self, vtype: int, what: str, depth: int):
+        if vtype not in VALUE_TYPES:
+            raise UnsupportedFeatureError(f"{self.name}: {what}: unknown value type {vtype}")
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype != _ARRAY:
+            fmt = VALUE_TYPES[vtype][1]
+            v = struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+            return v != 0 if vtype == _BOOL else v
+        if depth >= MAX_NESTING:
+            raise LimitExceededError(f"{self.name}: {what}: arrays nested deeper than {MAX_NESTING}")
+        etype = self.u32(f"{what} element type")
+        if etype not in VALUE_TYPES:
+            raise UnsupportedFeatureError(f"{self.name}: {what}: unknown array element type {etype}")
+        dtype = VALUE_TYPES[etype][2]
+        size = np.dtype(dtype).itemsize if dtype else _MIN_VALUE_SIZE[etype]
+        n = self.count(f"{what} array length", size)
+        if n > MAX_ARRAY:
+            raise LimitExceededError(f"{self.name}: {what}: array length {n} is over the limit {MAX_ARRAY}")
+        if dtype is None:
+            return [self.value(etype, f"{what}[{k}]", depth + 1) for k in range(n)]
+        items = np.frombuffer(self.take(n * size, what), dtype)
+        return (items != 0).tolist() if etype == _BOOL else items.tolist()

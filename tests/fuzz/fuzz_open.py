@@ -1,0 +1,119 @@
+"""Coverage-guided fuzz target (atheris): whatever bytes `llmcodec.open` is given, nothing but an
+`LlmcodecError` may escape: no other exception, crash, hang or memory blow-up.
+
+    python tests/fuzz/fuzz_open.py --minutes 10 [CORPUS_DIR]   # -max_total_time=600; any libFuzzer flag
+    python tests/fuzz/fuzz_open.py CRASH_FILE                    # run one input again
+
+An empty or missing CORPUS_DIR (default: a new temporary folder) is first seeded with the golden
+vectors (tests/golden) and the inputs that once failed (tests/fuzz/corpus).
+
+Each input is opened, every tensor read whole and in a slice, every blob checked; then the same
+again with its preamble and header checksums recomputed ("resealed"): a mutation almost never keeps
+a 32-bit checksum right, and without that second pass the fuzzer would test little but the
+checksums. Memory is capped with `max_memory`, as a program reading files from strangers should do.
+Needs atheris (`pip install atheris`; wheels for Linux x86-64). The tests import `check` and
+`reseal` from here.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+import xxhash
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE.parent / "golden"
+# Inputs that once broke the property, and the seeds: the golden vectors, valid and broken.
+REGRESSIONS = sorted((HERE / "corpus").glob("*.llmc"))
+SEEDS = [*GOLDEN.glob("*.llmc"), *GOLDEN.glob("broken/*.llmc"), *REGRESSIONS]
+MAX_MEMORY = 64 << 20  # bytes one decoding call may allocate
+
+
+def reseal(data: bytes) -> bytes:
+    """`data` with Header_Checksum and Preamble_Checksum recomputed (spec section 3), where the
+    preamble's header bounds allow it."""
+    if len(data) < 40:
+        return data
+    header_offset, header_length = struct.unpack("<QQ", data[16:32])
+    head = bytearray(data[:36])
+    if 40 <= header_offset and header_offset + header_length <= len(data):
+        header = data[header_offset:header_offset + header_length]
+        struct.pack_into("<I", head, 32, xxhash.xxh64_intdigest(header) & 0xFFFFFFFF)
+    return bytes(head) + struct.pack("<I", xxhash.xxh64_intdigest(head) & 0xFFFFFFFF) + data[40:]
+
+
+def read_everything(data: bytes) -> dict[str, bytes]:
+    """Open `data` and decode all it holds; the raw bytes of each tensor."""
+    import llmcodec
+    from llmcodec import format as fmt
+
+    out = {}
+    with llmcodec.open(io.BytesIO(data), threads=1, max_memory=MAX_MEMORY) as f:
+        f.metadata()
+        for name in f.keys():
+            out[name] = f.get_tensor(name).tobytes()
+            part = f.get_slice(name)
+            if part.get_shape():
+                rows = part.get_shape()[0]
+                part[rows // 3:rows // 3 + 2]
+            else:
+                part[()]
+        for segment in f.reader.source.segments:
+            if segment.kind == fmt.SEGMENT_BLOB:
+                f.reader.read_blob(segment)
+    return out
+
+
+def check(data: bytes) -> None:
+    """The property: `data`, as it is and resealed, decodes or raises an LlmcodecError."""
+    import llmcodec
+
+    for variant in (data, reseal(data)):
+        try:
+            read_everything(variant)
+        except llmcodec.LlmcodecError:
+            pass
+
+
+def main(argv: list[str]) -> None:
+    import atheris
+
+    import llmcodec.kernels  # noqa: F401  (numba compiles these from bytecode: never instrumented)
+
+    with atheris.instrument_imports(include=["llmcodec"]):
+        import llmcodec.api  # noqa: F401
+        import llmcodec.container  # noqa: F401
+        import llmcodec.loader  # noqa: F401
+    args = [argv[0]]
+    minutes = None
+    rest = iter(argv[1:])
+    for arg in rest:
+        if arg == "--minutes":
+            minutes = float(next(rest))
+        else:
+            args.append(arg)
+    if minutes is not None:
+        args.append(f"-max_total_time={max(1, round(60 * minutes))}")
+    folders = [a for a in args[1:] if not a.startswith("-")]
+    if not folders:
+        folders = [tempfile.mkdtemp(prefix="llmcodec-fuzz-")]
+        args += folders
+    corpus = Path(folders[0])  # where libFuzzer keeps what it finds, seeded when empty (or one input)
+    if not corpus.is_file():
+        corpus.mkdir(parents=True, exist_ok=True)
+        if not any(corpus.iterdir()):
+            for seed in SEEDS:
+                shutil.copy(seed, corpus / f"{seed.parent.name}-{seed.name}")
+    if not any(a.startswith("-timeout=") for a in args):
+        args.append("-timeout=20")  # an input taking longer is reported as a hang
+    atheris.Setup(args, check)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
