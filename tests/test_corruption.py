@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz.fuzz_open import check, read_everything, reseal
+from fuzz.fuzz_open import check, feature_seeds, read_everything, reseal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,7 +106,7 @@ def _error(data: bytes) -> llmcodec.LlmcodecError | None:
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent / "fuzz" / "corpus").glob("*.llmc")),
                          ids=lambda p: p.name)
-def test_inputs_the_fuzzer_found_raise_only_llmcodec_errors(path):
+def test_inputs_the_fuzzer_once_failed_on_raise_only_llmcodec_errors(path):
     check(path.read_bytes())
 
 
@@ -186,13 +186,18 @@ EDITS = st.tuples(st.sampled_from(["flip", "set", "field", "insert", "delete", "
                   st.integers(0, 2**32 - 1), st.integers(0, 255))
 
 
-@settings(max_examples=300, deadline=None)
-@given(name=st.sampled_from(SMALL_FILES), edits=st.lists(EDITS, min_size=1, max_size=6))
+def _small_file(name: str) -> bytes:
+    return feature_seeds()[name] if name in feature_seeds() else (GOLDEN / name).read_bytes()
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(SMALL_FILES + sorted(feature_seeds())), edits=st.lists(EDITS, min_size=1, max_size=6))
 def test_random_mutations_raise_only_llmcodec_errors(name, edits):
     """Mutated as it is: an LlmcodecError, or the exact original tensors (an edit that changed
     nothing). Resealed (checksums recomputed, so the header parser and the kernels meet the
-    mutation): an LlmcodecError or a successful decode, nothing else."""
-    data = (GOLDEN / name).read_bytes()
+    mutation): an LlmcodecError or a successful decode, nothing else. The files hold every method,
+    layout, segment kind, block dtypes and shared chunks."""
+    data = _small_file(name)
     bad = _mutated(data, edits)
     if _error(bad) is None:
         assert read_everything(bad) == read_everything(data), "decoded to wrong weights"

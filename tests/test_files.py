@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file as st_save
 
 import llmcodec
-from llmcodec import files
+from llmcodec import files, reference
 from llmcodec.errors import ChecksumError, FormatError
 
 
@@ -285,3 +285,22 @@ def test_an_exception_anywhere_in_encode_removes_the_temporary_file(tmp_path, mo
         files.encode_file(src, dst, chunk_size=512)
     assert dst.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.llmc", "m.safetensors"]
+
+
+def test_a_tensor_saved_twice_is_stored_once(tmp_path):
+    """Tied embeddings written under two names: the second costs only its header records."""
+    rng = np.random.default_rng(4)
+    emb = (rng.standard_normal((300, 64)) * 0.02).astype(np.float32)
+    other = (rng.standard_normal((50, 64)) * 0.02).astype(np.float32)
+    once, twice = tmp_path / "once.safetensors", tmp_path / "twice.safetensors"
+    st_save({"embed": emb, "other": other}, str(once))
+    st_save({"embed": emb, "other": other, "lm_head": emb.copy()}, str(twice))
+    enc_once = llmcodec.encode_file(once, tmp_path / "once.llmc", chunk_size=16384)
+    enc_twice = llmcodec.encode_file(twice, tmp_path / "twice.llmc", chunk_size=16384)
+    extra = enc_twice.stat().st_size - enc_once.stat().st_size
+    assert extra < 600  # a tensor record, its chunk records and segment, and a longer JSON header blob
+    restored = llmcodec.decode_file(enc_twice, tmp_path / "back.safetensors")
+    assert restored.read_bytes() == twice.read_bytes()
+    assert reference.decode(enc_twice.read_bytes()).original == twice.read_bytes()
+    with llmcodec.open(enc_twice) as f:
+        assert f.get_tensor("lm_head").tobytes() == emb.tobytes()

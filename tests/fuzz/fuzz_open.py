@@ -5,7 +5,7 @@
     python tests/fuzz/fuzz_open.py CRASH_FILE                    # run one input again
 
 An empty or missing CORPUS_DIR (default: a new temporary folder) is first seeded with the golden
-vectors (tests/golden) and the inputs that once failed (tests/fuzz/corpus).
+vectors (tests/golden), the inputs that once failed (tests/fuzz/corpus) and `feature_seeds()`.
 
 Each input is opened, every tensor read whole and in a slice, every blob checked; then the same
 again with its preamble and header checksums recomputed ("resealed"): a mutation almost never keeps
@@ -17,6 +17,7 @@ Needs atheris (`pip install atheris`; wheels for Linux x86-64). The tests import
 
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import struct
@@ -69,6 +70,41 @@ def read_everything(data: bytes) -> dict[str, bytes]:
     return out
 
 
+@functools.cache
+def feature_seeds() -> dict[str, bytes]:
+    """Small files with what no golden vector holds yet: a tensor saved twice (shared chunk
+    records) and GGUF block dtypes (layout BLOCK_FIELDS; needs the gguf package)."""
+    import numpy as np
+
+    import llmcodec
+
+    rng = np.random.default_rng(3)
+    seeds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        w = (rng.standard_normal((8, 16)) * 0.02).astype(np.float32)
+        llmcodec.save_file({"a": w, "tied": w}, Path(tmp, "tied.llmc"), chunk_size=256)
+        seeds["tied.llmc"] = Path(tmp, "tied.llmc").read_bytes()
+        try:
+            import gguf
+        except ImportError:
+            return seeds
+        q = gguf.GGMLQuantizationType
+        writer = gguf.GGUFWriter(Path(tmp, "m.gguf"), "llama")
+        writer.add_string("general.name", "seed")
+        for name, ggml_type, (row, rows) in [("q4k", q.Q4_K, (256, 4)), ("q8", q.Q8_0, (32, 6))]:
+            block, size = gguf.GGML_QUANT_SIZES[ggml_type]
+            blocks = np.clip(rng.normal(128, 20, (rows, row // block * size)), 0, 255).astype(np.uint8)
+            writer.add_tensor(name, blocks, raw_dtype=ggml_type)
+        writer.add_tensor("norm", (rng.standard_normal(16) * 0.02).astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        seeds["gguf.llmc"] = llmcodec.encode_file(Path(tmp, "m.gguf"), Path(tmp, "gguf.llmc"),
+                                                  chunk_size=512).read_bytes()
+    return seeds
+
+
 def check(data: bytes) -> None:
     """The property: `data`, as it is and resealed, decodes or raises an LlmcodecError."""
     import llmcodec
@@ -109,6 +145,8 @@ def main(argv: list[str]) -> None:
         if not any(corpus.iterdir()):
             for seed in SEEDS:
                 shutil.copy(seed, corpus / f"{seed.parent.name}-{seed.name}")
+            for name, data in feature_seeds().items():
+                (corpus / f"feature-{name}").write_bytes(data)
     if not any(a.startswith("-timeout=") for a in args):
         args.append("-timeout=20")  # an input taking longer is reported as a hang
     atheris.Setup(args, check)

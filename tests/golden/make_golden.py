@@ -57,10 +57,14 @@ def flip(data: bytes, pos: int, mask: int = 1) -> bytes:
     return bytes(out)
 
 
-def with_preamble(data: bytes, major: int = 1, flags: int = 0) -> bytes:
-    """`data` with another Major_Version or Flags and a valid Preamble_Checksum."""
+def with_preamble(data: bytes, major: int = 1, flags: int = 0, header_length: int | None = None) -> bytes:
+    """`data` with another Major_Version, Flags or Header_Length (the header then ends the file) and
+    a valid Preamble_Checksum."""
     minor = struct.unpack("<H", data[10:12])[0]
-    head = data[:8] + struct.pack("<HHI", major, minor, flags) + data[16:36]
+    bounds = data[16:32]
+    if header_length is not None:
+        bounds = struct.pack("<QQ", len(data) - header_length, header_length)
+    head = data[:8] + struct.pack("<HHI", major, minor, flags) + bounds + data[32:36]
     return head + struct.pack("<I", fmt.checksum32(head)) + data[40:]
 
 
@@ -134,6 +138,7 @@ def broken_files() -> dict:
         # Faults behind valid checksums: each file breaks one rule of spec/FORMAT.md.
         "major-version-2.llmc": (with_preamble(good, major=2), "UnsupportedVersionError"),
         "reserved-flags.llmc": (with_preamble(good, flags=1), "FormatError"),
+        "header-length-8.llmc": (with_preamble(good, header_length=8), "FormatError"),
         "header-trailing-bytes.llmc": (with_header(good, good[header_at:] + b"\0"), "FormatError"),
         "shape-overflow.llmc": (edited(good, lambda h: set_field(h.tensors[0], "shape", (2, 1 << 63))),
                                 "LimitExceededError"),
