@@ -10,6 +10,7 @@ command 7 times in rounds (so drift on the machine spreads over all of them); on
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,10 +28,18 @@ SCRIPT = Path(sys.executable).with_name("llmcodec")
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "llmcodec.cli"]
 
 
-def wall(args: list[str], cwd: Path, env: dict | None = None) -> float:
+def run(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one run; CPU time is the steadier when the machine is busy."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(args, cwd=cwd, check=True, capture_output=True, env=env)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f}"
 
 
 def main() -> None:
@@ -49,17 +58,20 @@ def main() -> None:
             "llmcodec decode tiny.llmc": [*CLI, "decode", "-f", "-o", "out.safetensors", "tiny.llmc"],
         }
         for args in commands.values():
-            wall(args, tmp)
+            run(args, tmp)
         times = {name: [] for name in commands}
         for _ in range(REPEAT):
             for name, args in commands.items():
-                times[name].append(wall(args, tmp))
+                times[name].append(run(args, tmp))
         with tempfile.TemporaryDirectory() as cache:
-            cold = wall(commands["llmcodec verify tiny.llmc"], tmp, env={**os.environ, "NUMBA_CACHE_DIR": cache})
-    rows = [[name, f"{statistics.median(t) * 1e3:.0f}", f"{min(t) * 1e3:.0f}"] for name, t in times.items()]
-    rows.append(["llmcodec verify tiny.llmc, empty numba cache (1 run)", f"{cold * 1e3:.0f}", ""])
-    table = markdown_table(["command", f"ms (median of {REPEAT})", "ms (min)"], rows)
-    body = (f"Wall time of fresh processes running the installed `llmcodec` on 1000-element fp32 files; "
+            cold = run(commands["llmcodec verify tiny.llmc"], tmp, env={**os.environ, "NUMBA_CACHE_DIR": cache})
+    rows = []
+    for name, runs in times.items():
+        walls, cpus = zip(*runs)
+        rows.append([name, ms(statistics.median(walls)), ms(statistics.median(cpus)), ms(min(walls))])
+    rows.append(["llmcodec verify tiny.llmc, empty numba cache (1 run)", ms(cold[0]), ms(cold[1]), ""])
+    table = markdown_table(["command", "wall ms (median)", "CPU ms (median)", "wall ms (min)"], rows)
+    body = (f"Fresh processes running the installed `llmcodec` on 1000-element fp32 files, {REPEAT} runs each; "
             f"numba's on-disk cache warm except in the last row.\n\n{table}")
     write_section("CLI start-up (warm numba cache)", "python bench/startup.py", body)
     print(table)

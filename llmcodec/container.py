@@ -34,6 +34,7 @@ class TensorSource:
     dtype: dtypes.Dtype
     shape: tuple
     raw: object
+    hidden: bool = False  # bytes of the original that are not a tensor: a coded-blob segment (U8)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         if callable(self.raw):
@@ -118,7 +119,7 @@ class ContainerWriter:
 
         indices, last = [], None
         results = codec.ordered_map(self._pool, self.threads, encode, jobs)
-        for (_, entry, span), (raw, check, planes, streams) in zip(jobs, results):
+        for (item, entry, span), (raw, check, planes, streams) in zip(jobs, results):
             if entry is None:
                 self._add_blob(raw, segments)
             else:
@@ -126,7 +127,8 @@ class ContainerWriter:
                     self.tensors.append(entry)
                     indices.append(len(self.tensors) - 1)
                     if segments:
-                        self.add_tensor_segment(indices[-1])
+                        kind = format.SEGMENT_CODED_BLOB if item.hidden else format.SEGMENT_TENSOR
+                        self.segments.append(Segment(kind, tensor_index=indices[-1]))
                     last = entry
                 if span is None:
                     continue
@@ -155,7 +157,7 @@ class ContainerWriter:
     def _entry(self, item: TensorSource) -> TensorEntry:
         shape = tuple(int(d) for d in item.shape)
         entry = TensorEntry(item.name, item.dtype, shape, item.dtype.default_layout,
-                            codec.chunk_elements(self.chunk_size, item.dtype.itemsize))
+                            codec.chunk_elements(self.chunk_size, item.dtype.itemsize), hidden=item.hidden)
         if not callable(item.raw) and _as_bytes(item.raw).shape[0] != entry.nbytes:
             raise InvalidArgumentError(f"tensor {item.name!r}: {_as_bytes(item.raw).shape[0]} bytes for shape "
                                        f"{list(shape)} of {item.dtype.name} ({entry.nbytes} bytes expected)")
@@ -233,7 +235,8 @@ class ContainerReader:
         self.version = (pre.major, pre.minor)
         self.metadata = header.metadata
         self.source = header.source
-        self.tensors = header.tensors
+        self.all_tensors = header.tensors  # what segments index: coded blobs (hidden tensors) too
+        self.tensors = [t for t in header.tensors if not t.hidden]
         self.by_name = {t.name: t for t in self.tensors}
 
     def _named(self, exc: LlmcodecError) -> LlmcodecError:

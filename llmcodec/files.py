@@ -27,6 +27,7 @@ SUFFIX = ".llmc"
 SOURCE_SUFFIX = {format.SOURCE_SAFETENSORS: ".safetensors", format.SOURCE_ARRAYS: ".safetensors",
                  format.SOURCE_GGUF: ".gguf"}
 BLOB_PIECE = 16 << 20  # blobs are read and stored in pieces of at most this many bytes
+CODED_BLOB_MIN = 64 << 10  # non-tensor bytes of at least this many are coded (a hidden U8 tensor)
 
 
 def encoded_name(src: Path) -> Path:
@@ -147,7 +148,7 @@ def file_stats(src, *, threads: int | None = None, progress=None, limits: bool =
     `limits`, also the conditional entropy under each context tried (`CONTEXTS`) and the best."""
     src = Path(src)
     with ContainerReader(src, threads=threads) as reader:
-        tensors = [_tensor_stats(reader, t, progress, limits) for t in reader.tensors]
+        tensors = [_tensor_stats(reader, t, progress, limits) for t in reader.all_tensors]
         source = reader.source
         stats = {
             "file": str(src),
@@ -247,7 +248,15 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
             if progress is not None:
                 progress(len(data))
 
-        def blobs(start: int, stop: int) -> list[BlobSource]:
+        names = {t[0] for t in tensors}
+
+        def blobs(start: int, stop: int) -> list:
+            if stop - start >= CODED_BLOB_MIN:  # e.g. a GGUF header with its tokenizer: worth coding
+                name = f"[bytes {start}:{stop}]"
+                while name in names:
+                    name += "'"
+                names.add(name)
+                return [TensorSource(name, dtypes.BY_NAME["U8"], (stop - start,), _file_reader(fd, start), hidden=True)]
             return [BlobSource(_blob_reader(fd, pos, min(BLOB_PIECE, stop - pos)))
                     for pos in range(start, stop, BLOB_PIECE)]
 
@@ -331,7 +340,7 @@ def _write_original(reader: ContainerReader, write, progress) -> None:
     total = 0
     for seg in source.segments:
         pieces = ([reader.read_blob(seg)] if seg.kind == format.SEGMENT_BLOB
-                  else reader.iter_raw(reader.tensors[seg.tensor_index]))
+                  else reader.iter_raw(reader.all_tensors[seg.tensor_index]))
         for piece in pieces:
             sha.update(piece)
             write(piece)

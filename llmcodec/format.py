@@ -41,6 +41,7 @@ SOURCE_SAFETENSORS = 1
 SOURCE_GGUF = 2
 SEGMENT_TENSOR = 0
 SEGMENT_BLOB = 1
+SEGMENT_CODED_BLOB = 2  # since 1.1: non-tensor bytes of the original, coded as a hidden U8 tensor
 
 MAX_TENSOR_BYTES = 1 << 62
 
@@ -95,6 +96,7 @@ class TensorEntry:
     layout: int
     chunk_elements: int
     chunks: list[Chunk] = field(default_factory=list)
+    hidden: bool = False  # holds non-tensor bytes of the original (a coded blob): not listed
 
     @property
     def numel(self) -> int:
@@ -183,7 +185,7 @@ def serialize_header(header: Header) -> bytes:
     if src.kind != SOURCE_ARRAYS:
         out.append(struct.pack("<Q32sI", src.original_size, src.original_sha256, len(src.segments)))
         for seg in src.segments:
-            if seg.kind == SEGMENT_TENSOR:
+            if seg.kind in (SEGMENT_TENSOR, SEGMENT_CODED_BLOB):
                 out.append(struct.pack("<BI", seg.kind, seg.tensor_index))
             else:
                 out.append(struct.pack("<BQQQ", seg.kind, seg.offset, seg.length, seg.checksum))
@@ -285,6 +287,7 @@ def parse_header(data: bytes, preamble: Preamble, limits: Limits) -> Header:
         tensors.append(t)
     if cur.pos != len(data):
         raise FormatError(f"{len(data) - cur.pos} bytes left over after the last tensor of the header")
+    _mark_hidden(source, tensors)
     header = Header(metadata, source, tensors)
     _check_ranges(header, preamble)
     return header
@@ -309,11 +312,11 @@ def _parse_source(cur: _Cursor, n_tensors: int, limits: Limits) -> Source:
     segments = []
     for i in range(n_seg):
         seg_kind = cur.one("B", f"segment {i} Segment_Kind")
-        if seg_kind == SEGMENT_TENSOR:
+        if seg_kind in (SEGMENT_TENSOR, SEGMENT_CODED_BLOB):
             index = cur.one("I", f"segment {i} Tensor_Index")
             if index >= n_tensors:
                 raise FormatError(f"segment {i}: Tensor_Index {index} but the file has {n_tensors} tensors")
-            segments.append(Segment(SEGMENT_TENSOR, tensor_index=index))
+            segments.append(Segment(seg_kind, tensor_index=index))
         elif seg_kind == SEGMENT_BLOB:
             off, length, check = cur.unpack("QQQ", f"segment {i} blob")
             segments.append(Segment(SEGMENT_BLOB, offset=off, length=length, checksum=check))
@@ -385,6 +388,19 @@ def _check_plane(p: PlaneRef, n: int, where: str) -> None:
         raise FormatError(f"{where}: RANS0 stream of {p.length} bytes is shorter than its smallest table")
     if p.method == METHOD_RANS0_PAIRS and p.length < 35 + 1 + 1 + 4:
         raise FormatError(f"{where}: RANS0_PAIRS stream of {p.length} bytes is shorter than its smallest table")
+
+
+def _mark_hidden(source: Source, tensors: list[TensorEntry]) -> None:
+    """A tensor a coded-blob segment names holds bytes of the original, not a model tensor (4.2):
+    it is U8 of one dimension, and no tensor segment names it too."""
+    coded = {s.tensor_index for s in source.segments if s.kind == SEGMENT_CODED_BLOB}
+    plain = {s.tensor_index for s in source.segments if s.kind == SEGMENT_TENSOR}
+    for index in coded:
+        t = tensors[index]
+        if t.dtype.name != "U8" or len(t.shape) != 1 or index in plain:
+            raise FormatError(f"tensor {t.name!r}: a coded blob must be a U8 tensor of one dimension that no "
+                              f"tensor segment names; found {t.dtype.name} of shape {list(t.shape)}")
+        t.hidden = True
 
 
 def _check_ranges(header: Header, preamble: Preamble) -> None:

@@ -67,7 +67,7 @@ BLOCK_FIELDS = 3  # section 5
 LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4), 3: ("BLOCK_FIELDS", None)}  # id -> (name, itemsize)
 METHODS = {0: "RAW", 1: "CONSTANT", 2: "RANS0", 3: "RANS0_PAIRS"}  # section 6
 SOURCE_KINDS = {0: "arrays", 1: "safetensors", 2: "GGUF"}  # section 4.2
-SEGMENT_TENSOR, SEGMENT_BLOB = 0, 1  # section 4.2, Segment_Kind
+SEGMENT_TENSOR, SEGMENT_BLOB, SEGMENT_CODED_BLOB = 0, 1, 2  # section 4.2, Segment_Kind
 LIMITS = {  # section 9 defaults
     "header": 1 << 30, "tensor count": 1 << 20, "metadata count": 1 << 16, "string": 16 << 20, "ndim": 32,
     "chunk size": 64 << 20, "segment count": 1 << 22, "tensor size": 1 << 62,
@@ -181,7 +181,7 @@ def _source(r: _Reader, tensor_count: int) -> tuple[int, int, bytes, list[tuple[
     segments = []
     for i in range(count):
         seg = r.uint(1, f"segment {i} Segment_Kind")
-        if seg == SEGMENT_TENSOR:
+        if seg in (SEGMENT_TENSOR, SEGMENT_CODED_BLOB):
             index = r.uint(4, f"segment {i} Tensor_Index")
             if index >= tensor_count:
                 raise FormatError(f"segment {i}: Tensor_Index must be < Tensor_Count {tensor_count}, found {index}")
@@ -428,8 +428,13 @@ def decode(data: bytes) -> Decoded:
     metadata, (source_kind, original_size, original_sha, segments), tensors = _header(header)  # section 4
 
     # Section 4.2: the segments' lengths must add up to Original_Size (a tensor segment is its raw bytes).
-    total = sum(tensors[seg[1]].numel * tensors[seg[1]].itemsize if seg[0] == SEGMENT_TENSOR else seg[2]
+    total = sum(tensors[seg[1]].numel * tensors[seg[1]].itemsize if seg[0] != SEGMENT_BLOB else seg[2]
                 for seg in segments)
+    hidden = {seg[1] for seg in segments if seg[0] == SEGMENT_CODED_BLOB}  # not model tensors
+    for index in hidden:
+        t = tensors[index]
+        if DTYPES[t.dtype][0] != "U8" or len(t.shape) != 1 or (SEGMENT_TENSOR, index) in segments:
+            raise FormatError(f"tensor {t.name!r}: a coded blob must be U8 of Ndim 1 and named by no tensor segment")
     if source_kind != 0 and total != original_size:
         raise FormatError(f"segments must add up to Original_Size {original_size}, found {total}")
 
@@ -463,13 +468,14 @@ def decode(data: bytes) -> Decoded:
                                 f"computed {_xxh64(chunk):#018x}")
         raw[t.name].append(chunk)
     out = {t.name: RefTensor(DTYPES[t.dtype][0], t.shape, b"".join(raw[t.name])) for t in tensors}
+    model = {t.name: out[t.name] for i, t in enumerate(tensors) if i not in hidden}
 
     # Section 4.2: rebuild the original file from its segments, checking each blob and then the SHA-256.
     original = None
     if source_kind != 0:
         parts = []
         for i, seg in enumerate(segments):
-            if seg[0] == SEGMENT_TENSOR:
+            if seg[0] != SEGMENT_BLOB:  # a tensor, or a coded blob
                 parts.append(out[tensors[seg[1]].name].data)
                 continue
             _, blob_offset, blob_length, blob_checksum = seg
@@ -482,4 +488,4 @@ def decode(data: bytes) -> Decoded:
         if hashlib.sha256(original).digest() != original_sha:
             raise ChecksumError(f"Original_SHA256 stored {original_sha.hex()}, "
                                 f"computed {hashlib.sha256(original).hexdigest()}")
-    return Decoded(major, minor, metadata, out, source_kind, original)
+    return Decoded(major, minor, metadata, model, source_kind, original)

@@ -43,7 +43,7 @@ def gguf_file(tmp_path):
     path = tmp_path / "model.gguf"
     w = gguf.GGUFWriter(path, "llama")
     w.add_string("general.name", "tiny")
-    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(50)])
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(20_000)])  # a header over 64 KiB: coded
     data = {}
     for name, ggml_type, dims in TENSORS:
         data[name] = _blocks(ggml_type, dims, rng)
@@ -91,6 +91,10 @@ def test_gguf_block_fields_are_planes(gguf_file, tmp_path):
     assert q4k.layout == "block_fields" and len(q4k.planes) == len(dtypes.BY_NAME["GGML_Q4_K"].fields) == 6
     assert q4k.planes[0].method_counts == {"constant": 1}  # the low byte of the shared fp16 scale
     assert len(stats["blk.iq2_xxs"].planes) == 1  # a type without a field table: its blocks as bytes
+    (header,) = [t for name, t in stats.items() if name.startswith("[bytes 0:")]  # the GGUF header, coded
+    assert header.dtype == "U8" and header.ratio < 0.5
+    with llmcodec.open(enc) as f:
+        assert header.name not in f.keys() and len(f) == len(TENSORS)
 
 
 def test_reference_decoder_reads_block_types(gguf_file, tmp_path):
