@@ -64,7 +64,8 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
         except MemoryError:
             raise LimitExceededError(f"{what} needs {total} bytes, more than this machine can allocate; "
                                      f"pass max_memory to refuse such files earlier") from None
-        return {t.name: as_array(raw, t, t.shape, reader.name) for t, raw in zip(reader.tensors, raws)}
+        stored = {t.name: as_array(raw, t, t.shape, reader.name) for t, raw in zip(reader.tensors, raws)}
+        return {name: stored[name] if name in stored else reader.rebuild(name) for name in reader.names}
 
 
 def _check_metadata(metadata) -> dict[str, str]:

@@ -84,7 +84,7 @@ def _check_output(path: Path, force: bool) -> None:
 
 @app.command()
 def encode(
-    src: Path = typer.Argument(..., help="A .safetensors file, or a folder with a sharded checkpoint."),
+    src: Path = typer.Argument(..., help="A .safetensors or .gguf file, or a folder with a sharded checkpoint."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output [default: x.safetensors -> x.llmc]."),
     threads: int | None = Threads,
     chunk_size: int | None = typer.Option(None, "--chunk-size", min=1,
@@ -102,6 +102,55 @@ def encode(
         files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress)
     if not quiet:
         typer.echo(f"{src} -> {dst}: {_size(dst) / max(_size(src), 1):.2%} of the original", err=True)
+
+
+@app.command()
+def quantize(
+    src: Path = typer.Argument(..., help="A .safetensors file."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .llmc file to write."),
+    bits: int = typer.Option(8, "--bits", help="8 or 4."),
+    group_size: int = typer.Option(128, "--group-size", min=0,
+                                   help="Columns sharing a scale; 0: one scale per row (output channel)."),
+    scheme: str = typer.Option("symmetric", "--scheme", help="symmetric (w ~ q * scale) or affine (+ min)."),
+    threads: int | None = Threads,
+    force: bool = Force,
+    quiet: bool = Quiet,
+) -> None:
+    """LOSSY: quantize the weight matrices, then store the result losslessly (decode rebuilds it)."""
+    if bits not in (4, 8) or scheme not in ("symmetric", "affine"):
+        raise typer.BadParameter("--bits must be 8 or 4, --scheme symmetric or affine")
+    _transform(src, output, force, quiet, "quantize", threads=threads, bits=bits, group_size=group_size,
+               scheme=scheme)
+
+
+@app.command()
+def factorize(
+    src: Path = typer.Argument(..., help="A .safetensors file."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .llmc file to write."),
+    rank: int | None = typer.Option(None, "--rank", min=1, help="Keep this many singular values."),
+    energy: float | None = typer.Option(None, "--energy", min=0.0, max=1.0,
+                                        help="Keep the fewest singular values holding this share of the energy."),
+    threads: int | None = Threads,
+    force: bool = Force,
+    quiet: bool = Quiet,
+) -> None:
+    """LOSSY: low-rank factors (truncated SVD) of the weight matrices where they are smaller, stored losslessly."""
+    if (rank is None) == (energy is None):
+        raise typer.BadParameter("give exactly one of --rank and --energy")
+    _transform(src, output, force, quiet, "factorize", threads=threads, rank=rank, energy=energy)
+
+
+def _transform(src: Path, dst: Path, force: bool, quiet: bool, kind: str, **options) -> None:
+    from . import files
+
+    _check_input(src)
+    _check_output(dst, force)
+    with _errors(), _progress(f"{kind} {src.name}", _size(src), quiet) as progress:
+        done = files.transform_file(src, dst, kind, progress=progress, **options)
+    if not quiet:
+        worst = max((t.relative_error for t in done.values()), default=0.0)
+        typer.echo(f"{src} -> {dst}: {_size(dst) / max(_size(src), 1):.2%} of the original; {len(done)} tensors "
+                   f"{kind}d, largest relative error {worst:.3%}", err=True)
 
 
 @app.command()
@@ -167,6 +216,19 @@ def info(
         typer.echo(json.dumps(stats, indent=2))
         return
     (_print_limits if limits else _print_table)(stats)
+    if stats.get("transforms"):
+        _print_transforms(stats["transforms"])
+
+
+def _print_transforms(done: list[dict]) -> None:
+    header = ("tensor", "transform", "original", "stored", "saved", "relative error")
+    rows = [(t["name"], f"quantize {t['bits']}-bit {t['scheme']}, groups of {t['group_size'] or 'a row'}"
+             if t["kind"] == "quantize" else f"factorize, rank {t['rank']}", f"{t['original_bytes']:,}",
+             f"{t['stored_bytes']:,}", f"{1 - t['stored_bytes'] / max(t['original_bytes'], 1):.1%}",
+             f"{t['relative_error']:.3%}") for t in done]
+    original, stored = sum(t["original_bytes"] for t in done), sum(t["stored_bytes"] for t in done)
+    total = ("total", "", f"{original:,}", f"{stored:,}", f"{1 - stored / max(original, 1):.1%}", "")
+    _echo_table("lossy pre-steps (decoding gives the rebuilt tensors)", header, rows, total, right=range(2, 6))
 
 
 def _without_none(tensor: dict) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import codec, dtypes, format, kernels
+from . import codec, dtypes, format, kernels, transforms
 from .atomic import AtomicFile
 from .errors import ChecksumError, FormatError, InvalidArgumentError, LlmcodecError, TruncatedError
 from .format import Chunk, Header, Limits, Segment, Source, TensorEntry
@@ -236,8 +236,33 @@ class ContainerReader:
         self.metadata = header.metadata
         self.source = header.source
         self.all_tensors = header.tensors  # what segments index: coded blobs (hidden tensors) too
-        self.tensors = [t for t in header.tensors if not t.hidden]
+        try:
+            self.transforms = transforms.load(self.metadata, {t.name: t for t in header.tensors}, self.name)
+        except LlmcodecError:
+            self.close()
+            raise
+        parts = {p: name for name, t in self.transforms.items() for p in t.parts.values()}
+        self.tensors = [t for t in header.tensors if not t.hidden and t.name not in parts]
         self.by_name = {t.name: t for t in self.tensors}
+        # The model's tensors in file order: stored ones, and each transformed one where its parts are.
+        self.names = list(dict.fromkeys(parts.get(t.name, t.name) for t in header.tensors
+                                        if not t.hidden))
+
+    def rebuild(self, name: str) -> np.ndarray:
+        """A transformed tensor, rebuilt from its parts (spec 11) in its original dtype and shape."""
+        t = self.transforms[name]
+        return transforms.rebuild(t, self.parts(name))
+
+    def parts(self, name: str) -> dict[str, np.ndarray]:
+        """A transformed tensor's stored parts by role, bit-exact."""
+        t = self.transforms[name]
+        entries = [self.by_part[p] for p in t.parts.values()]
+        raws = self.read_many(entries)
+        return {role: raw.view(e.dtype.numpy).reshape(e.shape) for role, e, raw in zip(t.parts, entries, raws)}
+
+    @property
+    def by_part(self) -> dict[str, TensorEntry]:
+        return {t.name: t for t in self.all_tensors}
 
     def _named(self, exc: LlmcodecError) -> LlmcodecError:
         """The same error, its message prefixed with the file's name."""

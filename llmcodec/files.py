@@ -7,6 +7,7 @@ and checks that SHA-256 before the output appears under its name.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dtypes, format, gguf_io, safetensors_io
+from . import dtypes, format, gguf_io, safetensors_io, transforms
 from .atomic import AtomicFile
 from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
@@ -83,6 +84,55 @@ def decode_file(src, dst=None, *, threads: int | None = None, progress=None) -> 
             _write_original(reader, out.write, progress)
             out.commit()
     return dst
+
+
+def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128, scheme: str = "symmetric",
+                   rank: int | None = None, energy: float | None = None, threads: int | None = None,
+                   chunk_size: int | None = None, progress=None) -> dict[str, transforms.Transform]:
+    """Quantize (`kind="quantize"`) or factorize (`kind="factorize"`) the weight matrices of the
+    safetensors file `src` (2-D float tensors of at least transforms.MIN_ELEMENTS values; a
+    factorization only where the factors are smaller; one scale per row where `group_size` does not
+    divide the row), store everything losslessly in `dst`, and
+    return what was done per tensor. Lossy, and only on request: decoding gives the rebuilt
+    tensors, not the original file."""
+    src, dst = Path(src), Path(dst)
+    done: dict[str, transforms.Transform] = {}
+    items = []
+    with open(src, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        layout = safetensors_io.read_layout(f, size, str(src))
+        names = {t.name for t in layout.tensors}
+        for t in sorted(layout.tensors, key=lambda t: t.begin):
+            if t.dtype is None:
+                raise UnsupportedFeatureError(f"{src}: tensor {t.name!r} has a dtype llmcodec does not read")
+            raw = np.frombuffer(os.pread(f.fileno(), t.end - t.begin, t.begin), t.dtype.numpy).reshape(t.shape)
+            result = None
+            if transforms.eligible(raw, t.dtype.name):
+                if kind == "quantize":  # a group size that does not divide the row: one scale per row
+                    group = group_size if group_size and raw.shape[1] % group_size == 0 else 0
+                    result = transforms.quantize(t.name, raw, t.dtype.name, bits, group, scheme)
+                elif kind == "factorize":
+                    result = transforms.factorize(t.name, raw, t.dtype.name, rank, energy)
+                else:
+                    raise InvalidArgumentError(f"kind must be quantize or factorize, not {kind!r}")
+            if result is None:
+                items.append(TensorSource(t.name, t.dtype, t.shape, raw))
+            else:
+                record, parts = result
+                clash = [p for p in record.parts.values() if p in names]
+                if clash:
+                    raise InvalidArgumentError(f"{src}: tensor {clash[0]!r} is named like a part of {t.name!r}")
+                done[t.name] = record
+                for role, part in parts.items():
+                    items.append(TensorSource(record.parts[role], dtypes.from_numpy(part.dtype), part.shape, part))
+            if progress is not None:
+                progress(t.end - t.begin)
+    metadata = dict(layout.metadata)
+    metadata[transforms.METADATA_KEY] = transforms.dump(done)
+    with ContainerWriter(dst, threads=threads, chunk_size=chunk_size) as writer:
+        writer.add_many(items)
+        writer.finish(metadata)
+    return done
 
 
 def verify_file(src, *, threads: int | None = None, progress=None, limits: Limits | None = None) -> None:
@@ -163,6 +213,11 @@ def file_stats(src, *, threads: int | None = None, progress=None, limits: bool =
         if limits:
             for key in ("order0_bytes", "context_bytes", "adaptive_bytes"):
                 stats[key] = sum(getattr(t, key) for t in tensors)
+        if reader.transforms:  # lossy pre-steps: what each cost in accuracy and saved in bytes
+            coded = {t.name: t.coded_bytes for t in reader.all_tensors}
+            stats["transforms"] = [dict(dataclasses.asdict(t), name=name,
+                                        stored_bytes=sum(coded[p] for p in t.parts.values()))
+                                   for name, t in reader.transforms.items()]
         return stats
 
 
@@ -325,11 +380,21 @@ def _decode_one(src: Path, dst: Path, threads, progress) -> None:
 def _write_original(reader: ContainerReader, write, progress) -> None:
     """Stream the original file to `write`, checking its size and SHA-256 at the end."""
     source = reader.source
-    if source.kind == format.SOURCE_ARRAYS:
-        entries = [(t.name, t.dtype.name, t.shape, t.nbytes) for t in reader.tensors]
-        write(safetensors_io.build_header(entries, reader.metadata))
-        for t in reader.tensors:
-            for raw in reader.iter_raw(t):
+    if source.kind == format.SOURCE_ARRAYS:  # a safetensors file of the tensors, transformed ones rebuilt
+        entries = []
+        for name in reader.names:
+            if name in reader.transforms:
+                t = reader.transforms[name]
+                entries.append((name, t.dtype, tuple(t.shape), t.original_bytes))
+            else:
+                t = reader.by_name[name]
+                entries.append((name, t.dtype.name, t.shape, t.nbytes))
+        metadata = {k: v for k, v in reader.metadata.items() if k != transforms.METADATA_KEY}
+        write(safetensors_io.build_header(entries, metadata))
+        for name in reader.names:
+            pieces = ([reader.rebuild(name).reshape(-1).view(np.uint8)] if name in reader.transforms
+                      else reader.iter_raw(reader.by_name[name]))
+            for raw in pieces:
                 write(raw)
                 if progress is not None:
                     progress(raw.shape[0])

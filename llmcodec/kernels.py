@@ -422,7 +422,8 @@ def rans_encode(ids, freq, cum, precision, words):
         j = i % ENCODE_LANES
         states[j], wp = _encode_step(states[j], ids[np.uint64(i)], packed, inverse, shift, precision, words, wp)
     # Whole groups, lanes 7 down to 0, with the states in local variables.
-    x0, x1, x2, x3, x4, x5, x6, x7 = states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7]
+    x0, x1, x2, x3 = states[0], states[1], states[2], states[3]
+    x4, x5, x6, x7 = states[4], states[5], states[6], states[7]
     for g in range(full // ENCODE_LANES):
         b = np.uint64(full - ENCODE_LANES * (g + 1))
         x7, wp = _encode_step(x7, ids[b + np.uint64(7)], packed, inverse, shift, precision, words, wp)
@@ -433,7 +434,8 @@ def rans_encode(ids, freq, cum, precision, words):
         x2, wp = _encode_step(x2, ids[b + np.uint64(2)], packed, inverse, shift, precision, words, wp)
         x1, wp = _encode_step(x1, ids[b + np.uint64(1)], packed, inverse, shift, precision, words, wp)
         x0, wp = _encode_step(x0, ids[b], packed, inverse, shift, precision, words, wp)
-    states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7] = x0, x1, x2, x3, x4, x5, x6, x7
+    states[0], states[1], states[2], states[3] = x0, x1, x2, x3
+    states[4], states[5], states[6], states[7] = x4, x5, x6, x7
     return states, wp + 1
 
 
@@ -559,7 +561,8 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
             pairs = pair_cost <= cost * (1 + PAIR_TOLERANCE)
             if pairs:
                 cost = pair_cost
-    if cost + 4 * ENCODE_LANES < budget and (pairs or allowed & (1 << RANS0)):  # the estimate is within a few bytes of the coded size
+    # the estimate is within a few bytes of the coded size
+    if cost + 4 * ENCODE_LANES < budget and (pairs or allowed & (1 << RANS0)):
         if pairs:
             rank = np.zeros(s * s, np.int64)
             for t in range(cells.shape[0]):

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from . import transforms
 from .container import ContainerReader
 from .errors import InvalidArgumentError, LimitExceededError, TensorNotFoundError
 from .format import Limits, TensorEntry
@@ -83,17 +84,18 @@ class LlmcodecFile:
 
     def keys(self) -> list[str]:
         """Tensor names, in file order."""
-        return list(self.reader.by_name)
+        return list(self.reader.names)
 
     def metadata(self) -> dict[str, str]:
-        """The user metadata (safetensors' `__metadata__`)."""
-        return dict(self.reader.metadata)
+        """The user metadata (safetensors' `__metadata__`); llmcodec's own record of transforms
+        is read with `transform()`."""
+        return {k: v for k, v in self.reader.metadata.items() if k != transforms.METADATA_KEY}
 
     def __contains__(self, name: object) -> bool:
-        return name in self.reader.by_name
+        return name in self.reader.by_name or name in self.reader.transforms
 
     def __len__(self) -> int:
-        return len(self.reader.tensors)
+        return len(self.reader.names)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -109,8 +111,34 @@ class LlmcodecFile:
         except KeyError:
             raise TensorNotFoundError(f"no tensor named {name!r} in {self.reader.name}") from None
 
+    def transform(self, name: str) -> transforms.Transform | None:
+        """How tensor `name` was quantized or factorized before it was stored (None: stored as is)."""
+        if name not in self:
+            raise TensorNotFoundError(f"no tensor named {name!r} in {self.reader.name}")
+        return self.reader.transforms.get(name)
+
+    def get_quantized(self, name: str) -> dict:
+        """A quantized tensor's stored parts, bit-exact: `q`, `scale` (and `min` if affine)."""
+        return self._parts(name, "quantize")
+
+    def get_factors(self, name: str) -> dict:
+        """A factorized tensor's stored factors, bit-exact: `u` and `v`, with w ~ u @ v."""
+        return self._parts(name, "factorize")
+
+    def _parts(self, name: str, kind: str) -> dict:
+        t = self.transform(name)
+        if t is None or t.kind != kind:
+            raise InvalidArgumentError(f"tensor {name!r} in {self.reader.name} was not stored by {kind}")
+        return {role: self._convert(a) for role, a in self.reader.parts(name).items()}
+
     def get_tensor(self, name: str):
-        """The whole tensor, decoded on all threads into a new array, checksums verified."""
+        """The whole tensor, decoded on all threads into a new array, checksums verified; a
+        quantized or factorized one rebuilt in its original dtype and shape (the same bits on every
+        read and machine)."""
+        if name in self.reader.transforms:
+            t = self.reader.transforms[name]
+            reserve(2 * t.original_bytes, self.max_memory, f"{self.reader.name}: rebuilding tensor {name!r}")
+            return self._convert(self.reader.rebuild(name))
         t = self.entry(name)
         what = f"{self.reader.name}: decoding tensor {name!r}"
         reserve(t.nbytes, self.max_memory, what)
@@ -120,6 +148,9 @@ class LlmcodecFile:
 
     def get_slice(self, name: str) -> TensorSlice:
         """A lazy view: index it (`f.get_slice("w")[10:20]`) to decode only the chunks needed."""
+        if name in self.reader.transforms:
+            raise InvalidArgumentError(f"tensor {name!r} is stored quantized or factorized: read it whole "
+                                       f"with get_tensor, or its parts with get_quantized / get_factors")
         return TensorSlice(self, self.entry(name))
 
     def _convert(self, array: np.ndarray):

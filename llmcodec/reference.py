@@ -64,7 +64,8 @@ BLOCK_DTYPES = {  # section 4.4, block dtypes: id -> (name, itemsize, block_size
 }
 DTYPES.update({k: v[:2] for k, v in BLOCK_DTYPES.items()})
 BLOCK_FIELDS = 3  # section 5
-LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4), 3: ("BLOCK_FIELDS", None)}  # id -> (name, itemsize)
+# section 5: id -> (name, itemsize)
+LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4), 3: ("BLOCK_FIELDS", None)}
 METHODS = {0: "RAW", 1: "CONSTANT", 2: "RANS0", 3: "RANS0_PAIRS"}  # section 6
 SOURCE_KINDS = {0: "arrays", 1: "safetensors", 2: "GGUF"}  # section 4.2
 SEGMENT_TENSOR, SEGMENT_BLOB, SEGMENT_CODED_BLOB = 0, 1, 2  # section 4.2, Segment_Kind

@@ -1,0 +1,210 @@
+"""Opt-in lossy pre-steps (spec section 11): quantize or factorize weight matrices, then store the
+result losslessly; the container records what was done, and every read rebuilds the same bits.
+
+A transformed tensor `N` is stored as *parts*, ordinary tensors named `N#q`, `N#scale`, `N#min`
+(quantize) or `N#u`, `N#v` (factorize), and described in the metadata entry `llmcodec.transforms`
+(JSON). Rebuilding is defined exactly: elementwise float32 products and sums for quantized
+weights, and for factors a float64 dot product accumulated in index order, so a file decodes to
+the same bits on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import ml_dtypes
+import numpy as np
+from numba import njit
+
+from .errors import FormatError, InvalidArgumentError
+
+METADATA_KEY = "llmcodec.transforms"
+SEPARATOR = "#"
+FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16)}
+MIN_ELEMENTS = 4096  # smaller matrices (norms, biases) are left alone: little to save
+PARTS = {"quantize": ("q", "scale"), "quantize-affine": ("q", "scale", "min"), "factorize": ("u", "v")}
+
+
+@dataclass
+class Transform:
+    """What was done to one tensor: `kind`, its original dtype and shape, the parts' names by role,
+    the parameters, and how far the rebuilt tensor is from the original."""
+
+    kind: str  # "quantize" or "factorize"
+    dtype: str  # the original's dtype name (F32, F16, BF16)
+    shape: list[int]
+    parts: dict[str, str]  # role -> stored tensor name
+    bits: int = 0  # quantize
+    scheme: str = ""  # quantize: "symmetric" or "affine"
+    group_size: int = 0  # quantize: columns per scale (the whole row if 0)
+    rank: int = 0  # factorize
+    relative_error: float = 0.0  # ||rebuilt - original|| / ||original|| (Frobenius)
+    original_bytes: int = 0
+
+
+def eligible(array: np.ndarray, dtype_name: str) -> bool:
+    """Weight matrices: 2-D floats of at least MIN_ELEMENTS values."""
+    return dtype_name in FLOAT_DTYPES and array.ndim == 2 and array.size >= MIN_ELEMENTS
+
+
+def quantize(name: str, w: np.ndarray, dtype_name: str, bits: int, group_size: int,
+             scheme: str) -> tuple[Transform, dict[str, np.ndarray]]:
+    """Per row (output channel) and group of `group_size` columns: symmetric int `q` in
+    [-(2^(bits-1) - 1), 2^(bits-1) - 1] with w ~ q * scale, or affine `q` in [0, 2^bits - 1] with
+    w ~ q * scale + min. Scales and mins are float32."""
+    if bits not in (4, 8):
+        raise InvalidArgumentError(f"bits must be 8 or 4, not {bits}")
+    if scheme not in ("symmetric", "affine"):
+        raise InvalidArgumentError(f"scheme must be symmetric or affine, not {scheme!r}")
+    rows, cols = w.shape
+    g = group_size or cols
+    if g < 1 or cols % g:
+        raise InvalidArgumentError(f"tensor {name!r}: group size {g} does not divide its {cols} columns")
+    x = w.astype(np.float32).reshape(rows, cols // g, g)
+    if scheme == "symmetric":
+        top = 2 ** (bits - 1) - 1
+        scale = (np.abs(x).max(axis=2) / np.float32(top)).astype(np.float32)
+        q = np.rint(x / np.where(scale == 0, np.float32(1), scale)[..., None])
+        q = np.clip(q, -top, top).astype(np.int8).reshape(rows, cols)
+        parts = {"q": q, "scale": scale}
+    else:
+        low = x.min(axis=2).astype(np.float32)
+        scale = ((x.max(axis=2) - low) / np.float32(2 ** bits - 1)).astype(np.float32)
+        q = np.rint((x - low[..., None]) / np.where(scale == 0, np.float32(1), scale)[..., None])
+        q = np.clip(q, 0, 2 ** bits - 1).astype(np.uint8).reshape(rows, cols)
+        parts = {"q": q, "scale": scale, "min": low}
+    t = Transform("quantize", dtype_name, [rows, cols], {r: f"{name}{SEPARATOR}{r}" for r in parts}, bits=bits,
+                  scheme=scheme, group_size=group_size, original_bytes=w.nbytes)
+    t.relative_error = relative_error(w, rebuild(t, parts))
+    return t, parts
+
+
+def factorize(name: str, w: np.ndarray, dtype_name: str, rank: int | None = None,
+              energy: float | None = None) -> tuple[Transform, dict[str, np.ndarray]] | None:
+    """Truncated SVD w ~ u @ v (u = U_r S_r, v = V_r^T, float32), of rank `rank` or the smallest
+    that keeps `energy` of the sum of squared singular values; None when the factors would not
+    be smaller than the matrix."""
+    if (rank is None) == (energy is None):
+        raise InvalidArgumentError("give exactly one of rank and energy")
+    rows, cols = w.shape
+    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    if rank is None:
+        if not 0 < energy <= 1:
+            raise InvalidArgumentError(f"energy must be in (0, 1], not {energy}")
+        kept = np.cumsum(s ** 2) / max(float(np.sum(s ** 2)), np.finfo(np.float64).tiny)
+        rank = int(np.searchsorted(kept, energy - 1e-12) + 1)
+    if rank < 1:
+        raise InvalidArgumentError(f"rank must be >= 1, not {rank}")
+    rank = min(rank, len(s))
+    if rank * (rows + cols) * 4 >= w.nbytes:
+        return None
+    parts = {"u": np.ascontiguousarray(u[:, :rank] * s[:rank], dtype=np.float32),
+             "v": np.ascontiguousarray(vt[:rank], dtype=np.float32)}
+    t = Transform("factorize", dtype_name, [rows, cols], {r: f"{name}{SEPARATOR}{r}" for r in parts}, rank=rank,
+                  original_bytes=w.nbytes)
+    t.relative_error = relative_error(w, rebuild(t, parts))
+    return t, parts
+
+
+def rebuild(t: Transform, parts: dict[str, np.ndarray]) -> np.ndarray:
+    """The tensor as every reader rebuilds it, in its original dtype and shape (spec 11)."""
+    if t.kind == "quantize":
+        g = t.group_size or t.shape[1]
+        q = parts["q"].astype(np.float32).reshape(t.shape[0], -1, g)
+        x = q * parts["scale"][..., None]  # float32 products, rounded once each
+        if t.scheme == "affine":
+            x = x + parts["min"][..., None]
+        x = x.reshape(t.shape)
+    else:
+        x = _matmul(parts["u"], parts["v"])
+    return x.astype(FLOAT_DTYPES[t.dtype])
+
+
+@njit(cache=True, nogil=True)
+def _matmul(u, v):
+    """float32(sum over k, in order, of float64(u[i, k]) * float64(v[k, j])): the same bits on every
+    machine (no BLAS, no reordering, no fused multiply-add)."""
+    rows, rank = u.shape
+    cols = v.shape[1]
+    out = np.empty((rows, cols), np.float32)
+    acc = np.empty(cols, np.float64)
+    for i in range(rows):
+        acc[:] = 0.0
+        for k in range(rank):
+            a = np.float64(u[i, k])
+            vk = v[k]
+            for j in range(cols):
+                acc[j] += a * np.float64(vk[j])
+        for j in range(cols):
+            out[i, j] = np.float32(acc[j])
+    return out
+
+
+def relative_error(w: np.ndarray, rebuilt: np.ndarray) -> float:
+    ref = w.astype(np.float64)
+    norm = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(rebuilt.astype(np.float64) - ref)) / norm if norm else 0.0
+
+
+def dump(transforms: dict[str, Transform]) -> str:
+    return json.dumps({name: asdict(t) for name, t in transforms.items()}, sort_keys=True)
+
+
+def load(metadata: dict[str, str], stored: dict, where: str) -> dict[str, Transform]:
+    """Parse and check the `llmcodec.transforms` entry against the stored tensors (name -> entry):
+    every part exists with the dtype and shape its role needs."""
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        return {}
+    try:
+        raw = json.loads(text)
+        known = Transform.__dataclass_fields__  # members a later writer adds are ignored
+        transforms = {name: Transform(**{k: v for k, v in fields.items() if k in known})
+                      for name, fields in raw.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise FormatError(f"{where}: metadata {METADATA_KEY!r} is not a valid transform record ({exc})") from None
+    for name, t in transforms.items():
+        _check(name, t, stored, where)
+    return transforms
+
+
+def _check(name: str, t: Transform, stored: dict, where: str) -> None:
+    def bad(why: str) -> FormatError:
+        return FormatError(f"{where}: transform of tensor {name!r}: {why}")
+
+    if name in stored:
+        raise bad("a stored tensor has the same name")
+    if not (isinstance(t.dtype, str) and t.dtype in FLOAT_DTYPES and isinstance(t.shape, list) and len(t.shape) == 2
+            and all(type(d) is int and d > 0 for d in t.shape)):
+        raise bad(f"dtype {t.dtype!r} and shape {t.shape!r} must be a float matrix")
+    if not all(type(v) is int for v in (t.bits, t.group_size, t.rank, t.original_bytes)):
+        raise bad("bits, group_size, rank and original_bytes must be integers")
+    rows, cols = t.shape
+    if t.kind == "quantize" and t.scheme in ("symmetric", "affine"):
+        roles = PARTS["quantize-affine" if t.scheme == "affine" else "quantize"]
+    elif t.kind == "factorize":
+        roles = PARTS["factorize"]
+    else:
+        raise bad(f"unknown kind {t.kind!r} / scheme {t.scheme!r}")
+    if (not isinstance(t.parts, dict) or set(t.parts) != set(roles)
+            or not all(isinstance(p, str) and p in stored for p in t.parts.values())):
+        raise bad(f"parts {t.parts!r} are not the stored tensors {roles} it needs")
+    part = {role: stored[n] for role, n in t.parts.items()}
+    if t.kind == "quantize":
+        g = t.group_size or cols
+        if t.bits not in (4, 8) or g < 1 or cols % g:
+            raise bad(f"bits {t.bits} / group size {t.group_size} for {cols} columns")
+        want = {"q": ("I8" if t.scheme == "symmetric" else "U8", (rows, cols)), "scale": ("F32", (rows, cols // g)),
+                "min": ("F32", (rows, cols // g))}
+    else:
+        if not 1 <= t.rank <= min(rows, cols):
+            raise bad(f"rank {t.rank}")
+        want = {"u": ("F32", (rows, t.rank)), "v": ("F32", (t.rank, cols))}
+    for role, entry in part.items():
+        dtype, shape = want[role]
+        if entry.dtype.name != dtype or tuple(entry.shape) != shape:
+            raise bad(f"part {role} is {entry.dtype.name} {list(entry.shape)}, expected {dtype} {list(shape)}")
+    if not (isinstance(t.relative_error, (int, float)) and math.isfinite(t.relative_error)):
+        raise bad(f"relative_error {t.relative_error!r}")
