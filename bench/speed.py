@@ -20,6 +20,7 @@ bench/RESULTS.md and bench/speed.png (ratio against single-thread decode speed).
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import os
 import statistics
 import subprocess
@@ -139,12 +140,14 @@ def gguf_rows(label: str, path: Path, work: Path, rounds: int, points: list) -> 
     raw = path.read_bytes()
     mb = len(raw) / 1e6
     dst = work / "model.llmc"
-    t_file = statistics.median(timed(llmcodec.encode_file, path, dst, threads=1) for _ in range(max(1, rounds // 2)))
+    t_file = statistics.median(timed(partial(llmcodec.encode_file, path, dst, threads=1))
+                               for _ in range(max(1, rounds // 2)))
     blob = dst.read_bytes()
     back = llmcodec.decode_file(dst, work / "back.gguf")
     assert back.read_bytes() == raw, "llmcodec GGUF round trip differs"
     back.unlink()
-    dec = {t: statistics.median(timed(llmcodec.load_file, blob, threads=t) for _ in range(rounds)) for t in (1, CORES)}
+    dec = {t: statistics.median(timed(partial(llmcodec.load_file, blob, threads=t)) for _ in range(rounds))
+           for t in (1, CORES)}
     peak = peak_rss(f"import llmcodec\nllmcodec.load_file({str(dst)!r}, threads=1)\n")
     rows = [[f"{label} ({mb:.1f} MB)", "llmcodec", f"{len(blob) / len(raw):.4f}", "—", f"{mb / t_file:.0f}",
              f"{mb / dec[1]:.0f}", f"{mb / dec[CORES]:.0f}", f"{peak:.0f}"]]

@@ -137,8 +137,16 @@ class LlmcodecFile:
         read and machine)."""
         if name in self.reader.transforms:
             t = self.reader.transforms[name]
-            reserve(2 * t.original_bytes, self.max_memory, f"{self.reader.name}: rebuilding tensor {name!r}")
-            return self._convert(self.reader.rebuild(name))
+            # The parts, float32 intermediates (three per element at most) and the result, from the
+            # shape (checked against the parts when the file was opened), not the record's own sizes.
+            what = f"{self.reader.name}: rebuilding tensor {name!r}"
+            parts = sum(self.reader.by_part[p].nbytes for p in t.parts.values())
+            elements = t.shape[0] * t.shape[1]
+            reserve(parts + elements * (12 + transforms.FLOAT_DTYPES[t.dtype].itemsize), self.max_memory, what)
+            try:
+                return self._convert(self.reader.rebuild(name))
+            except MemoryError:
+                raise LimitExceededError(f"{what}: more memory than this machine can allocate") from None
         t = self.entry(name)
         what = f"{self.reader.name}: decoding tensor {name!r}"
         reserve(t.nbytes, self.max_memory, what)

@@ -11,7 +11,6 @@ the same bits on every machine.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 
 import ml_dtypes
@@ -163,7 +162,7 @@ def load(metadata: dict[str, str], stored: dict, where: str) -> dict[str, Transf
         known = Transform.__dataclass_fields__  # members a later writer adds are ignored
         transforms = {name: Transform(**{k: v for k, v in fields.items() if k in known})
                       for name, fields in raw.items()}
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise FormatError(f"{where}: metadata {METADATA_KEY!r} is not a valid transform record ({exc})") from None
     for name, t in transforms.items():
         _check(name, t, stored, where)
@@ -206,5 +205,5 @@ def _check(name: str, t: Transform, stored: dict, where: str) -> None:
         dtype, shape = want[role]
         if entry.dtype.name != dtype or tuple(entry.shape) != shape:
             raise bad(f"part {role} is {entry.dtype.name} {list(entry.shape)}, expected {dtype} {list(shape)}")
-    if not (isinstance(t.relative_error, (int, float)) and math.isfinite(t.relative_error)):
+    if not (type(t.relative_error) in (int, float) and -1e308 <= t.relative_error <= 1e308):  # finite, a float
         raise bad(f"relative_error {t.relative_error!r}")

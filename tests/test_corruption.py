@@ -2,6 +2,7 @@
 LlmcodecError (or, where it changed nothing, decodes exactly): never another exception, a crash or
 wrong weights. The property itself is `fuzz.fuzz_open.check`, which the fuzz target shares."""
 
+import json
 import struct
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llmcodec
-from llmcodec import files, models, reference
+from llmcodec import files, models, reference, transforms
 from llmcodec import format as fmt
 from llmcodec.container import ContainerReader
 from llmcodec.errors import ChecksumError, FormatError, TruncatedError
@@ -231,3 +232,41 @@ def test_fast_and_reference_decoders_agree_on_every_header_byte(tmp_path, name):
             except llmcodec.LlmcodecError:
                 fast = None
             assert fast == ref, (pos, mask)
+
+
+# --- the transform record (metadata `llmcodec.transforms`) is file data too ------------------------
+
+
+def _with_transform_record(tmp_path, record: str, parts: dict) -> Path:
+    path = tmp_path / "t.llmc"
+    llmcodec.save_file(parts, path, {transforms.METADATA_KEY: record})
+    return path
+
+
+def _factorized(rows: int, cols: int, **fields) -> str:
+    return json.dumps({"w": {"kind": "factorize", "dtype": "F32", "shape": [rows, cols],
+                             "parts": {"u": "w#u", "v": "w#v"}, "rank": 1, "original_bytes": 4 * rows * cols,
+                             "relative_error": 0.0, **fields}})
+
+
+def _rank_one(rows: int, cols: int) -> dict:
+    return {"w#u": np.ones((rows, 1), np.float32), "w#v": np.ones((1, cols), np.float32)}
+
+
+@pytest.mark.parametrize("record,match", [
+    ("[" * 100_000 + "]" * 100_000, "not a valid transform record"),  # json: RecursionError
+    (_factorized(8, 8, relative_error=10**400), "relative_error"),  # math.isfinite: OverflowError
+])
+def test_a_hostile_transform_record_is_a_format_error(tmp_path, record, match):
+    path = _with_transform_record(tmp_path, record, _rank_one(8, 8))
+    with pytest.raises(FormatError, match=match):
+        llmcodec.open(path)
+
+
+def test_a_transform_record_cannot_understate_what_rebuilding_takes(tmp_path):
+    """Rank-one factors of 32 KiB that rebuild a 4096 x 4096 float32 matrix (64 MiB): max_memory
+    counts what the shape needs, not the record's own original_bytes (here 16)."""
+    path = _with_transform_record(tmp_path, _factorized(4096, 4096, original_bytes=16), _rank_one(4096, 4096))
+    with llmcodec.open(path, max_memory=1 << 20) as f:
+        with pytest.raises(llmcodec.LimitExceededError, match="rebuilding tensor 'w'"):
+            f.get_tensor("w")

@@ -58,6 +58,8 @@ def read_everything(data: bytes) -> dict[str, bytes]:
         f.metadata()
         for name in f.keys():
             out[name] = f.get_tensor(name).tobytes()
+            if f.transform(name) is not None:  # rebuilt from its parts: read whole only
+                continue
             part = f.get_slice(name)
             if part.get_shape():
                 rows = part.get_shape()[0]
@@ -73,10 +75,13 @@ def read_everything(data: bytes) -> dict[str, bytes]:
 @functools.cache
 def feature_seeds() -> dict[str, bytes]:
     """Small files with what no golden vector holds yet: a tensor saved twice (shared chunk
-    records) and GGUF block dtypes (layout BLOCK_FIELDS; needs the gguf package)."""
+    records), quantized and factorized tensors (a transform record), and GGUF block dtypes (layout
+    BLOCK_FIELDS; needs the gguf package)."""
     import numpy as np
+    from safetensors.numpy import save_file
 
     import llmcodec
+    from llmcodec import files
 
     rng = np.random.default_rng(3)
     seeds = {}
@@ -84,6 +89,12 @@ def feature_seeds() -> dict[str, bytes]:
         w = (rng.standard_normal((8, 16)) * 0.02).astype(np.float32)
         llmcodec.save_file({"a": w, "tied": w}, Path(tmp, "tied.llmc"), chunk_size=256)
         seeds["tied.llmc"] = Path(tmp, "tied.llmc").read_bytes()
+        m = rng.standard_normal((64, 4)) @ rng.standard_normal((4, 64))
+        save_file({"m": m.astype(np.float32), "b": w[0]}, str(Path(tmp, "m.safetensors")))
+        files.transform_file(Path(tmp, "m.safetensors"), Path(tmp, "q.llmc"), "quantize", bits=4, group_size=32)
+        files.transform_file(Path(tmp, "m.safetensors"), Path(tmp, "f.llmc"), "factorize", rank=4)
+        seeds["quantized.llmc"] = Path(tmp, "q.llmc").read_bytes()
+        seeds["factorized.llmc"] = Path(tmp, "f.llmc").read_bytes()
         try:
             import gguf
         except ImportError:
@@ -119,7 +130,9 @@ def check(data: bytes) -> None:
 def main(argv: list[str]) -> None:
     import atheris
 
-    import llmcodec.kernels  # noqa: F401  (numba compiles these from bytecode: never instrumented)
+    # numba compiles these modules' functions from their bytecode: they must not be instrumented.
+    import llmcodec.kernels  # noqa: F401
+    import llmcodec.transforms  # noqa: F401
 
     with atheris.instrument_imports(include=["llmcodec"]):
         import llmcodec.api  # noqa: F401
