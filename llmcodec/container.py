@@ -313,12 +313,14 @@ class ContainerReader:
             out = np.empty(entry.nbytes, np.uint8)
         return self.read_chunks(entry, 0, len(entry.chunks), out)
 
-    def read_many(self, entries: list[TensorEntry]) -> list[np.ndarray]:
-        """The raw bytes of several tensors, views of one new buffer, their chunks decoded
-        together on all threads, so many small tensors keep every core busy as well as one
-        large one does."""
+    def read_many(self, entries: list[TensorEntry], out: np.ndarray | None = None) -> list[np.ndarray]:
+        """The raw bytes of several tensors, views of one buffer (`out`, uint8 of their total
+        size, or a new one), their chunks decoded together on all threads, so many small tensors
+        keep every core busy as well as one large one does."""
         starts = np.cumsum([0] + [t.nbytes for t in entries])
-        whole = np.empty(int(starts[-1]), np.uint8)
+        whole = np.empty(int(starts[-1]), np.uint8) if out is None else out
+        if whole.shape != (int(starts[-1]),) or whole.dtype != np.uint8 or not whole.flags.c_contiguous:
+            raise InvalidArgumentError(f"out must be a contiguous uint8 array of {int(starts[-1])} bytes")
         owners = [(t, i) for t in entries for i in range(len(t.chunks))]
         rows = np.concatenate([self._rows(t) for t in entries]) if entries else np.zeros((0, kernels.ROW_SIZE),
                                                                                         np.int64)
