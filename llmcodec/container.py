@@ -70,7 +70,7 @@ class ContainerWriter:
         with self._out:  # a failure here, outside the caller's `with`, still removes the file
             self._file.write(bytes(format.PREAMBLE_SIZE))
         self._pos = format.PREAMBLE_SIZE
-        self._chunk_offsets: dict[tuple, int] = {}  # a chunk's checksum, planes, streams' XXH64 -> its offset
+        self._chunk_offsets: dict[tuple, int] = {}  # a chunk's checksum and plane records -> its offset
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def __enter__(self) -> ContainerWriter:
@@ -141,7 +141,7 @@ class ContainerWriter:
         """Write a chunk's streams, unless the same chunk (same planes, same stream bytes) was
         written before: then the new record shares that range (spec 4.3), so a tensor saved twice
         (tied embeddings), or a repeated chunk, is stored once."""
-        key = (check, tuple((p.method, p.parameter, p.length) for p in planes), kernels.xxh64(streams))
+        key = (check, tuple((p.method, p.parameter, p.length) for p in planes))  # candidates; bytes confirm
         offset = self._chunk_offsets.get(key)
         if offset is not None and self._read_back(offset, streams.shape[0]) == streams.tobytes():
             return Chunk(offset, check, planes)
@@ -236,8 +236,9 @@ class ContainerReader:
         self.metadata = header.metadata
         self.source = header.source
         self.all_tensors = header.tensors  # what segments index: coded blobs (hidden tensors) too
+        self.stored = {t.name: t for t in header.tensors}  # every stored tensor, transform parts included
         try:
-            self.transforms = transforms.load(self.metadata, {t.name: t for t in header.tensors}, self.name)
+            self.transforms = transforms.load(self.metadata, self.stored, self.name)
         except LlmcodecError:
             self.close()
             raise
@@ -256,13 +257,9 @@ class ContainerReader:
     def parts(self, name: str) -> dict[str, np.ndarray]:
         """A transformed tensor's stored parts by role, bit-exact."""
         t = self.transforms[name]
-        entries = [self.by_part[p] for p in t.parts.values()]
+        entries = [self.stored[p] for p in t.parts.values()]
         raws = self.read_many(entries)
         return {role: raw.view(e.dtype.numpy).reshape(e.shape) for role, e, raw in zip(t.parts, entries, raws)}
-
-    @property
-    def by_part(self) -> dict[str, TensorEntry]:
-        return {t.name: t for t in self.all_tensors}
 
     def _named(self, exc: LlmcodecError) -> LlmcodecError:
         """The same error, its message prefixed with the file's name."""

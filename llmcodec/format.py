@@ -6,6 +6,7 @@ lists, and return plain dataclasses whose offsets and lengths are safe to hand t
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -100,10 +101,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def elements(self) -> int:

@@ -27,6 +27,7 @@ tensors (header, padding) are not described here: the encoder keeps them as blob
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -177,10 +178,7 @@ class GgufTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.dims:
-            n *= d
-        return n
+        return math.prod(self.dims)
 
 
 @dataclass(frozen=True)

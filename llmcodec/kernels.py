@@ -199,15 +199,6 @@ def byte_histogram(plane):
     return s0 + s1 + s2 + s3
 
 
-@_jit
-def histograms(planes):
-    """Symbol counts of each row of `planes[k, n]`: int64[k, 256]."""
-    counts = np.zeros((planes.shape[0], 256), np.int64)
-    for j in range(planes.shape[0]):
-        counts[j] = byte_histogram(planes[j])
-    return counts
-
-
 CONTEXT_NONE = 256  # the context of an element that has none (first of a chunk, no row above)
 
 

@@ -140,7 +140,7 @@ class LlmcodecFile:
             # The parts, float32 intermediates (three per element at most) and the result, from the
             # shape (checked against the parts when the file was opened), not the record's own sizes.
             what = f"{self.reader.name}: rebuilding tensor {name!r}"
-            parts = sum(self.reader.by_part[p].nbytes for p in t.parts.values())
+            parts = sum(self.reader.stored[p].nbytes for p in t.parts.values())
             elements = t.shape[0] * t.shape[1]
             reserve(parts + elements * (12 + transforms.FLOAT_DTYPES[t.dtype].itemsize), self.max_memory, what)
             try:
