@@ -59,26 +59,25 @@ def encode_chunk(raw: np.ndarray, entry: TensorEntry) -> tuple[int, list[PlaneRe
     return int(check), [PlaneRef(int(m), int(p), int(n)) for m, p, n in info], out[:total]
 
 
-def chunk_rows(entry: TensorEntry) -> np.ndarray:
-    """The tensor's chunk descriptors for kernels.decode_chunks: int64[chunks, ROW_SIZE]."""
-    rows = np.zeros((len(entry.chunks), kernels.ROW_SIZE), np.int64)
-    fields, widths = plane_geometry(entry)
-    k = widths.shape[0]
-    for i, chunk in enumerate(entry.chunks):
-        row = rows[i]
-        row[kernels.ROW_OFFSET] = chunk.offset
-        row[kernels.ROW_CHECKSUM] = chunk.checksum - (1 << 64) if chunk.checksum >= 1 << 63 else chunk.checksum
-        row[kernels.ROW_N] = entry.chunk_span(i)[1]
-        for j, p in enumerate(chunk.planes):
-            row[kernels.ROW_METHODS + j] = p.method
-            row[kernels.ROW_PARAMS + j] = p.parameter
-            row[kernels.ROW_LENGTHS + j] = p.length
-    rows[:, kernels.ROW_K] = k
-    rows[:, kernels.ROW_LAYOUT] = entry.layout
-    rows[:, kernels.ROW_ITEMSIZE] = entry.dtype.itemsize
-    rows[:, kernels.ROW_WIDTHS:kernels.ROW_WIDTHS + k] = widths
-    rows[:, kernels.ROW_FIELDS:kernels.ROW_FIELDS + k] = fields
-    return rows
+def chunk_rows(entries: list[TensorEntry]) -> np.ndarray:
+    """The chunk descriptors of the tensors' chunks, in order, for kernels.decode_chunks:
+    int64[chunks, ROW_SIZE].
+
+    Built as one Python list and converted once: a checkpoint has thousands of small tensors, and
+    numpy calls per tensor would cost more than the rows."""
+    rows = []
+    for entry in entries:
+        planes = entry.planes
+        pad = [0] * (kernels.MAX_PLANES - len(planes))
+        geometry = [w for _, w in planes] + pad + [f for f, _ in planes] + pad
+        shape = [len(planes), entry.layout, entry.dtype.itemsize]
+        size, last = entry.chunk_elements, len(entry.chunks) - 1
+        for i, c in enumerate(entry.chunks):
+            check = c.checksum - (1 << 64) if c.checksum >= 1 << 63 else c.checksum
+            n = size if i < last else entry.chunk_span(i)[1]
+            rows.append([c.offset, check, n, *shape, *[p.method for p in c.planes], *pad,
+                         *[p.parameter for p in c.planes], *pad, *[p.length for p in c.planes], *pad, *geometry])
+    return np.array(rows, np.int64).reshape(len(rows), kernels.ROW_SIZE)
 
 
 def ordered_map(pool, threads: int, fn, items):

@@ -319,8 +319,7 @@ class ContainerReader:
         if whole.shape != (int(starts[-1]),) or whole.dtype != np.uint8 or not whole.flags.c_contiguous:
             raise InvalidArgumentError(f"out must be a contiguous uint8 array of {int(starts[-1])} bytes")
         owners = [(t, i) for t in entries for i in range(len(t.chunks))]
-        rows = np.concatenate([self._rows(t) for t in entries]) if entries else np.zeros((0, kernels.ROW_SIZE),
-                                                                                        np.int64)
+        rows = codec.chunk_rows(entries)
         self._decode_rows(rows, owners, whole)
         return [whole[starts[i]:starts[i + 1]] for i in range(len(entries))]
 
@@ -353,7 +352,7 @@ class ContainerReader:
     def _rows(self, entry: TensorEntry) -> np.ndarray:
         rows = self._row_cache.get(entry.name)
         if rows is None:
-            rows = self._row_cache[entry.name] = codec.chunk_rows(entry)
+            rows = self._row_cache[entry.name] = codec.chunk_rows([entry])
         return rows
 
     def _decode_rows(self, rows: np.ndarray, owners: list, out: np.ndarray) -> None:
@@ -365,10 +364,11 @@ class ContainerReader:
         sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_ITEMSIZE]
         ends = np.cumsum(sizes)
         starts = ends - sizes
-        cuts = [0]
-        for c in range(1, len(rows)):  # a new batch where the running total crosses BATCH_BYTES
-            if ends[c - 1] - starts[cuts[-1]] >= BATCH_BYTES:
+        cuts, first = [0], 0
+        for c, end in enumerate(ends[:-1].tolist(), 1):  # a new batch where the total reaches BATCH_BYTES
+            if end - first >= BATCH_BYTES:
                 cuts.append(c)
+                first = end
         cuts.append(len(rows))
 
         def decode(b: int) -> None:

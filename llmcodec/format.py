@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import xxhash
 
@@ -227,33 +228,46 @@ def parse_preamble(data: bytes, file_size: int, limits: Limits) -> Preamble:
     return Preamble(major, minor, h_off, h_len, h_sum)
 
 
+@lru_cache(maxsize=256)
+def _struct(fmt: str) -> struct.Struct:
+    return struct.Struct("<" + fmt)
+
+
 class _Cursor:
-    """Reads header fields in order; running past the end is a TruncatedError naming the field."""
+    """Reads header fields in order; running past the end is a TruncatedError naming the field.
+
+    A field's name is `what % args` (or `what` alone), formatted only when it is needed for an
+    error: the header of a big checkpoint has many thousands of fields.
+    """
 
     def __init__(self, data: bytes):
         self.data = memoryview(data)
         self.pos = 0
 
-    def take(self, n: int, what: str) -> memoryview:
+    def take(self, n: int, what: str, *args) -> memoryview:
         if n > len(self.data) - self.pos:
-            raise TruncatedError(f"header ends inside {what} (needs {n} bytes at header offset "
-                                 f"{self.pos}, {len(self.data) - self.pos} left)")
+            raise TruncatedError(f"header ends inside {what % args if args else what} (needs {n} bytes at "
+                                 f"header offset {self.pos}, {len(self.data) - self.pos} left)")
         view = self.data[self.pos:self.pos + n]
         self.pos += n
         return view
 
-    def unpack(self, fmt: str, what: str) -> tuple:
-        st = struct.Struct("<" + fmt)
-        return st.unpack(self.take(st.size, what))
+    def unpack(self, fmt: str, what: str, *args) -> tuple:
+        st = _struct(fmt)
+        if st.size > len(self.data) - self.pos:
+            self.take(st.size, what, *args)  # raises, naming the field
+        out = st.unpack_from(self.data, self.pos)
+        self.pos += st.size
+        return out
 
-    def one(self, fmt: str, what: str) -> int:
-        return self.unpack(fmt, what)[0]
+    def one(self, fmt: str, what: str, *args) -> int:
+        return self.unpack(fmt, what, *args)[0]
 
-    def text(self, n: int, what: str) -> str:
+    def text(self, n: int, what: str, *args) -> str:
         try:
-            return str(self.take(n, what), "utf-8")
+            return str(self.take(n, what, *args), "utf-8")
         except UnicodeDecodeError as exc:
-            raise FormatError(f"{what} is not valid UTF-8 ({exc.reason})") from None
+            raise FormatError(f"{what % args if args else what} is not valid UTF-8 ({exc.reason})") from None
 
 
 def parse_header(data: bytes, preamble: Preamble, limits: Limits) -> Header:
@@ -309,14 +323,14 @@ def _parse_source(cur: _Cursor, n_tensors: int, limits: Limits) -> Source:
         raise LimitExceededError(f"Segment_Count {n_seg} is over the limit {limits.segment_count}")
     segments = []
     for i in range(n_seg):
-        seg_kind = cur.one("B", f"segment {i} Segment_Kind")
+        seg_kind = cur.one("B", "segment %d Segment_Kind", i)
         if seg_kind in (SEGMENT_TENSOR, SEGMENT_CODED_BLOB):
-            index = cur.one("I", f"segment {i} Tensor_Index")
+            index = cur.one("I", "segment %d Tensor_Index", i)
             if index >= n_tensors:
                 raise FormatError(f"segment {i}: Tensor_Index {index} but the file has {n_tensors} tensors")
             segments.append(Segment(seg_kind, tensor_index=index))
         elif seg_kind == SEGMENT_BLOB:
-            off, length, check = cur.unpack("QQQ", f"segment {i} blob")
+            off, length, check = cur.unpack("QQQ", "segment %d blob", i)
             segments.append(Segment(SEGMENT_BLOB, offset=off, length=length, checksum=check))
         else:
             raise UnsupportedFeatureError(f"segment {i}: unknown Segment_Kind {seg_kind}")
@@ -324,12 +338,12 @@ def _parse_source(cur: _Cursor, n_tensors: int, limits: Limits) -> Source:
 
 
 def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
-    name = cur.text(cur.one("H", f"tensor {index} Name_Length"), f"tensor {index} Name")
-    dtype_id, ndim = cur.unpack("BB", f"tensor {name!r} Dtype/Ndim")
+    name = cur.text(cur.one("H", "tensor %d Name_Length", index), "tensor %d Name", index)
+    dtype_id, ndim = cur.unpack("BB", "tensor %r Dtype/Ndim", name)
     dtype = dtypes.from_id(dtype_id)
     if ndim > limits.ndim:
         raise LimitExceededError(f"tensor {name!r}: Ndim {ndim} is over the limit {limits.ndim}")
-    shape = cur.unpack(f"{ndim}Q", f"tensor {name!r} Shape")
+    shape = cur.unpack("Q" * ndim, "tensor %r Shape", name)
     numel = 1
     for d in shape:
         numel *= d  # Python ints: no overflow; checked below
@@ -340,7 +354,7 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
     if elements * dtype.itemsize > limits.tensor_size:
         raise LimitExceededError(f"tensor {name!r}: shape {list(shape)} is {elements * dtype.itemsize} "
                                  f"bytes, over the limit {limits.tensor_size}")
-    layout, chunk_elems, n_chunks = cur.unpack("BQQ", f"tensor {name!r} Layout/Chunk_Elements/Chunk_Count")
+    layout, chunk_elems, n_chunks = cur.unpack("BQQ", "tensor %r Layout/Chunk_Elements/Chunk_Count", name)
     if layout not in dtypes.LAYOUT_ITEMSIZE:
         raise UnsupportedFeatureError(f"tensor {name!r}: unknown Layout {layout}")
     if not dtypes.layout_allowed(layout, dtype):
@@ -362,15 +376,28 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
     if n_chunks * (16 + 6 * k) > cur_left:
         raise TruncatedError(f"tensor {name!r}: {n_chunks} chunks do not fit in the {cur_left} header "
                              f"bytes left")
-    plane_fmt = "BBI" * k
-    for c in range(n_chunks):
-        offset, check, *flat = cur.unpack("QQ" + plane_fmt, f"tensor {name!r} chunk {c}")
-        planes = [PlaneRef(*flat[3 * j:3 * j + 3]) for j in range(k)]
-        _, n = entry.chunk_span(c)
+    record = _struct("QQ" + "BBI" * k)
+    records = cur.take(n_chunks * record.size, "tensor %r chunk records", name)
+    last = elements - (n_chunks - 1) * chunk_elems
+    for c, (offset, check, *flat) in enumerate(record.iter_unpack(records)):
+        n = chunk_elems if c < n_chunks - 1 else last
+        planes = [PlaneRef(*flat[i:i + 3]) for i in range(0, 3 * k, 3)]
         for j, p in enumerate(planes):
-            _check_plane(p, n * widths[j], f"tensor {name!r} chunk {c} plane {j}")
+            if not _plane_ok(p, n * widths[j]):
+                _check_plane(p, n * widths[j], f"tensor {name!r} chunk {c} plane {j}")  # raises
         entry.chunks.append(Chunk(offset, check, planes))
     return entry
+
+
+def _plane_ok(p: PlaneRef, n: int) -> bool:
+    """Whether a plane record of n bytes passes _check_plane (which names what is wrong)."""
+    if p.method == METHOD_RANS0_PAIRS:
+        return p.parameter == 0 and p.length >= 35 + 1 + 1 + 4
+    if p.method == METHOD_RANS0:
+        return p.parameter == 0 and p.length >= 34 + 2 + 4
+    if p.method == METHOD_RAW:
+        return p.parameter == 0 and p.length == n
+    return p.method == METHOD_CONSTANT and p.length == 0
 
 
 def _check_plane(p: PlaneRef, n: int, where: str) -> None:
