@@ -13,7 +13,7 @@ batch of chunks). The rest serve them, the validating Python paths and the tests
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .jit import kernel
 
 RANS_L = 1 << 16  # lower bound of a state; states live in [RANS_L, 2^32) between symbols
 ENCODE_LANES = 8  # lanes the encoder writes; the decoder has a fast path for them
@@ -49,8 +49,8 @@ ROW_METHODS, ROW_PARAMS, ROW_LENGTHS, ROW_WIDTHS, ROW_FIELDS = 6, 14, 22, 30, 38
 ROW_SIZE = 46
 MAX_PLANES = 8
 
-_jit = njit(cache=True, nogil=True)
-_inline = njit(cache=True, nogil=True, inline="always")
+_jit = kernel
+_inline = kernel(inline="always")
 
 
 # --- planes (spec section 5) ---------------------------------------------------------------------
@@ -649,7 +649,6 @@ _P2 = np.uint64(14029467366897019727)
 _P3 = np.uint64(1609587929392839161)
 _P4 = np.uint64(9650029242287828579)
 _P5 = np.uint64(2870177450012600261)
-_inline = njit(cache=True, nogil=True, inline="always")
 
 
 @_inline

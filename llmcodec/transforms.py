@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 
 import ml_dtypes
 import numpy as np
-from numba import njit
 
 from .errors import FormatError, InvalidArgumentError
+from .jit import kernel
 
 METADATA_KEY = "llmcodec.transforms"
 SEPARATOR = "#"
@@ -121,7 +121,7 @@ def rebuild(t: Transform, parts: dict[str, np.ndarray]) -> np.ndarray:
     return x.astype(FLOAT_DTYPES[t.dtype])
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _matmul(u, v):
     """float32(sum over k, in order, of float64(u[i, k]) * float64(v[k, j])): the same bits on every
     machine (no BLAS, no reordering, no fused multiply-add)."""
