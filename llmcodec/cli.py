@@ -19,7 +19,7 @@ import typer
 from .errors import LlmcodecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Lossless compression of neural-network weight files (safetensors).")
+                  help="Lossless compression of neural-network weight files (safetensors, GGUF).")
 
 Threads = typer.Option(None, "--threads", "-T", min=1, help="Worker threads [default: $LLMCODEC_THREADS or all cores].")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar.")

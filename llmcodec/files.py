@@ -27,6 +27,7 @@ from .format import Limits
 SUFFIX = ".llmc"
 SOURCE_SUFFIX = {format.SOURCE_SAFETENSORS: ".safetensors", format.SOURCE_ARRAYS: ".safetensors",
                  format.SOURCE_GGUF: ".gguf"}
+CHECKPOINT_SUFFIXES = (".safetensors", ".gguf")  # files a folder's encoding compresses
 BLOB_PIECE = 16 << 20  # blobs are read and stored in pieces of at most this many bytes
 CODED_BLOB_MIN = 64 << 10  # non-tensor bytes of at least this many are coded (a hidden U8 tensor)
 
@@ -47,10 +48,10 @@ def decoded_name(src: Path, source_kind: int | None = None) -> Path:
 
 def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | None = None,
                 progress=None) -> Path:
-    """Encode a safetensors or GGUF file, or a folder holding a sharded safetensors checkpoint, losslessly.
+    """Encode a safetensors or GGUF file, or a folder holding a sharded checkpoint, losslessly.
 
-    A folder becomes a folder: each `*.safetensors` is encoded to `*.llmc`, every other file is
-    copied. `progress(nbytes)` is called as source bytes are consumed. Returns the output path;
+    A folder becomes a folder: each `*.safetensors` and `*.gguf` is encoded to `*.llmc`, every
+    other file is copied. `progress(nbytes)` is called as source bytes are consumed. Returns the output path;
     the output appears only when complete (an existing one is replaced).
 
     >>> llmcodec.encode_file("model.safetensors")            # doctest: +SKIP
@@ -59,7 +60,7 @@ def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | 
     src = Path(src)
     dst = encoded_name(src) if dst is None else Path(dst)
     if src.is_dir():
-        _map_folder(src, dst, ".safetensors", SUFFIX,
+        _map_folder(src, dst, lambda p: p.with_suffix(SUFFIX) if p.suffix in CHECKPOINT_SUFFIXES else None,
                     lambda a, b: _encode_one(a, b, threads, chunk_size, progress), progress)
     else:
         _encode_one(src, dst, threads, chunk_size, progress)
@@ -75,7 +76,7 @@ def decode_file(src, dst=None, *, threads: int | None = None, progress=None) -> 
     src = Path(src)
     if src.is_dir():
         dst = decoded_name(src) if dst is None else Path(dst)
-        _map_folder(src, dst, SUFFIX, ".safetensors",
+        _map_folder(src, dst, lambda p: _decoded_member(src, p),
                     lambda a, b: _decode_one(a, b, threads, progress), progress)
         return dst
     with ContainerReader(src, threads=threads) as reader:
@@ -420,22 +421,23 @@ def _write_original(reader: ContainerReader, write, progress) -> None:
 # --- folders -------------------------------------------------------------------------------------
 
 
-def _map_folder(src: Path, dst: Path, from_suffix: str, to_suffix: str, convert, progress) -> None:
-    """Build `dst` from folder `src`: files ending in `from_suffix` converted (renamed to
-    `to_suffix`), every other file copied. `dst` appears only when complete."""
+def _map_folder(src: Path, dst: Path, rename, convert, progress) -> None:
+    """Build `dst` from folder `src`: each file whose relative path `rename` maps to a new one is
+    converted to it, every other file (`rename` gives None) copied. `dst` appears only when complete."""
     files = sorted(p for p in src.rglob("*") if p.is_file())
     targets = {}
     for p in files:
         rel = p.relative_to(src)
-        out = rel.with_suffix(to_suffix) if p.suffix == from_suffix else rel
+        new = rename(rel)
+        out = rel if new is None else new
         if out in targets:
-            raise InvalidArgumentError(f"{src}: both {targets[out]} and {rel} would become {out}")
-        targets[out] = rel
+            raise InvalidArgumentError(f"{src}: both {targets[out][0]} and {rel} would become {out}")
+        targets[out] = (rel, new is not None)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
     try:
-        for out, rel in targets.items():
+        for out, (rel, converted) in targets.items():
             (tmp / out).parent.mkdir(parents=True, exist_ok=True)
-            if rel.suffix == from_suffix:
+            if converted:
                 convert(src / rel, tmp / out)
             else:
                 shutil.copy2(src / rel, tmp / out)
@@ -445,6 +447,14 @@ def _map_folder(src: Path, dst: Path, from_suffix: str, to_suffix: str, convert,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _decoded_member(folder: Path, rel: Path) -> Path | None:
+    """A container's name in a decoded folder: its original's suffix (`.gguf` or `.safetensors`)."""
+    if rel.suffix != SUFFIX:
+        return None
+    with ContainerReader(folder / rel) as reader:
+        return rel.with_suffix(SOURCE_SUFFIX.get(reader.source.kind, ".safetensors"))
 
 
 def _replace_folder(tmp: Path, dst: Path) -> None:

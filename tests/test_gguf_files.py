@@ -104,3 +104,21 @@ def test_reference_decoder_reads_block_types(gguf_file, tmp_path):
     assert decoded.original == path.read_bytes()
     for name, _, _ in TENSORS:
         assert decoded.tensors[name].data == data[name].tobytes(), name
+
+
+def test_folder_of_gguf_shards_is_encoded_and_decoded_back_to_gguf(gguf_file, tmp_path):
+    path, _ = gguf_file
+    src = tmp_path / "split"
+    src.mkdir()
+    shards = [src / "m-00001-of-00002.gguf", src / "m-00002-of-00002.gguf"]
+    shards[0].write_bytes(path.read_bytes())
+    shards[1].write_bytes(path.read_bytes())
+    (src / "README.md").write_text("a split model")
+    enc = files.encode_file(src)
+    assert sorted(p.name for p in enc.iterdir()) == ["README.md", "m-00001-of-00002.llmc", "m-00002-of-00002.llmc"]
+    assert (enc / "m-00001-of-00002.llmc").stat().st_size < 0.9 * path.stat().st_size
+    files.verify_file(enc)
+    out = files.decode_file(enc, tmp_path / "back")
+    for p in [*shards, src / "README.md"]:
+        assert hashlib.sha256((out / p.name).read_bytes()).digest() == hashlib.sha256(p.read_bytes()).digest()
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
