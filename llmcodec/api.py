@@ -10,7 +10,7 @@ from . import dtypes
 from .container import ContainerReader, ContainerWriter, TensorSource
 from .errors import InvalidArgumentError, LimitExceededError
 from .format import Limits
-from .loader import as_array, check_max_memory, reserve
+from .loader import as_array, check_max_memory, rebuild_bytes, reserve
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, str] | None = None, *,
@@ -53,19 +53,24 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
     """
     max_memory = check_max_memory(max_memory)
     with ContainerReader(path, threads=threads, limits=limits) as reader:
-        total = sum(t.nbytes for t in reader.tensors)
-        what = f"{reader.name}: loading its {len(reader.tensors)} tensors"
-        if reader.tensors:
-            largest = max(reader.tensors, key=lambda t: t.nbytes)
-            what += f" (the largest, {largest.name!r}, is {largest.nbytes} bytes)"
-        reserve(total, max_memory, what)
+        sizes = {t.name: t.nbytes for t in reader.tensors}
+        transient = 0  # a transformed tensor's parts and intermediates, one rebuild at a time
+        for name in reader.transforms:
+            sizes[name], need = rebuild_bytes(reader, name)
+            transient = max(transient, need)
+        what = f"{reader.name}: loading its {len(sizes)} tensors"
+        if sizes:
+            largest = max(sizes, key=sizes.get)
+            what += f" (the largest, {largest!r}, is {sizes[largest]} bytes)"
+        needed = sum(sizes.values()) + transient
+        reserve(needed, max_memory, what)
         try:
             raws = reader.read_many(reader.tensors)
+            stored = {t.name: as_array(raw, t, t.shape, reader.name) for t, raw in zip(reader.tensors, raws)}
+            return {name: stored[name] if name in stored else reader.rebuild(name) for name in reader.names}
         except MemoryError:
-            raise LimitExceededError(f"{what} needs {total} bytes, more than this machine can allocate; "
+            raise LimitExceededError(f"{what} needs {needed} bytes, more than this machine can allocate; "
                                      f"pass max_memory to refuse such files earlier") from None
-        stored = {t.name: as_array(raw, t, t.shape, reader.name) for t, raw in zip(reader.tensors, raws)}
-        return {name: stored[name] if name in stored else reader.rebuild(name) for name in reader.names}
 
 
 def _check_metadata(metadata) -> dict[str, str]:

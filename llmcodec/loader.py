@@ -140,9 +140,8 @@ class LlmcodecFile:
             # The parts, float32 intermediates (three per element at most) and the result, from the
             # shape (checked against the parts when the file was opened), not the record's own sizes.
             what = f"{self.reader.name}: rebuilding tensor {name!r}"
-            parts = sum(self.reader.stored[p].nbytes for p in t.parts.values())
-            elements = t.shape[0] * t.shape[1]
-            reserve(parts + elements * (12 + transforms.FLOAT_DTYPES[t.dtype].itemsize), self.max_memory, what)
+            kept, transient = rebuild_bytes(self.reader, name)
+            reserve(kept + transient, self.max_memory, what)
             try:
                 return self._convert(self.reader.rebuild(name))
             except MemoryError:
@@ -242,6 +241,16 @@ def check_max_memory(max_memory) -> int | None:
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 0:
         raise InvalidArgumentError(f"max_memory must be a number of bytes >= 0 or None, not {max_memory!r}")
     return int(max_memory)
+
+
+def rebuild_bytes(reader, name: str) -> tuple[int, int]:
+    """(result, transient) bytes of rebuilding transformed tensor `name`: its result, and the parts
+    and float32 intermediates (three per element at most) it needs meanwhile. From the shape,
+    checked against the parts when the file was opened, not from the record's own sizes."""
+    t = reader.transforms[name]
+    elements = t.shape[0] * t.shape[1]
+    parts = sum(reader.stored[p].nbytes for p in t.parts.values())
+    return elements * transforms.FLOAT_DTYPES[t.dtype].itemsize, parts + 12 * elements
 
 
 def reserve(nbytes: int, max_memory: int | None, what: str) -> None:

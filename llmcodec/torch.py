@@ -38,10 +38,13 @@ def save_file(tensors: dict, path, metadata: dict[str, str] | None = None, *, th
     api.save_file({name: to_numpy(t) for name, t in tensors.items()}, path, metadata, threads=threads)
 
 
-def load_file(path, device: str = "cpu", *, threads: int | None = None) -> dict:
-    """Read every tensor of an `.llmc` file as torch tensors (like `safetensors.torch.load_file`)."""
-    with open(path, framework="pt", device=device, threads=threads) as f:
-        return dict(f.items())
+def load_file(path, device: str = "cpu", *, threads: int | None = None, max_memory: int | None = None) -> dict:
+    """Read every tensor of an `.llmc` file as torch tensors (like `safetensors.torch.load_file`).
+
+    With `max_memory`, a file whose tensors add up to more bytes raises `LimitExceededError`
+    before anything is allocated (see `llmcodec.load_file`)."""
+    arrays = api.load_file(path, threads=threads, max_memory=max_memory)
+    return {name: to_torch(array, device) for name, array in arrays.items()}
 
 
 def load_model(model, path, *, strict: bool = True, threads: int | None = None) -> tuple[list[str], list[str]]:

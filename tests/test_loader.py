@@ -278,3 +278,10 @@ def test_load_model_decodes_in_place(tmp_path):
     wrong = torch.nn.Sequential(torch.nn.Linear(16, 8))
     with pytest.raises(llmcodec.InvalidArgumentError, match="unexpected"):
         lt.load_model(wrong, tmp_path / "m.llmc")
+
+
+def test_torch_load_file_takes_max_memory(bomb):
+    import llmcodec.torch as lt
+
+    with pytest.raises(llmcodec.LimitExceededError, match="max_memory"):
+        lt.load_file(bomb, max_memory=1 << 20)

@@ -135,3 +135,15 @@ def test_cli_quantize_factorize_and_info(checkpoint, tmp_path):
     assert r.exit_code == 0, r.output
     assert runner.invoke(app, ["factorize", str(path), "-o", str(tmp_path / "g.llmc")]).exit_code == 2
     assert runner.invoke(app, ["quantize", str(path), "-o", str(tmp_path / "h.llmc"), "--bits", "3"]).exit_code == 2
+
+
+def test_load_file_counts_rebuilt_tensors_against_max_memory(checkpoint, tmp_path):
+    """The rebuilt tensors are what load_file returns: max_memory must count them, not their parts."""
+    path, tensors = checkpoint
+    dst = tmp_path / "q.llmc"
+    files.transform_file(path, dst, "quantize", bits=8)
+    originals = sum(w.nbytes for w in tensors.values())  # what the returned dict holds
+    with pytest.raises(llmcodec.LimitExceededError, match="max_memory"):
+        llmcodec.load_file(dst, max_memory=originals - 1)
+    back = llmcodec.load_file(dst, max_memory=4 * originals)
+    assert {k: (v.dtype, v.shape) for k, v in back.items()} == {k: (v.dtype, v.shape) for k, v in tensors.items()}
