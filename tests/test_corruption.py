@@ -270,3 +270,5 @@ def test_a_transform_record_cannot_understate_what_rebuilding_takes(tmp_path):
     with llmcodec.open(path, max_memory=1 << 20) as f:
         with pytest.raises(llmcodec.LimitExceededError, match="rebuilding tensor 'w'"):
             f.get_tensor("w")
+    with pytest.raises(llmcodec.LimitExceededError, match=r"'w', is 67108864 bytes.*max_memory=1048576"):
+        llmcodec.load_file(path, max_memory=1 << 20)  # loading everything counts the rebuilt tensor too
