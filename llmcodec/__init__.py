@@ -21,14 +21,15 @@ from .errors import (
 __version__ = "0.1.0"
 
 _LAZY = {"load_file": "api", "save_file": "api", "decode_file": "files", "encode_file": "files",
-         "verify_file": "files", "Limits": "format", "LlmcodecFile": "loader", "open": "loader"}
+         "verify_file": "files", "Limits": "format", "LlmcodecFile": "loader", "ShardedFile": "loader",
+         "open": "loader"}
 # Reachable as attributes without an import of their own; `llmcodec.torch` needs `import llmcodec.torch`.
 _SUBMODULES = {"api", "atomic", "codec", "container", "dtypes", "files", "format", "kernels", "loader", "models",
                "safetensors_io"}
 
 __all__ = [
     "ChecksumError", "FormatError", "InvalidArgumentError", "LimitExceededError", "Limits", "LlmcodecFile", "open",
-    "LlmcodecError", "TensorNotFoundError", "TruncatedError", "UnsupportedFeatureError",
+    "LlmcodecError", "ShardedFile", "TensorNotFoundError", "TruncatedError", "UnsupportedFeatureError",
     "UnsupportedVersionError", "decode_file", "encode_file", "load_file", "save_file", "verify_file",
 ]
 

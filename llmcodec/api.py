@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -10,7 +11,7 @@ from . import dtypes
 from .container import ContainerReader, ContainerWriter, TensorSource
 from .errors import InvalidArgumentError, LimitExceededError
 from .format import Limits
-from .loader import as_array, check_max_memory, rebuild_bytes, reserve
+from .loader import as_array, check_max_memory, check_unique, is_folder, rebuild_bytes, reserve, shard_paths
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, str] | None = None, *,
@@ -46,31 +47,43 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
 
 def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
               max_memory: int | None = None) -> dict[str, np.ndarray]:
-    """Read every tensor of an `.llmc` file into numpy arrays, bit-exact, checksums verified.
+    """Read every tensor of an `.llmc` file, or of every shard of an encoded checkpoint folder,
+    into numpy arrays, bit-exact, checksums verified.
 
-    With `max_memory`, a file whose tensors add up to more bytes raises `LimitExceededError`
-    before anything is allocated (see `llmcodec.open`).
+    With `max_memory`, a file (or folder) whose tensors add up to more bytes raises
+    `LimitExceededError` before anything is allocated (see `llmcodec.open`).
     """
     max_memory = check_max_memory(max_memory)
-    with ContainerReader(path, threads=threads, limits=limits) as reader:
-        sizes = {t.name: t.nbytes for t in reader.tensors}
+    paths = shard_paths(path) if is_folder(path) else [path]
+    with ExitStack() as stack:
+        readers = [stack.enter_context(ContainerReader(p, threads=threads, limits=limits)) for p in paths]
+        held: dict[str, str] = {}
+        sizes: dict[str, int] = {}
         transient = 0  # a transformed tensor's parts and intermediates, one rebuild at a time
-        for name in reader.transforms:
-            sizes[name], need = rebuild_bytes(reader, name)
-            transient = max(transient, need)
-        what = f"{reader.name}: loading its {len(sizes)} tensors"
+        for reader in readers:
+            check_unique(held, reader.names, reader.name, path)
+            sizes.update((t.name, t.nbytes) for t in reader.tensors)
+            for name in reader.transforms:
+                sizes[name], need = rebuild_bytes(reader, name)
+                transient = max(transient, need)
+        what = f"{readers[0].name if len(readers) == 1 else path}: loading its {len(sizes)} tensors"
         if sizes:
             largest = max(sizes, key=sizes.get)
             what += f" (the largest, {largest!r}, is {sizes[largest]} bytes)"
         needed = sum(sizes.values()) + transient
         reserve(needed, max_memory, what)
         try:
-            raws = reader.read_many(reader.tensors)
-            stored = {t.name: as_array(raw, t, t.shape, reader.name) for t, raw in zip(reader.tensors, raws)}
-            return {name: stored[name] if name in stored else reader.rebuild(name) for name in reader.names}
+            return {name: array for reader in readers for name, array in _load_all(reader).items()}
         except MemoryError:
             raise LimitExceededError(f"{what} needs {needed} bytes, more than this machine can allocate; "
                                      f"pass max_memory to refuse such files earlier") from None
+
+
+def _load_all(reader: ContainerReader) -> dict[str, np.ndarray]:
+    """Every tensor of one container, in its model order; transformed ones rebuilt."""
+    raws = reader.read_many(reader.tensors)
+    stored = {t.name: as_array(raw, t, t.shape, reader.name) for t, raw in zip(reader.tensors, raws)}
+    return {name: stored[name] if name in stored else reader.rebuild(name) for name in reader.names}
 
 
 def _check_metadata(metadata) -> dict[str, str]:

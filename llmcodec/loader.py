@@ -6,23 +6,27 @@ straight into its output array, and a slice decodes only the chunks that cover i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from . import transforms
 from .container import ContainerReader
-from .errors import InvalidArgumentError, LimitExceededError, TensorNotFoundError
+from .errors import FormatError, InvalidArgumentError, LimitExceededError, TensorNotFoundError
 from .format import Limits, TensorEntry
 
 FRAMEWORKS = ("np", "numpy", "pt", "torch")
 
 
 def open(path, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
-         limits: Limits | None = None, max_memory: int | None = None) -> LlmcodecFile:
+         limits: Limits | None = None, max_memory: int | None = None) -> LlmcodecFile | ShardedFile:
     """Open an `.llmc` file for lazy reading; use it as a context manager.
 
-    `path` is a `str`, a `PathLike`, a bytes-like object, or a seekable binary file object.
+    `path` is a `str`, a `PathLike`, a bytes-like object, or a seekable binary file object; a
+    folder (an encoded sharded checkpoint) opens as one file holding the tensors of all its
+    `*.llmc` shards (`ShardedFile`).
     `framework` is "np" (numpy arrays) or "pt" (torch tensors; needs torch installed).
     `max_memory` caps the bytes of decoded data one call (`get_tensor`, indexing a `get_slice`)
     may allocate: a bigger request raises `LimitExceededError` before anything is allocated. Set
@@ -37,7 +41,29 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     (4, 3)
     [[3.0, 4.0, 5.0], [6.0, 7.0, 8.0]]
     """
+    if is_folder(path):
+        return ShardedFile(path, framework, device, threads=threads, limits=limits, max_memory=max_memory)
     return LlmcodecFile(path, framework, device, threads=threads, limits=limits, max_memory=max_memory)
+
+
+def is_folder(path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and os.path.isdir(path)
+
+
+def shard_paths(folder) -> list[Path]:
+    """The `.llmc` files directly in `folder`, by name (shards `-00001-of-000NN` sort in order)."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix == ".llmc" and p.is_file())
+    if not paths:
+        raise InvalidArgumentError(f"{folder}: a folder with no .llmc files in it")
+    return paths
+
+
+def check_unique(where: dict, names, shard: str, folder) -> None:
+    """Record that `shard` holds `names`; a name already held by another shard is a FormatError."""
+    for name in names:
+        if name in where:
+            raise FormatError(f"{folder}: tensor {name!r} is in both {where[name]} and {shard}")
+        where[name] = shard
 
 
 class LlmcodecFile:
@@ -105,6 +131,12 @@ class LlmcodecFile:
         for name in self.keys():
             yield name, self.get_tensor(name)
 
+    def file_of(self, name: str) -> LlmcodecFile:
+        """The file holding tensor `name`: this one (a `ShardedFile` answers with a shard)."""
+        if name not in self:
+            raise TensorNotFoundError(f"no tensor named {name!r} in {self.reader.name}")
+        return self
+
     def entry(self, name: str) -> TensorEntry:
         try:
             return self.reader.by_name[name]
@@ -164,6 +196,91 @@ class LlmcodecFile:
         if not self._torch:
             return array
         return to_torch(array, self.device)
+
+
+class ShardedFile:
+    """An encoded checkpoint folder opened as one file (see `llmcodec.open`): the tensors of all
+    its `*.llmc` shards, in shard order then file order, each read from its own shard. A tensor
+    name found in two shards is a `FormatError`. `metadata()` holds the entries every shard has
+    with the same value (a sharded checkpoint repeats its metadata in each shard)."""
+
+    def __init__(self, folder, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
+                 limits: Limits | None = None, max_memory: int | None = None):
+        self.name = os.fspath(folder)
+        self.shards: list[LlmcodecFile] = []
+        self._where: dict[str, LlmcodecFile] = {}
+        try:
+            held: dict[str, str] = {}
+            for path in shard_paths(folder):
+                shard = LlmcodecFile(path, framework, device, threads=threads, limits=limits,
+                                     max_memory=max_memory)
+                self.shards.append(shard)
+                check_unique(held, shard.keys(), shard.reader.name, self.name)
+                self._where.update(dict.fromkeys(shard.keys(), shard))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> ShardedFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every shard; tensors already returned stay valid."""
+        for shard in self.shards:
+            shard.close()
+
+    @property
+    def chunks_decoded(self) -> int:
+        return sum(shard.chunks_decoded for shard in self.shards)
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def metadata(self) -> dict[str, str]:
+        first, *rest = [shard.metadata() for shard in self.shards]
+        return {k: v for k, v in first.items() if all(other.get(k) == v for other in rest)}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def items(self) -> Iterator[tuple[str, object]]:
+        """(name, tensor) in order, one tensor decoded at a time."""
+        for name in self.keys():
+            yield name, self.get_tensor(name)
+
+    def file_of(self, name: str) -> LlmcodecFile:
+        """The shard holding tensor `name`."""
+        try:
+            return self._where[name]
+        except KeyError:
+            raise TensorNotFoundError(f"no tensor named {name!r} in {self.name}") from None
+
+    def entry(self, name: str) -> TensorEntry:
+        return self.file_of(name).entry(name)
+
+    def transform(self, name: str) -> transforms.Transform | None:
+        return self.file_of(name).transform(name)
+
+    def get_quantized(self, name: str) -> dict:
+        return self.file_of(name).get_quantized(name)
+
+    def get_factors(self, name: str) -> dict:
+        return self.file_of(name).get_factors(name)
+
+    def get_tensor(self, name: str):
+        return self.file_of(name).get_tensor(name)
+
+    def get_slice(self, name: str) -> TensorSlice:
+        return self.file_of(name).get_slice(name)
 
 
 class TensorSlice:

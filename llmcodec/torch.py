@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import api
+from . import api, transforms
 from .errors import InvalidArgumentError
 from .loader import _import_torch, open, to_torch
 
@@ -50,9 +50,11 @@ def load_file(path, device: str = "cpu", *, threads: int | None = None, max_memo
 def load_model(model, path, *, strict: bool = True, threads: int | None = None) -> tuple[list[str], list[str]]:
     """Decode a file's tensors straight into `model`'s parameters and buffers, in place.
 
-    No second copy of the weights is ever held: each tensor is decoded into the memory of the
-    parameter it belongs to (CPU, contiguous, same dtype and shape). Returns (missing, unexpected)
-    names; with `strict`, any of either raises `InvalidArgumentError`.
+    `path` is an `.llmc` file or an encoded checkpoint folder (its shards). No second copy of the
+    weights is ever held: each tensor is decoded into the memory of the parameter it belongs to
+    (CPU, contiguous, same dtype and shape); a quantized or factorized one is rebuilt, then copied
+    in. Returns (missing, unexpected) names; with `strict`, any of either raises
+    `InvalidArgumentError`.
     """
     state = model.state_dict(keep_vars=True)
     with open(path, threads=threads) as f:
@@ -65,15 +67,21 @@ def load_model(model, path, *, strict: bool = True, threads: int | None = None) 
             if name not in state:
                 continue
             target = state[name].data
-            entry = f.entry(name)
-            if tuple(target.shape) != entry.shape or not target.is_contiguous() or target.device.type != "cpu":
-                raise InvalidArgumentError(f"{name}: file has shape {list(entry.shape)}, the model "
+            shard = f.file_of(name)
+            rebuilt = shard.transform(name)
+            shape = tuple(rebuilt.shape) if rebuilt else shard.entry(name).shape
+            if tuple(target.shape) != shape or not target.is_contiguous() or target.device.type != "cpu":
+                raise InvalidArgumentError(f"{name}: file has shape {list(shape)}, the model "
                                            f"{list(target.shape)} (or it is not a contiguous CPU tensor)")
             out = to_numpy(target)
-            if out.dtype != entry.dtype.numpy:
-                raise InvalidArgumentError(f"{name}: file has dtype {entry.dtype.name}, the model {target.dtype}")
+            kind = rebuilt.dtype if rebuilt else shard.entry(name).dtype.name
+            if out.dtype != (transforms.FLOAT_DTYPES[kind] if rebuilt else shard.entry(name).dtype.numpy):
+                raise InvalidArgumentError(f"{name}: file has dtype {kind}, the model {target.dtype}")
             with torch.no_grad():
-                f.reader.read_raw(entry, out=out.reshape(-1).view(np.uint8))
+                if rebuilt:
+                    out[...] = shard.reader.rebuild(name)
+                else:
+                    shard.reader.read_raw(shard.entry(name), out=out.reshape(-1).view(np.uint8))
     return missing, unexpected
 
 
