@@ -199,7 +199,7 @@ def verify(
 
 @app.command()
 def info(
-    src: Path = typer.Argument(..., help="A .llmc file."),
+    src: Path = typer.Argument(..., help="A .llmc file, or an encoded folder (each of its .llmc shards)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     limits: bool = typer.Option(False, "--limits", help="Also show how far each plane is from its entropy "
                                 "limits: order-0, conditioned on each context tried, and adaptive."),
@@ -207,17 +207,23 @@ def info(
 ) -> None:
     """Per tensor: dtype, shape, sizes, ratio, and per plane its coded bits next to its entropy."""
     from . import files
+    from .loader import shard_paths
 
     _check_input(src)
     with _errors():
-        stats = files.file_stats(src, threads=threads, limits=limits)
+        paths = shard_paths(src) if src.is_dir() else [src]
+        shards = [files.file_stats(p, threads=threads, limits=limits) for p in paths]
     if as_json:
-        stats["tensors"] = [_without_none(dict(dataclasses.asdict(t), ratio=t.ratio)) for t in stats["tensors"]]
-        typer.echo(json.dumps(stats, indent=2))
+        for stats in shards:
+            stats["tensors"] = [_without_none(dict(dataclasses.asdict(t), ratio=t.ratio)) for t in stats["tensors"]]
+        typer.echo(json.dumps({"folder": str(src), "shards": shards} if src.is_dir() else shards[0], indent=2))
         return
-    (_print_limits if limits else _print_table)(stats)
-    if stats.get("transforms"):
-        _print_transforms(stats["transforms"])
+    for i, stats in enumerate(shards):
+        if i:
+            typer.echo()
+        (_print_limits if limits else _print_table)(stats)
+        if stats.get("transforms"):
+            _print_transforms(stats["transforms"])
 
 
 def _print_transforms(done: list[dict]) -> None:

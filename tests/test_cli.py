@@ -202,3 +202,20 @@ def test_full_disk_is_one_line_and_leaves_no_partial_output(model, tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == (["model.llmc"] if force else []) + ["model.safetensors"]
     if force:
         assert out.read_bytes() == b"old"
+
+
+def test_info_on_an_encoded_folder_shows_every_shard(tmp_path):
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    st_save({"a": np.ones((8, 8), np.float32)}, str(src / "m-00001-of-00002.safetensors"))
+    st_save({"b": np.arange(5, dtype=np.int32)}, str(src / "m-00002-of-00002.safetensors"))
+    assert run("encode", str(src), "--quiet").exit_code == 0
+    out = run("info", str(tmp_path / "ckpt.llmc"))
+    assert out.exit_code == 0, out.output
+    assert "m-00001-of-00002.llmc" in out.output and "m-00002-of-00002.llmc" in out.output
+    shards = json.loads(run("info", str(tmp_path / "ckpt.llmc"), "--json").output)["shards"]
+    assert [t["name"] for s in shards for t in s["tensors"]] == ["a", "b"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = run("info", str(empty))
+    assert bad.exit_code == 1 and "no .llmc files" in bad.output
