@@ -77,6 +77,21 @@ def _check_input(path: Path) -> None:
         _fail(f"{path}: no such file or folder")
 
 
+def _note_first_compile(kernel: str, quiet: bool) -> None:
+    """One line on stderr when numba holds no compiled code on disk for `kernel`: the first run
+    after installing compiles the kernels, silently and for a while, which looks like a hang."""
+    if quiet:
+        return
+    try:
+        from . import kernels
+
+        warm = bool(getattr(kernels, kernel)._cache._cache_file._load_index())
+    except Exception:  # numba's internals differ from what this peeks at: say nothing
+        return
+    if not warm:
+        typer.echo("llmcodec: compiling its kernels, once after installing (about half a minute)", err=True)
+
+
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         _fail(f"{path} already exists; use --force to overwrite it")
@@ -98,6 +113,7 @@ def encode(
     _check_input(src)
     dst = output or files.encoded_name(src)
     _check_output(dst, force)
+    _note_first_compile("encode_chunk", quiet)
     with _errors(), _progress(f"encode {src.name}", _size(src), quiet) as progress:
         files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress)
     if not quiet:
@@ -175,6 +191,7 @@ def decode(
             output = output or files.decoded_name(src)
             total = _size(src)
         _check_output(output, force)
+        _note_first_compile("decode_chunks", quiet)
         with _progress(f"decode {src.name}", total, quiet) as progress:
             files.decode_file(src, output, threads=threads, progress=progress)
     if not quiet:
@@ -191,6 +208,7 @@ def verify(
     from . import files
 
     _check_input(src)
+    _note_first_compile("decode_chunks", quiet)
     with _errors(), _progress(f"verify {src.name}", _size(src), quiet) as progress:
         files.verify_file(src, threads=threads, progress=progress)
     if not quiet:

@@ -219,3 +219,16 @@ def test_info_on_an_encoded_folder_shows_every_shard(tmp_path):
     empty.mkdir()
     bad = run("info", str(empty))
     assert bad.exit_code == 1 and "no .llmc files" in bad.output
+
+
+def test_the_first_run_says_it_is_compiling(model, tmp_path):
+    """An empty numba cache: one line says the kernels are compiling; the next run has it cached."""
+    import llmcodec
+
+    llmcodec.encode_file(model, tmp_path / "m.llmc")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    cmd = [sys.executable, "-m", "llmcodec.cli", "verify", str(tmp_path / "m.llmc")]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0 and "compiling its kernels" in first.stderr, first.stderr
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "compiling" not in second.stderr, second.stderr
