@@ -383,36 +383,29 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
         n = chunk_elems if c < n_chunks - 1 else last
         planes = [PlaneRef(*flat[i:i + 3]) for i in range(0, 3 * k, 3)]
         for j, p in enumerate(planes):
-            if not _plane_ok(p, n * widths[j]):
-                _check_plane(p, n * widths[j], f"tensor {name!r} chunk {c} plane {j}")  # raises
+            _check_plane(p, n * widths[j], "tensor %r chunk %d plane %d", name, c, j)
         entry.chunks.append(Chunk(offset, check, planes))
     return entry
 
 
-def _plane_ok(p: PlaneRef, n: int) -> bool:
-    """Whether a plane record of n bytes passes _check_plane (which names what is wrong)."""
-    if p.method == METHOD_RANS0_PAIRS:
-        return p.parameter == 0 and p.length >= 35 + 1 + 1 + 4
-    if p.method == METHOD_RANS0:
-        return p.parameter == 0 and p.length >= 34 + 2 + 4
-    if p.method == METHOD_RAW:
-        return p.parameter == 0 and p.length == n
-    return p.method == METHOD_CONSTANT and p.length == 0
-
-
-def _check_plane(p: PlaneRef, n: int, where: str) -> None:
+def _check_plane(p: PlaneRef, n: int, where: str, *args) -> None:
+    """Check a plane record of n bytes; `where % args` names it, formatted only for an error (the
+    header of a big checkpoint has a plane record per chunk and plane)."""
+    problem = None
     if p.method not in METHODS:
-        raise UnsupportedFeatureError(f"{where}: unknown Method {p.method}")
+        raise UnsupportedFeatureError(f"{where % args}: unknown Method {p.method}")
     if p.method != METHOD_CONSTANT and p.parameter != 0:
-        raise FormatError(f"{where}: reserved Parameter is {p.parameter}, expected 0")
-    if p.method == METHOD_RAW and p.length != n:
-        raise FormatError(f"{where}: RAW plane of {n} bytes has Length {p.length}")
-    if p.method == METHOD_CONSTANT and p.length != 0:
-        raise FormatError(f"{where}: CONSTANT plane has Length {p.length}, expected 0")
-    if p.method == METHOD_RANS0 and p.length < 34 + 2 + 4:
-        raise FormatError(f"{where}: RANS0 stream of {p.length} bytes is shorter than its smallest table")
-    if p.method == METHOD_RANS0_PAIRS and p.length < 35 + 1 + 1 + 4:
-        raise FormatError(f"{where}: RANS0_PAIRS stream of {p.length} bytes is shorter than its smallest table")
+        problem = f"reserved Parameter is {p.parameter}, expected 0"
+    elif p.method == METHOD_RAW and p.length != n:
+        problem = f"RAW plane of {n} bytes has Length {p.length}"
+    elif p.method == METHOD_CONSTANT and p.length != 0:
+        problem = f"CONSTANT plane has Length {p.length}, expected 0"
+    elif p.method == METHOD_RANS0 and p.length < 34 + 2 + 4:
+        problem = f"RANS0 stream of {p.length} bytes is shorter than its smallest table"
+    elif p.method == METHOD_RANS0_PAIRS and p.length < 35 + 1 + 1 + 4:
+        problem = f"RANS0_PAIRS stream of {p.length} bytes is shorter than its smallest table"
+    if problem:
+        raise FormatError(f"{where % args}: {problem}")
 
 
 def _mark_hidden(source: Source, tensors: list[TensorEntry]) -> None:
