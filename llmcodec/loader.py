@@ -66,7 +66,28 @@ def check_unique(where: dict, names, shard: str, folder) -> None:
         where[name] = shard
 
 
-class LlmcodecFile:
+class _TensorFile:
+    """What `LlmcodecFile` and `ShardedFile` share, on top of their `keys`, `get_tensor` and `close`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def items(self) -> Iterator[tuple[str, object]]:
+        """(name, tensor) in order, one tensor decoded at a time."""
+        for name in self.keys():
+            yield name, self.get_tensor(name)
+
+
+class LlmcodecFile(_TensorFile):
     """An open container; see `llmcodec.open`."""
 
     def __init__(self, path, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
@@ -87,12 +108,6 @@ class LlmcodecFile:
         self.chunks_decoded = 0  # how many chunks were decoded so far: slices decode only their own
 
     # --- context and lifetime ---
-
-    def __enter__(self) -> LlmcodecFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the file; tensors already returned stay valid."""
@@ -119,17 +134,6 @@ class LlmcodecFile:
 
     def __contains__(self, name: object) -> bool:
         return name in self.reader.by_name or name in self.reader.transforms
-
-    def __len__(self) -> int:
-        return len(self.reader.names)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def items(self) -> Iterator[tuple[str, object]]:
-        """(name, tensor) in file order, one tensor decoded at a time."""
-        for name in self.keys():
-            yield name, self.get_tensor(name)
 
     def file_of(self, name: str) -> LlmcodecFile:
         """The file holding tensor `name`: this one (a `ShardedFile` answers with a shard)."""
@@ -198,7 +202,7 @@ class LlmcodecFile:
         return to_torch(array, self.device)
 
 
-class ShardedFile:
+class ShardedFile(_TensorFile):
     """An encoded checkpoint folder opened as one file (see `llmcodec.open`): the tensors of all
     its `*.llmc` shards, in shard order then file order, each read from its own shard. A tensor
     name found in two shards is a `FormatError`. `metadata()` holds the entries every shard has
@@ -221,12 +225,6 @@ class ShardedFile:
             self.close()
             raise
 
-    def __enter__(self) -> ShardedFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def close(self) -> None:
         """Release every shard; tensors already returned stay valid."""
         for shard in self.shards:
@@ -245,17 +243,6 @@ class ShardedFile:
 
     def __contains__(self, name: object) -> bool:
         return name in self._where
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def items(self) -> Iterator[tuple[str, object]]:
-        """(name, tensor) in order, one tensor decoded at a time."""
-        for name in self.keys():
-            yield name, self.get_tensor(name)
 
     def file_of(self, name: str) -> LlmcodecFile:
         """The shard holding tensor `name`."""

@@ -69,19 +69,20 @@ def load_model(model, path, *, strict: bool = True, threads: int | None = None) 
             target = state[name].data
             shard = f.file_of(name)
             rebuilt = shard.transform(name)
-            shape = tuple(rebuilt.shape) if rebuilt else shard.entry(name).shape
+            entry = None if rebuilt else shard.entry(name)
+            shape, kind, dtype = ((tuple(rebuilt.shape), rebuilt.dtype, transforms.FLOAT_DTYPES[rebuilt.dtype])
+                                  if rebuilt else (entry.shape, entry.dtype.name, entry.dtype.numpy))
             if tuple(target.shape) != shape or not target.is_contiguous() or target.device.type != "cpu":
                 raise InvalidArgumentError(f"{name}: file has shape {list(shape)}, the model "
                                            f"{list(target.shape)} (or it is not a contiguous CPU tensor)")
             out = to_numpy(target)
-            kind = rebuilt.dtype if rebuilt else shard.entry(name).dtype.name
-            if out.dtype != (transforms.FLOAT_DTYPES[kind] if rebuilt else shard.entry(name).dtype.numpy):
+            if out.dtype != dtype:
                 raise InvalidArgumentError(f"{name}: file has dtype {kind}, the model {target.dtype}")
             with torch.no_grad():
                 if rebuilt:
                     out[...] = shard.reader.rebuild(name)
                 else:
-                    shard.reader.read_raw(shard.entry(name), out=out.reshape(-1).view(np.uint8))
+                    shard.reader.read_raw(entry, out=out.reshape(-1).view(np.uint8))
     return missing, unexpected
 
 
