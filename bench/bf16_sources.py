@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table, write_section  # noqa: E402
+from common import machine, markdown_table, median_time, write_section  # noqa: E402
 from limits import zipnn_size  # noqa: E402
 from weights import ensure_packages, minilm_files  # noqa: E402
 
@@ -43,16 +42,6 @@ def conditional_bytes(symbols: np.ndarray, context: np.ndarray) -> float:
     """H(symbols | context) x count / 8: the joint entropy minus the context's."""
     joint = context.astype(np.int64) * (int(symbols.max()) + 1) + symbols
     return entropy_bytes(joint) - entropy_bytes(context)
-
-
-def best_time(fn, repeat: int = 30) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -79,11 +68,11 @@ def main() -> None:
             rows = codec.chunk_rows([big])[:1]
             out = np.empty(n * 2, np.uint8)
             data = reader._data
-            t_chunk = best_time(lambda: kernels.decode_chunks(data, rows, np.zeros(1, np.int64), out))
+            t_chunk = median_time(lambda: kernels.decode_chunks(data, rows, np.zeros(1, np.int64), out), 30)
             mantissa = codec.decode_planes(data, big.chunks[0], big, n, "bench")[1]
             coded = models.encode_plane(mantissa, methods=[kernels.RANS0], min_gain=float("-inf"))
             plane, table = np.empty(n, np.uint8), np.empty(1 << 14, np.int64)
-            t_mantissa = best_time(lambda: kernels._decode_plane(coded.stream, kernels.RANS0, n, plane, table))
+            t_mantissa = median_time(lambda: kernels._decode_plane(coded.stream, kernels.RANS0, n, plane, table), 30)
 
     h = {"exp": 0.0, "exp 256K": 0.0, "exp 64K": 0.0, "prev": 0.0, "tensor": 0.0, "above": 0.0, "rowmax": 0.0}
     gain = {"top 1 bit": 0.0, "top 2 bits": 0.0, "top 3 bits": 0.0, "whole mantissa": 0.0,
