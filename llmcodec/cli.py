@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -21,9 +22,37 @@ from .errors import LlmcodecError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Lossless compression of neural-network weight files (safetensors, GGUF).")
 
-Threads = typer.Option(None, "--threads", "-T", min=1, help="Worker threads [default: $LLMCODEC_THREADS or all cores].")
-Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar.")
-Force = typer.Option(False, "--force", "-f", help="Overwrite an existing output.")
+Threads = typer.Option(None, "--threads", "-T", min=0, help="Worker threads; 0: all usable cores.",
+                       show_default="$LLMCODEC_THREADS, else all usable cores")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar, no notes on stderr.")
+Force = typer.Option(False, "--force", "-f", help="Replace an existing output file, or a folder that holds only "
+                     "an earlier output of the same command.")
+Output = typer.Option(None, "--output", "-o", help="Output file or folder; - for standard output.")
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding like Ctrl-C (so temporary outputs are removed) but exiting 143."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from .format import MAJOR_VERSION, MINOR_VERSION
+
+        typer.echo(f"llmcodec {version('llmcodec')} (container format {MAJOR_VERSION}.{MINOR_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Lossless compression of neural-network weight files (safetensors, GGUF)."""
 
 
 def _fail(message: str) -> None:
@@ -33,7 +62,7 @@ def _fail(message: str) -> None:
 
 @contextlib.contextmanager
 def _errors():
-    """Turn expected failures into one line on stderr and exit code 1."""
+    """Turn expected failures into one line on stderr and exit code 1; Ctrl-C exits 130, SIGTERM 143."""
     try:
         yield
     except LlmcodecError as exc:
@@ -44,14 +73,15 @@ def _errors():
         _fail(f"{exc.filename}: is a folder")
     except OSError as exc:
         _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        typer.echo("llmcodec: interrupted", err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        typer.echo("llmcodec: " + ("terminated" if isinstance(exc, Terminated) else "interrupted"), err=True)
+        raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from None
 
 
 @contextlib.contextmanager
 def _progress(description: str, total: int, quiet: bool):
-    """A byte-count progress bar on stderr, or nothing when quiet or not on a terminal."""
+    """A progress bar on stderr counting original (decoded) bytes against their total, or nothing
+    when quiet or not on a terminal."""
     if quiet or not sys.stderr.isatty():
         yield None
         return
@@ -77,53 +107,107 @@ def _check_input(path: Path) -> None:
         _fail(f"{path}: no such file or folder")
 
 
-def _note_first_compile(kernel: str, quiet: bool) -> None:
-    """One line on stderr when numba holds no compiled code on disk for `kernel`: the first run
-    after installing compiles the kernels, silently and for a while, which looks like a hang."""
-    if quiet:
-        return
+# The kernels every command may run; when numba holds no compiled code for one of them, all are
+# compiled before any progress bar starts (see _prepare_kernels).
+_KERNELS = ("encode_chunk", "decode_chunks")
+
+
+def _kernels_cached() -> bool:
+    """Whether numba has compiled code on disk for every kernel in _KERNELS (when numba's
+    internals differ from what this peeks at: assume so, and say nothing)."""
     try:
         from . import kernels
 
-        warm = bool(getattr(kernels, kernel)._cache._cache_file._load_index())
-    except Exception:  # numba's internals differ from what this peeks at: say nothing
+        return all(getattr(kernels, k)._cache._cache_file._load_index() for k in _KERNELS)
+    except Exception:
+        return True
+
+
+def _prepare_kernels(quiet: bool) -> None:
+    """The first run after installing compiles the kernels (about half a minute): say so, once,
+    with a spinner on a terminal, and compile every kernel now, so that no progress bar sits frozen
+    and no later command compiles again."""
+    if _kernels_cached():
         return
-    if not warm:
-        typer.echo("llmcodec: compiling its kernels, once after installing (about half a minute)", err=True)
+    message = "compiling its kernels, once after installing (about half a minute)"
+    if quiet:
+        _compile_kernels()
+    elif sys.stderr.isatty():
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"llmcodec: {message}"):
+            _compile_kernels()
+    else:
+        typer.echo(f"llmcodec: {message}", err=True)
+        _compile_kernels()
+
+
+def _compile_kernels() -> None:
+    """Encode and decode a small file of each plane layout, through the paths commands use."""
+    import tempfile
+
+    import numpy as np
+
+    from . import files, safetensors_io
+
+    with tempfile.TemporaryDirectory(prefix="llmcodec-compile-") as tmp:
+        src, dst = Path(tmp, "k.safetensors"), Path(tmp, "k.llmc")
+        values = np.linspace(-1, 1, 4096, dtype=np.float32)
+        arrays = {"F32": values, "BF16": (values.view(np.uint32) >> 16).astype(np.uint16), "F16": values.astype(np.float16),
+                  "U8": np.arange(4096, dtype=np.uint8)}
+        entries = [(name, name, (4096,), a.nbytes) for name, a in arrays.items()]
+        src.write_bytes(safetensors_io.build_header(entries, {}) + b"".join(a.tobytes() for a in arrays.values()))
+        files.encode_file(src, dst, threads=1)
+        files.verify_file(dst, threads=1)
 
 
 def _check_output(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        _fail(f"{path} already exists; use --force to overwrite it")
+    """An existing output needs --force; a device, FIFO or `-` is written into, not replaced."""
+    from .output import is_stream
+
+    if os.path.lexists(path) and not force and not is_stream(path):
+        _fail(f"{path} already exists; use --force to replace it")
+
+
+def _report(src: Path, dst: Path, what: str = "") -> None:
+    """The closing line on stderr: `src -> dst`, and the output's size against the input's."""
+    from .output import is_stream
+
+    if is_stream(dst):
+        typer.echo(f"{src} -> {dst}", err=True)
+    else:
+        typer.echo(f"{src} -> {dst}: {_size(dst) / max(_size(src), 1):.2%} of the original{what}", err=True)
 
 
 @app.command()
 def encode(
     src: Path = typer.Argument(..., help="A .safetensors or .gguf file, or a folder with a sharded checkpoint."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Output [default: x.safetensors -> x.llmc]."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output file or folder; - for standard output.",
+                                       show_default="x.safetensors -> x.llmc, folder m -> m.llmc"),
     threads: int | None = Threads,
-    chunk_size: int | None = typer.Option(None, "--chunk-size", min=1,
-                                             help="Bytes of tensor data per chunk [default: 1 MiB]."),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", min=1, help="Bytes of tensor data per chunk.",
+                                          show_default="1 MiB"),
     force: bool = Force,
     quiet: bool = Quiet,
 ) -> None:
     """Compress a checkpoint losslessly."""
-    from . import files
+    with _errors():
+        from . import files
 
-    _check_input(src)
-    dst = output or files.encoded_name(src)
-    _check_output(dst, force)
-    _note_first_compile("encode_chunk", quiet)
-    with _errors(), _progress(f"encode {src.name}", _size(src), quiet) as progress:
-        files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress)
+        _check_input(src)
+        dst = output or files.encoded_name(src)
+        _check_output(dst, force)
+        _prepare_kernels(quiet)
+        with _progress(f"encode {src.name}", _size(src), quiet) as progress:
+            files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress)
     if not quiet:
-        typer.echo(f"{src} -> {dst}: {_size(dst) / max(_size(src), 1):.2%} of the original", err=True)
+        _report(src, dst)
 
 
 @app.command()
 def quantize(
     src: Path = typer.Argument(..., help="A .safetensors file."),
-    output: Path = typer.Option(..., "--output", "-o", help="The .llmc file to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .llmc file to write; - for standard output."),
     bits: int = typer.Option(8, "--bits", help="8 or 4."),
     group_size: int = typer.Option(128, "--group-size", min=0,
                                    help="Columns sharing a scale; 0: one scale per row (output channel)."),
@@ -142,7 +226,7 @@ def quantize(
 @app.command()
 def factorize(
     src: Path = typer.Argument(..., help="A .safetensors file."),
-    output: Path = typer.Option(..., "--output", "-o", help="The .llmc file to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .llmc file to write; - for standard output."),
     rank: int | None = typer.Option(None, "--rank", min=1, help="Keep this many singular values."),
     energy: float | None = typer.Option(None, "--energy", min=0.0, max=1.0,
                                         help="Keep the fewest singular values holding this share of the energy."),
@@ -157,41 +241,41 @@ def factorize(
 
 
 def _transform(src: Path, dst: Path, force: bool, quiet: bool, kind: str, **options) -> None:
-    from . import files
+    with _errors():
+        from . import files
 
-    _check_input(src)
-    _check_output(dst, force)
-    with _errors(), _progress(f"{kind} {src.name}", _size(src), quiet) as progress:
-        done = files.transform_file(src, dst, kind, progress=progress, **options)
+        _check_input(src)
+        _check_output(dst, force)
+        _prepare_kernels(quiet)
+        with _progress(f"{kind} {src.name}", _size(src), quiet) as progress:
+            done = files.transform_file(src, dst, kind, progress=progress, **options)
     if not quiet:
         worst = max((t.relative_error for t in done.values()), default=0.0)
-        typer.echo(f"{src} -> {dst}: {_size(dst) / max(_size(src), 1):.2%} of the original; {len(done)} tensors "
-                   f"{kind}d, largest relative error {worst:.3%}", err=True)
+        _report(src, dst, f"; {len(done)} tensors {kind}d, largest relative error {worst:.3%}")
 
 
 @app.command()
 def decode(
     src: Path = typer.Argument(..., help="A .llmc file or folder."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Output [default: x.llmc -> x.safetensors]."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output file or folder; - for standard output.",
+                                       show_default="x.llmc -> its original's name, folder m.llmc -> m"),
     threads: int | None = Threads,
     force: bool = Force,
     quiet: bool = Quiet,
 ) -> None:
     """Restore the original checkpoint, byte-identical (its SHA-256 is checked)."""
-    from . import files
-    from .container import ContainerReader
-
-    _check_input(src)
     with _errors():
+        from . import files
+        from .container import ContainerReader
+
+        _check_input(src)
         if output is None and not src.is_dir():
             with ContainerReader(src) as reader:
                 output = files.decoded_name(src, reader.source.kind)
-                total = reader.source.original_size or sum(t.nbytes for t in reader.tensors)
-        else:
-            output = output or files.decoded_name(src)
-            total = _size(src)
+        output = output or files.decoded_name(src)
         _check_output(output, force)
-        _note_first_compile("decode_chunks", quiet)
+        total = files.original_bytes(src)
+        _prepare_kernels(quiet)
         with _progress(f"decode {src.name}", total, quiet) as progress:
             files.decode_file(src, output, threads=threads, progress=progress)
     if not quiet:
@@ -205,12 +289,14 @@ def verify(
     quiet: bool = Quiet,
 ) -> None:
     """Decode everything in memory and check every checksum; exit 0 only if all is right."""
-    from . import files
+    with _errors():
+        from . import files
 
-    _check_input(src)
-    _note_first_compile("decode_chunks", quiet)
-    with _errors(), _progress(f"verify {src.name}", _size(src), quiet) as progress:
-        files.verify_file(src, threads=threads, progress=progress)
+        _check_input(src)
+        total = files.original_bytes(src)
+        _prepare_kernels(quiet)
+        with _progress(f"verify {src.name}", total, quiet) as progress:
+            files.verify_file(src, threads=threads, progress=progress)
     if not quiet:
         typer.echo(f"{src}: OK", err=True)
 
@@ -222,15 +308,19 @@ def info(
     limits: bool = typer.Option(False, "--limits", help="Also show how far each plane is from its entropy "
                                 "limits: order-0, conditioned on each context tried, and adaptive."),
     threads: int | None = Threads,
+    quiet: bool = Quiet,
 ) -> None:
     """Per tensor: dtype, shape, sizes, ratio, and per plane its coded bits next to its entropy."""
-    from . import files
-    from .loader import shard_paths
-
-    _check_input(src)
     with _errors():
+        from . import files
+        from .loader import shard_paths
+
+        _check_input(src)
         paths = shard_paths(src) if src.is_dir() else [src]
-        shards = [files.file_stats(p, threads=threads, limits=limits) for p in paths]
+        total = files.original_bytes(src)
+        _prepare_kernels(quiet)
+        with _progress(f"info {src.name}", total, quiet) as progress:
+            shards = [files.file_stats(p, threads=threads, limits=limits, progress=progress) for p in paths]
     if as_json:
         for stats in shards:
             stats["tensors"] = [_without_none(dict(dataclasses.asdict(t), ratio=t.ratio)) for t in stats["tensors"]]
@@ -299,7 +389,7 @@ def _echo_table(title: str, header: tuple, rows: list, total: tuple, right: rang
 
 
 def main() -> None:
-    # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out.
+    # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out; exit 143.
     signal.signal(signal.SIGTERM, _terminate)
     # A warm start (numba, typer's pydantic) allocates ~185,000 objects that live until exit: collect
     # only after more new objects than that, and not at exit, where the interpreter's collections would
@@ -312,7 +402,7 @@ def main() -> None:
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 if __name__ == "__main__":

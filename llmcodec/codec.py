@@ -20,7 +20,8 @@ DEFAULT_CHUNK_SIZE = 1 << 20  # bytes of raw tensor data per chunk
 
 
 def resolve_threads(threads: int | None) -> int:
-    """`threads`, else $LLMCODEC_THREADS, else every core."""
+    """`threads`, else $LLMCODEC_THREADS, else every usable core; 0 means every usable core (as
+    zstd's -T0)."""
     if threads is None:
         env = os.environ.get("LLMCODEC_THREADS")
         if env:
@@ -29,10 +30,18 @@ def resolve_threads(threads: int | None) -> int:
             except ValueError:
                 raise InvalidArgumentError(f"LLMCODEC_THREADS must be a whole number, not {env!r}") from None
         else:
-            threads = os.cpu_count() or 1
-    if threads < 1:
-        raise InvalidArgumentError(f"threads must be >= 1, not {threads}")
-    return threads
+            threads = 0
+    if threads < 0:
+        raise InvalidArgumentError(f"threads must be >= 0 (0: every usable core), not {threads}")
+    return threads or usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as `taskset` sets it), not all the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 def chunk_elements(chunk_size: int | None, itemsize: int) -> int:

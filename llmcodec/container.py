@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import codec, dtypes, format, kernels, transforms
-from .atomic import AtomicFile
+from .output import open_output
 from .errors import ChecksumError, FormatError, InvalidArgumentError, LlmcodecError, TruncatedError
 from .format import Chunk, Header, Limits, Segment, Source, TensorEntry
 
@@ -59,13 +59,14 @@ class ContainerWriter:
     Use as a context manager; an exception inside the block removes the temporary file.
     """
 
-    def __init__(self, path, *, threads: int | None = None, chunk_size: int | None = None):
+    def __init__(self, path, *, threads: int | None = None, chunk_size: int | None = None,
+                 mode: int | None = None):
         self.path = Path(path)
         self.threads = codec.resolve_threads(threads)
         self.chunk_size = chunk_size
         self.tensors: list[TensorEntry] = []
         self.segments: list[Segment] = []
-        self._out = AtomicFile(self.path)
+        self._out = open_output(self.path, seekable=True, mode=mode)  # mode: permission bits
         self._file = self._out  # writes that fail (a full disk) name the destination
         with self._out:  # a failure here, outside the caller's `with`, still removes the file
             self._file.write(bytes(format.PREAMBLE_SIZE))

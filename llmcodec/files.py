@@ -12,22 +12,20 @@ import hashlib
 import math
 import os
 import shutil
-import tempfile
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import dtypes, format, gguf_io, safetensors_io, transforms
-from .atomic import AtomicFile
+from . import dtypes, folders, format, gguf_io, output, safetensors_io, transforms
 from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
 from .format import Limits
 
-SUFFIX = ".llmc"
+SUFFIX = folders.SUFFIX
 SOURCE_SUFFIX = {format.SOURCE_SAFETENSORS: ".safetensors", format.SOURCE_ARRAYS: ".safetensors",
                  format.SOURCE_GGUF: ".gguf"}
-CHECKPOINT_SUFFIXES = (".safetensors", ".gguf")  # files a folder's encoding compresses
 BLOB_PIECE = 16 << 20  # blobs are read and stored in pieces of at most this many bytes
 CODED_BLOB_MIN = 64 << 10  # non-tensor bytes of at least this many are coded (a hidden U8 tensor)
 
@@ -50,9 +48,12 @@ def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | 
                 progress=None) -> Path:
     """Encode a safetensors or GGUF file, or a folder holding a sharded checkpoint, losslessly.
 
-    A folder becomes a folder: each `*.safetensors` and `*.gguf` is encoded to `*.llmc`, every
-    other file is copied. `progress(nbytes)` is called as source bytes are consumed. Returns the output path;
-    the output appears only when complete (an existing one is replaced).
+    A folder becomes a folder (see `llmcodec.folders`): each `*.safetensors` and `*.gguf` at any
+    depth is encoded to `*.llmc`, every other file is copied; a folder with no checkpoint file is an
+    error. `progress(nbytes)` is called as source bytes are consumed. Returns the output path; the
+    output appears only when complete (see `llmcodec.output`: a device, FIFO or `-` is written
+    into), with the input's permission bits; an existing output folder is replaced only when it
+    holds nothing but what this encode writes.
 
     >>> llmcodec.encode_file("model.safetensors")            # doctest: +SKIP
     PosixPath('model.llmc')
@@ -60,8 +61,16 @@ def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | 
     src = Path(src)
     dst = encoded_name(src) if dst is None else Path(dst)
     if src.is_dir():
-        _map_folder(src, dst, lambda p: p.with_suffix(SUFFIX) if p.suffix in CHECKPOINT_SUFFIXES else None,
-                    lambda a, b: _encode_one(a, b, threads, chunk_size, progress), progress)
+        folders.check_destination(src, dst)
+        converted = set(folders.source_files(src))
+        targets = _plan(src, lambda rel: rel.with_suffix(SUFFIX) if rel in converted else rel)
+
+        def build(out: Path, rel: Path) -> None:
+            if rel in converted:
+                _encode_one(src / rel, out, threads, chunk_size, progress)
+            else:
+                _copy(src / rel, out, progress)
+        folders.write_folder(dst, targets, build, f"encoding {src}")
     else:
         _encode_one(src, dst, threads, chunk_size, progress)
     return dst
@@ -71,20 +80,76 @@ def decode_file(src, dst=None, *, threads: int | None = None, progress=None) -> 
     """Write back the original of an encoded file or folder, byte-identical, SHA-256 checked.
 
     A container made by `save_file` (no original file) decodes to a safetensors file of its
-    tensors and metadata. Returns the output path.
+    tensors and metadata. Returns the output path. Outputs are written as `encode_file` writes
+    them; decoding to a device, FIFO or `-` streams the original there (a checksum failure is
+    then reported after the bytes went out).
     """
     src = Path(src)
     if src.is_dir():
         dst = decoded_name(src) if dst is None else Path(dst)
-        _map_folder(src, dst, lambda p: _decoded_member(src, p),
-                    lambda a, b: _decode_one(a, b, threads, progress), progress)
+        folders.check_destination(src, dst)
+        shards = {p.relative_to(src) for p in folders.shards(src)}
+        targets = _plan(src, lambda rel: rel.with_suffix(_original_suffix(src / rel)) if rel in shards else rel)
+
+        def build(out: Path, rel: Path) -> None:
+            if rel in shards:
+                _decode_one(src / rel, out, threads, progress)
+            else:
+                _copy(src / rel, out, progress)
+        folders.write_folder(dst, targets, build, f"decoding {src}")
         return dst
     with ContainerReader(src, threads=threads) as reader:
         dst = decoded_name(src, reader.source.kind) if dst is None else Path(dst)
-        with AtomicFile(dst) as out:
-            _write_original(reader, out.write, progress)
-            out.commit()
+        _write_to(reader, dst, _mode_of(src), progress)
     return dst
+
+
+def original_bytes(src) -> int:
+    """Bytes `decode` writes (and `verify` checks) for an encoded file or folder: the originals'
+    sizes, from the headers, and the copied files' sizes."""
+    src = Path(src)
+    if not src.is_dir():
+        with ContainerReader(src) as reader:
+            return _original_size(reader)
+    shards = set(folders.shards(src))
+    return sum(_original_bytes_one(src / rel, src / rel in shards) for rel in folders.walk(src))
+
+
+def _original_bytes_one(path: Path, shard: bool) -> int:
+    if not shard:
+        return path.stat().st_size
+    with ContainerReader(path) as reader:
+        return _original_size(reader)
+
+
+def _original_size(reader: ContainerReader) -> int:
+    if reader.source.kind != format.SOURCE_ARRAYS:
+        return reader.source.original_size
+    return sum(t.nbytes for t in reader.tensors)  # rebuilt tensors are not counted: an estimate
+
+
+def _plan(src: Path, rename) -> dict[Path, Path]:
+    """Output path -> source file, for every file of folder `src`; two files that `rename` maps
+    to one output (`a.safetensors` and `a.gguf`, or `a.llmc` beside a copied `a.safetensors`)
+    are an error."""
+    targets: dict[Path, Path] = {}
+    for rel in folders.walk(src):
+        out = rename(rel)
+        if out in targets:
+            raise InvalidArgumentError(f"{src}: both {targets[out]} and {rel} would become {out}")
+        targets[out] = rel
+    return targets
+
+
+def _copy(src: Path, dst: Path, progress) -> None:
+    shutil.copy2(src, dst)
+    if progress is not None:
+        progress(src.stat().st_size)
+
+
+def _mode_of(path: Path) -> int:
+    """The permission bits of an input, for its output."""
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128, scheme: str = "symmetric",
@@ -143,7 +208,7 @@ def verify_file(src, *, threads: int | None = None, progress=None, limits: Limit
     """
     src = Path(src)
     if src.is_dir():
-        for path in sorted(src.rglob(f"*{SUFFIX}")):
+        for path in folders.shards(src):
             verify_file(path, threads=threads, progress=progress, limits=limits)
         return
     with ContainerReader(src, threads=threads, limits=limits) as reader:
@@ -325,7 +390,8 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
                 items.append(TensorSource(name, dtype, shape, _file_reader(fd, begin)))
             pos = end
         items += blobs(pos, size)
-        with ContainerWriter(dst, threads=threads, chunk_size=chunk_size) as writer:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        with ContainerWriter(dst, threads=threads, chunk_size=chunk_size, mode=mode) as writer:
             writer.add_many(items, consumed, segments=True)
             if os.fstat(fd).st_size != size:
                 raise InvalidArgumentError(f"{src}: file changed size while being encoded")
@@ -373,7 +439,12 @@ def _file_reader(fd: int, base: int):
 
 
 def _decode_one(src: Path, dst: Path, threads, progress) -> None:
-    with ContainerReader(src, threads=threads) as reader, AtomicFile(dst) as out:
+    with ContainerReader(src, threads=threads) as reader:
+        _write_to(reader, dst, _mode_of(src), progress)
+
+
+def _write_to(reader: ContainerReader, dst: Path, mode: int, progress) -> None:
+    with output.open_output(dst, mode=mode) as out:
         _write_original(reader, out.write, progress)
         out.commit()
 
@@ -418,53 +489,10 @@ def _write_original(reader: ContainerReader, write, progress) -> None:
                             f"the original had {source.original_sha256.hex()} ({source.original_size} bytes)")
 
 
-# --- folders -------------------------------------------------------------------------------------
+# --- folders ---------------------------------------------------------------------------------------
 
 
-def _map_folder(src: Path, dst: Path, rename, convert, progress) -> None:
-    """Build `dst` from folder `src`: each file whose relative path `rename` maps to a new one is
-    converted to it, every other file (`rename` gives None) copied. `dst` appears only when complete."""
-    files = sorted(p for p in src.rglob("*") if p.is_file())
-    targets = {}
-    for p in files:
-        rel = p.relative_to(src)
-        new = rename(rel)
-        out = rel if new is None else new
-        if out in targets:
-            raise InvalidArgumentError(f"{src}: both {targets[out][0]} and {rel} would become {out}")
-        targets[out] = (rel, new is not None)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
-    try:
-        for out, (rel, converted) in targets.items():
-            (tmp / out).parent.mkdir(parents=True, exist_ok=True)
-            if converted:
-                convert(src / rel, tmp / out)
-            else:
-                shutil.copy2(src / rel, tmp / out)
-                if progress is not None:
-                    progress((src / rel).stat().st_size)
-        _replace_folder(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _decoded_member(folder: Path, rel: Path) -> Path | None:
-    """A container's name in a decoded folder: its original's suffix (`.gguf` or `.safetensors`)."""
-    if rel.suffix != SUFFIX:
-        return None
-    with ContainerReader(folder / rel) as reader:
-        return rel.with_suffix(SOURCE_SUFFIX.get(reader.source.kind, ".safetensors"))
-
-
-def _replace_folder(tmp: Path, dst: Path) -> None:
-    """Move the finished folder `tmp` to `dst`, replacing what is there."""
-    if dst.is_dir():
-        old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
-        os.replace(dst, old / "x")
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if dst.exists():
-            dst.unlink()
-        os.replace(tmp, dst)
+def _original_suffix(path: Path) -> str:
+    """A container's suffix in a decoded folder: its original's (`.gguf` or `.safetensors`)."""
+    with ContainerReader(path) as reader:
+        return SOURCE_SUFFIX.get(reader.source.kind, ".safetensors")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import transforms
+from . import folders, transforms
 from .container import ContainerReader
 from .errors import FormatError, InvalidArgumentError, LimitExceededError, TensorNotFoundError
+from .folders import is_folder
 from .format import Limits, TensorEntry
 
 FRAMEWORKS = ("np", "numpy", "pt", "torch")
@@ -46,16 +47,9 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     return LlmcodecFile(path, framework, device, threads=threads, limits=limits, max_memory=max_memory)
 
 
-def is_folder(path) -> bool:
-    return isinstance(path, (str, os.PathLike)) and os.path.isdir(path)
-
-
 def shard_paths(folder) -> list[Path]:
-    """The `.llmc` files directly in `folder`, by name (shards `-00001-of-000NN` sort in order)."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix == ".llmc" and p.is_file())
-    if not paths:
-        raise InvalidArgumentError(f"{folder}: a folder with no .llmc files in it")
-    return paths
+    """The containers of an encoded folder, as every door reads them (`llmcodec.folders.shards`)."""
+    return folders.shards(folder)
 
 
 def check_unique(where: dict, names, shard: str, folder) -> None:
@@ -204,7 +198,7 @@ class LlmcodecFile(_TensorFile):
 
 class ShardedFile(_TensorFile):
     """An encoded checkpoint folder opened as one file (see `llmcodec.open`): the tensors of all
-    its `*.llmc` shards, in shard order then file order, each read from its own shard. A tensor
+    its `*.llmc` shards (subfolders included: `llmcodec.folders`), in shard order then file order, each read from its own shard. A tensor
     name found in two shards is a `FormatError`. `metadata()` holds the entries every shard has
     with the same value (a sharded checkpoint repeats its metadata in each shard)."""
 

@@ -274,12 +274,12 @@ def test_an_exception_anywhere_in_encode_removes_the_temporary_file(tmp_path, mo
     st_save(weights(), src)
     dst = tmp_path / "m.llmc"
     dst.write_bytes(b"old")
-    from llmcodec import atomic, codec
+    from llmcodec import codec, output
     from llmcodec import format as fmt
 
     def boom(*args):
         raise RuntimeError("boom")
-    target = {"encode_chunk": codec, "serialize_header": fmt, "replace": atomic.os}[where]
+    target = {"encode_chunk": codec, "serialize_header": fmt, "replace": output.os}[where]
     monkeypatch.setattr(target, where, boom)
     with pytest.raises(RuntimeError, match="boom"):
         files.encode_file(src, dst, chunk_size=512)
