@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from .errors import InvalidArgumentError
-from .output import UMASK
+from .output import UMASK, is_stream
 
 SUFFIX = ".llmc"
 CHECKPOINT_SUFFIXES = (".safetensors", ".gguf")  # the files a folder's encoding compresses
@@ -88,7 +88,10 @@ def _listing(files: list[Path]) -> str:
 
 
 def check_destination(src: Path, dst: Path) -> None:
-    """Refuse a destination folder that overlaps its source (inside it, or holding it)."""
+    """Refuse a destination for a folder that is a stream (`-`, a device, a FIFO) or overlaps its
+    source (inside it, or holding it)."""
+    if is_stream(dst):
+        raise InvalidArgumentError(f"{dst}: a folder is written to a folder, not to a stream or device")
     a, b = Path(os.path.realpath(src)), Path(os.path.realpath(dst))
     if a == b or a in b.parents or b in a.parents:
         raise InvalidArgumentError(f"{dst}: the output folder cannot be inside the folder {src} or hold it")
