@@ -123,9 +123,12 @@ def _original_bytes_one(path: Path, shard: bool) -> int:
 
 
 def _original_size(reader: ContainerReader) -> int:
+    """The original file's size; for `save_file`'s containers, the tensor bytes decode writes
+    (stored and rebuilt; the safetensors header it adds is not counted)."""
     if reader.source.kind != format.SOURCE_ARRAYS:
         return reader.source.original_size
-    return sum(t.nbytes for t in reader.tensors)  # rebuilt tensors are not counted: an estimate
+    rebuilt = sum(math.prod(t.shape) * transforms.FLOAT_DTYPES[t.dtype].itemsize for t in reader.transforms.values())
+    return sum(t.nbytes for t in reader.tensors) + rebuilt
 
 
 def _plan(src: Path, rename) -> dict[Path, Path]:

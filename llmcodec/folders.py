@@ -128,8 +128,13 @@ def write_folder(dst: Path, targets: dict, build, what: str) -> None:
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name[:200]}.", suffix=".tmp"))
     try:
         for out, value in targets.items():
-            (tmp / out).parent.mkdir(parents=True, exist_ok=True)
-            build(tmp / out, value)
+            try:
+                (tmp / out).parent.mkdir(parents=True, exist_ok=True)
+                build(tmp / out, value)
+            except OSError as exc:  # name the user's destination, not the hidden folder
+                if exc.errno is not None and os.fspath(exc.filename or "").startswith(os.fspath(tmp)):
+                    raise type(exc)(exc.errno, exc.strerror, os.fspath(dst / out)) from None
+                raise
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp made it 0700
         check_replaceable(dst, targets, what)  # again: the user may have added files meanwhile
         _replace(tmp, dst)

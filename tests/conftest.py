@@ -29,3 +29,24 @@ def roundtrip(tmp_path):
         return path
 
     return run
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every write to a file opened with os.fdopen (llmcodec's output files) fails with ENOSPC."""
+    import errno
+    import os
+
+    fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.file = fdopen(fd, mode)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)

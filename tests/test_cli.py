@@ -1,6 +1,5 @@
 """The command line: exit codes, one-line errors, default names, --force, no partial output."""
 
-import errno
 import hashlib
 import json
 import os
@@ -179,23 +178,10 @@ def test_interrupted_encode_removes_its_temporary_file(tmp_path):
 
 
 @pytest.mark.parametrize("force", [False, True])
-def test_full_disk_is_one_line_and_leaves_no_partial_output(model, tmp_path, monkeypatch, force):
+def test_full_disk_is_one_line_and_leaves_no_partial_output(model, tmp_path, full_disk, force):
     out = tmp_path / "model.llmc"
     if force:
         out.write_bytes(b"old")
-    fdopen = os.fdopen
-
-    class FullDisk:
-        def __init__(self, fd, mode):
-            self.file = fdopen(fd, mode)
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-    monkeypatch.setattr(os, "fdopen", FullDisk)
     r = run("encode", model, "-q", *(["--force"] if force else []))
     assert r.exit_code == 1
     assert r.output.strip().splitlines() == [f"llmcodec: error: {out}: No space left on device"]

@@ -396,3 +396,11 @@ def test_sha_of_a_decoded_fifo_stream_matches(model, encoded, tmp_path):
     reader = FifoReader(fifo)
     files.decode_file(encoded, fifo)
     assert hashlib.sha256(reader.join()).digest() == hashlib.sha256(model.read_bytes()).digest()
+
+
+def test_a_full_disk_in_a_folder_names_the_users_path(model, tmp_path, full_disk):
+    folder = _folder(tmp_path, model)
+    r = run("encode", folder, "-q")
+    assert r.exit_code == 1
+    assert r.output.strip() == f"llmcodec: error: {tmp_path / 'ck.llmc' / 'sub' / 'nested.llmc'}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -152,7 +152,7 @@ def test_threads_from_environment(tmp_path, monkeypatch):
     with pytest.raises(llmcodec.InvalidArgumentError, match="LLMCODEC_THREADS"):
         resolve_threads(None)
     with pytest.raises(llmcodec.InvalidArgumentError):
-        resolve_threads(0)
+        resolve_threads(-1)
 
 
 @pytest.mark.parametrize("bad,match", [
