@@ -1,0 +1,25 @@
+"""The numbers numba freezes into the kernels are copies (numba reads module globals at compile
+time): each copy must equal the one owner's, or the kernels would decode another format."""
+
+from llmcodec import dtypes, format, kernels
+
+
+def test_kernels_methods_are_the_specs():
+    assert (kernels.RAW, kernels.CONSTANT, kernels.RANS0, kernels.RANS0_PAIRS) == (
+        format.METHOD_RAW, format.METHOD_CONSTANT, format.METHOD_RANS0, format.METHOD_RANS0_PAIRS)
+    assert set(format.METHODS) == {kernels.RAW, kernels.CONSTANT, kernels.RANS0, kernels.RANS0_PAIRS}
+
+
+def test_kernels_layouts_are_the_dtype_tables():
+    assert (kernels.BYTES, kernels.FIELDS16, kernels.FIELDS32, kernels.BLOCK_FIELDS) == (
+        dtypes.LAYOUT_BYTES, dtypes.LAYOUT_FIELDS16, dtypes.LAYOUT_FIELDS32, dtypes.LAYOUT_BLOCK_FIELDS)
+    assert set(dtypes.LAYOUT_ITEMSIZE) == {kernels.BYTES, kernels.FIELDS16, kernels.FIELDS32, kernels.BLOCK_FIELDS}
+
+
+def test_every_dtype_fits_the_kernels_descriptor_rows():
+    """A chunk descriptor has MAX_PLANES columns per plane field: no dtype may have more planes."""
+    for d in dtypes.BY_ID.values():
+        assert len(dtypes.plane_fields(d, d.default_layout)) <= kernels.MAX_PLANES, d.name
+    assert kernels.ROW_FIELDS + kernels.MAX_PLANES == kernels.ROW_SIZE
+    columns = [kernels.ROW_METHODS, kernels.ROW_PARAMS, kernels.ROW_LENGTHS, kernels.ROW_WIDTHS, kernels.ROW_FIELDS]
+    assert all(b - a == kernels.MAX_PLANES for a, b in zip(columns, columns[1:]))
