@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, write_section  # noqa: E402
 
 from llmcodec import gguf_io  # noqa: E402
-from llmcodec.files import entropy_bits  # noqa: E402
+from llmcodec.stats import entropy_bits  # noqa: E402
 
 # module -> (pip requirement, extra pip options)
 NEEDS = {

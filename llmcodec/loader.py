@@ -198,9 +198,10 @@ class LlmcodecFile(_TensorFile):
 
 class ShardedFile(_TensorFile):
     """An encoded checkpoint folder opened as one file (see `llmcodec.open`): the tensors of all
-    its `*.llmc` shards (subfolders included: `llmcodec.folders`), in shard order then file order, each read from its own shard. A tensor
-    name found in two shards is a `FormatError`. `metadata()` holds the entries every shard has
-    with the same value (a sharded checkpoint repeats its metadata in each shard)."""
+    its `*.llmc` shards (subfolders included: `llmcodec.folders`), in shard order then file order,
+    each read from its own shard. A tensor name found in two shards is a `FormatError`.
+    `metadata()` holds the entries every shard has with the same value (a sharded checkpoint
+    repeats its metadata in each shard)."""
 
     def __init__(self, folder, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
                  limits: Limits | None = None, max_memory: int | None = None):

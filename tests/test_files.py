@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file as st_save
 
 import llmcodec
-from llmcodec import files, reference
+from llmcodec import files, reference, stats
 from llmcodec.errors import ChecksumError, FormatError
 
 
@@ -207,13 +207,13 @@ def test_stats_report_entropy_and_bits(tmp_path):
     src = tmp_path / "m.safetensors"
     st_save(weights(), src)
     enc = files.encode_file(src, tmp_path / "m.llmc")
-    stats = files.file_stats(enc)
-    by_name = {t.name: t for t in stats["tensors"]}
+    info = stats.file_stats(enc)
+    by_name = {t.name: t for t in info["tensors"]}
     w = by_name["layer.0.weight"]
     raw = weights()["layer.0.weight"].view(np.uint16)
     exponent = ((raw >> 7) & 0xFF).astype(np.int64).ravel()
-    assert w.planes[0].entropy == pytest.approx(files.entropy_bits(np.bincount(exponent, minlength=256)))
-    assert w.planes[0].bits_per_symbol < 8 and stats["original_bytes"] == src.stat().st_size
+    assert w.planes[0].entropy == pytest.approx(stats.entropy_bits(np.bincount(exponent, minlength=256)))
+    assert w.planes[0].bits_per_symbol < 8 and info["original_bytes"] == src.stat().st_size
 
 
 class _FullDisk:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import llmcodec
-from llmcodec import dtypes, files, reference
+from llmcodec import dtypes, files, reference, stats
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -86,12 +86,12 @@ def test_gguf_tensors_keep_their_type_shape_and_blocks(gguf_file, tmp_path):
 def test_gguf_block_fields_are_planes(gguf_file, tmp_path):
     path, _ = gguf_file
     enc = llmcodec.encode_file(path, tmp_path / "model.llmc", chunk_size=1 << 20)
-    stats = {t.name: t for t in files.file_stats(enc)["tensors"]}
-    q4k = stats["blk.q4_k"]
+    by_name = {t.name: t for t in stats.file_stats(enc)["tensors"]}
+    q4k = by_name["blk.q4_k"]
     assert q4k.layout == "block_fields" and len(q4k.planes) == len(dtypes.BY_NAME["GGML_Q4_K"].fields) == 6
     assert q4k.planes[0].method_counts == {"constant": 1}  # the low byte of the shared fp16 scale
-    assert len(stats["blk.iq2_xxs"].planes) == 1  # a type without a field table: its blocks as bytes
-    (header,) = [t for name, t in stats.items() if name.startswith("[bytes 0:")]  # the GGUF header, coded
+    assert len(by_name["blk.iq2_xxs"].planes) == 1  # a type without a field table: its blocks as bytes
+    (header,) = [t for name, t in by_name.items() if name.startswith("[bytes 0:")]  # the GGUF header, coded
     assert header.dtype == "U8" and header.ratio < 0.5
     with llmcodec.open(enc) as f:
         assert header.name not in f.keys() and len(f) == len(TENSORS)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import llmcodec
-from llmcodec import files
+from llmcodec import stats
 
 CHUNK = 1000  # elements per chunk: contexts do not cross chunks
 
@@ -62,8 +62,8 @@ def test_limits_match_brute_force(tmp_path, dtype):
     w = (rng.standard_normal((100, cols)) * scales).astype(dtype)
     path = tmp_path / "w.llmc"
     llmcodec.save_file({"w": w}, path, chunk_size=CHUNK * w.dtype.itemsize)
-    stats = files.file_stats(path, limits=True)
-    (t,) = stats["tensors"]
+    info = stats.file_stats(path, limits=True)
+    (t,) = info["tensors"]
     planes = _planes(w)
     for j, plane in enumerate(t.planes):
         streams = _context_streams(planes, j, cols)
@@ -74,6 +74,6 @@ def test_limits_match_brute_force(tmp_path, dtype):
         assert (plane.best_context, plane.best_adaptive_bits) == (best, plane.contexts[best]["adaptive"])
         assert plane.entropy == pytest.approx(_entropy(streams["order0"]), abs=1e-9)
     assert t.adaptive_bytes == pytest.approx(sum(p.best_adaptive_bits for p in t.planes) * w.size / 8)
-    assert stats["adaptive_bytes"] == pytest.approx(t.adaptive_bytes)
+    assert info["adaptive_bytes"] == pytest.approx(t.adaptive_bytes)
     # the column context is the one that knows each column's scale
     assert t.planes[0].best_context == "above"

@@ -402,5 +402,6 @@ def test_a_full_disk_in_a_folder_names_the_users_path(model, tmp_path, full_disk
     folder = _folder(tmp_path, model)
     r = run("encode", folder, "-q")
     assert r.exit_code == 1
-    assert r.output.strip() == f"llmcodec: error: {tmp_path / 'ck.llmc' / 'sub' / 'nested.llmc'}: No space left on device"
+    nested = tmp_path / "ck.llmc" / "sub" / "nested.llmc"
+    assert r.output.strip() == f"llmcodec: error: {nested}: No space left on device"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

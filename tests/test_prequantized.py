@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 
 import llmcodec
-from llmcodec.files import entropy_bits
+from llmcodec.stats import entropy_bits
 
 
 def _weights(n: int) -> np.ndarray:
