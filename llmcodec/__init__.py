@@ -24,7 +24,7 @@ _LAZY = {"load_file": "api", "save_file": "api", "decode_file": "files", "encode
          "verify_file": "files", "Limits": "format", "LlmcodecFile": "loader", "ShardedFile": "loader",
          "open": "loader"}
 # Reachable as attributes without an import of their own; `llmcodec.torch` needs `import llmcodec.torch`.
-_SUBMODULES = {"api", "atomic", "codec", "container", "dtypes", "files", "format", "kernels", "loader", "models",
+_SUBMODULES = {"api", "codec", "container", "dtypes", "files", "format", "kernels", "loader", "models",
                "safetensors_io"}
 
 __all__ = [
