@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dtypes, folders, format, gguf_io, output, safetensors_io, transforms
+from . import dtypes, folders, format, output, safetensors_io, sources, transforms
 from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
 from .format import Limits
 
 SUFFIX = folders.SUFFIX
-SOURCE_SUFFIX = {format.SOURCE_SAFETENSORS: ".safetensors", format.SOURCE_ARRAYS: ".safetensors",
-                 format.SOURCE_GGUF: ".gguf"}
 BLOB_PIECE = 16 << 20  # blobs are read and stored in pieces of at most this many bytes
 CODED_BLOB_MIN = 64 << 10  # non-tensor bytes of at least this many are coded (a hidden U8 tensor)
 
@@ -39,7 +37,7 @@ def decoded_name(src: Path, source_kind: int | None = None) -> Path:
         raise InvalidArgumentError(f"{src}: name does not end in {SUFFIX}; give the output name")
     if src.is_dir():
         return src.with_suffix("")
-    return src.with_suffix(SOURCE_SUFFIX.get(source_kind, ".safetensors"))
+    return src.with_suffix(sources.decoded_suffix(source_kind))
 
 
 def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | None = None,
@@ -222,7 +220,7 @@ def verify_file(src, *, threads: int | None = None, progress=None, limits: Limit
 def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        kind, metadata, tensors = _read_source(f, size, str(src))
+        layout = sources.read_layout(f, size, str(src))
         fd = f.fileno()
         sha = hashlib.sha256()
 
@@ -231,7 +229,7 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
             if progress is not None:
                 progress(len(data))
 
-        names = {t[0] for t in tensors}
+        names = {t.name for t in layout.tensors}
 
         def blobs(start: int, stop: int) -> list:
             if stop - start >= CODED_BLOB_MIN:  # e.g. a GGUF header with its tokenizer: worth coding
@@ -244,7 +242,8 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
                     for pos in range(start, stop, BLOB_PIECE)]
 
         items, pos = [], 0
-        for name, dtype, shape, begin, end in tensors:
+        for t in layout.tensors:
+            name, dtype, shape, begin, end = t.name, t.dtype, t.shape, t.begin, t.end
             items += blobs(pos, begin)
             if dtype is None:  # a dtype llmcodec does not code: kept verbatim
                 items += blobs(begin, end)
@@ -257,29 +256,7 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
             writer.add_many(items, consumed, segments=True)
             if os.fstat(fd).st_size != size:
                 raise InvalidArgumentError(f"{src}: file changed size while being encoded")
-            writer.finish(metadata, kind, size, sha.digest())
-
-
-# ggml's one-value types, as llmcodec dtypes; every other ggml type is a block dtype (spec 4.4)
-_GGML_SCALARS = {"F32": "F32", "F16": "F16", "BF16": "BF16", "I8": "I8", "I16": "I16", "I32": "I32",
-                 "I64": "I64", "F64": "F64"}
-
-
-def _read_source(f, size: int, name: str) -> tuple[int, dict, list]:
-    """(source kind, metadata, tensors) of a safetensors or GGUF file: each tensor as (name,
-    dtype or None, shape, begin, end), by position in the file."""
-    f.seek(0)
-    if f.read(4) == gguf_io.MAGIC:
-        layout = gguf_io.read_layout(f, size, name)
-        tensors = []
-        for t in layout.tensors:
-            scalar = _GGML_SCALARS.get(t.type_name)
-            dtype = dtypes.BY_NAME[scalar] if scalar else dtypes.BY_ID[dtypes.GGML_BASE + t.ggml_type]
-            tensors.append((t.name, dtype, tuple(reversed(t.dims)), t.begin, t.end))  # ggml's ne[0] is the last axis
-        return format.SOURCE_GGUF, {}, tensors
-    layout = safetensors_io.read_layout(f, size, name)
-    return (format.SOURCE_SAFETENSORS, layout.metadata,
-            [(t.name, t.dtype, t.shape, t.begin, t.end) for t in layout.tensors])
+            writer.finish(layout.metadata, layout.kind, size, sha.digest())
 
 
 def _blob_reader(fd: int, offset: int, length: int):
@@ -357,4 +334,4 @@ def _write_original(reader: ContainerReader, write, progress) -> None:
 def _original_suffix(path: Path) -> str:
     """A container's suffix in a decoded folder: its original's (`.gguf` or `.safetensors`)."""
     with ContainerReader(path) as reader:
-        return SOURCE_SUFFIX.get(reader.source.kind, ".safetensors")
+        return sources.decoded_suffix(reader.source.kind)

@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 
 from .errors import InvalidArgumentError
 from .output import UMASK, is_stream
+from .sources import CHECKPOINT_SUFFIXES
 
 SUFFIX = ".llmc"
-CHECKPOINT_SUFFIXES = (".safetensors", ".gguf")  # the files a folder's encoding compresses
 _SHOWN = 5  # names an error lists before "and N more"
 
 
