@@ -1,4 +1,5 @@
-"""The `llmcodec` command line: argument handling only; the work is in `llmcodec.files`.
+"""The `llmcodec` command line: argument handling only; the work is in `llmcodec.files` (encode,
+decode, verify), `llmcodec.stats` (info) and `llmcodec.folders`.
 
 Expected failures print one line on stderr and exit 1; usage errors exit 2. The codec (numba) is
 imported inside the commands, so `--help` and usage errors do not load it.
@@ -266,12 +267,8 @@ def decode(
     """Restore the original checkpoint, byte-identical (its SHA-256 is checked)."""
     with _errors():
         from . import files
-        from .container import ContainerReader
 
         _check_input(src)
-        if output is None and not src.is_dir():
-            with ContainerReader(src) as reader:
-                output = files.decoded_name(src, reader.source.kind)
         output = output or files.decoded_name(src)
         _check_output(output, force)
         total = files.original_bytes(src)
@@ -312,11 +309,10 @@ def info(
 ) -> None:
     """Per tensor: dtype, shape, sizes, ratio, and per plane its coded bits next to its entropy."""
     with _errors():
-        from . import files, stats
-        from .loader import shard_paths
+        from . import files, folders, stats
 
         _check_input(src)
-        paths = shard_paths(src) if src.is_dir() else [src]
+        paths = folders.shards(src) if src.is_dir() else [src]
         total = files.original_bytes(src)
         _prepare_kernels(quiet)
         with _progress(f"info {src.name}", total, quiet) as progress:

@@ -32,11 +32,16 @@ def encoded_name(src: Path) -> Path:
 
 
 def decoded_name(src: Path, source_kind: int | None = None) -> Path:
-    """Default output of `decode`: `x.llmc` -> `x.safetensors`, folder `m.llmc` -> `m`."""
+    """Default output of `decode`: `x.llmc` -> its original's name (`x.safetensors`, `x.gguf`:
+    the Source_Kind, read from the header unless given), folder `m.llmc` -> `m`."""
+    src = Path(src)
     if src.suffix != SUFFIX:
         raise InvalidArgumentError(f"{src}: name does not end in {SUFFIX}; give the output name")
     if src.is_dir():
         return src.with_suffix("")
+    if source_kind is None:
+        with ContainerReader(src) as reader:
+            source_kind = reader.source.kind
     return src.with_suffix(sources.decoded_suffix(source_kind))
 
 
