@@ -16,13 +16,14 @@ torch helpers):
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .errors import InvalidArgumentError
+from .errors import FormatError, InvalidArgumentError
 from .output import UMASK, is_stream
 from .sources import CHECKPOINT_SUFFIXES
 
@@ -78,6 +79,45 @@ def shards(folder) -> list[Path]:
         raise InvalidArgumentError(f"{folder}: not an encoded checkpoint folder (no {SUFFIX} files in it); "
                                    f"found {_listing(files)}")
     return chosen
+
+
+INDEX_NAME = "model.safetensors.index.json"  # a sharded safetensors checkpoint's index (kept by encode)
+
+
+def model_shards(folder) -> list[Path]:
+    """The containers a loader (`open`, `load_file`, the torch helpers) reads for an encoded
+    folder: when it holds a safetensors index (`model.safetensors.index.json`, or the only
+    `*.safetensors.index.json`), the encoded shards the index names, so an unrelated container in
+    the folder is ignored; without an index, every container (`shards`). `decode` and `verify`
+    work on files, and take every container."""
+    folder = Path(folder)
+    index = _index_file(folder)
+    if index is None:
+        return shards(folder)
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FormatError(f"{index}: not a readable safetensors index ({type(exc).__name__}: {exc})") from None
+    found = []
+    for name in names:
+        rel = PurePosixPath(name) if isinstance(name, str) else None
+        if rel is None or rel.is_absolute() or ".." in rel.parts or rel.suffix not in CHECKPOINT_SUFFIXES:
+            raise FormatError(f"{index}: names {name!r} as a shard, which is not a checkpoint file in the folder")
+        path = folder.joinpath(*rel.parts).with_suffix(SUFFIX)
+        if not path.is_file():
+            raise FormatError(f"{index}: names shard {name}, but the folder holds no {path.name}")
+        found.append(path)
+    if not found:
+        raise FormatError(f"{index}: its weight_map names no shards")
+    return found
+
+
+def _index_file(folder: Path) -> Path | None:
+    if (folder / INDEX_NAME).is_file():
+        return folder / INDEX_NAME
+    indexes = [p for p in folder.glob("*.safetensors.index.json") if p.is_file()]
+    return indexes[0] if len(indexes) == 1 else None
 
 
 def _listing(files: list[Path]) -> str:

@@ -48,8 +48,9 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
 
 
 def shard_paths(folder) -> list[Path]:
-    """The containers of an encoded folder, as every door reads them (`llmcodec.folders.shards`)."""
-    return folders.shards(folder)
+    """The containers a loader reads for an encoded folder: those its index names, else all
+    (`llmcodec.folders.model_shards`)."""
+    return folders.model_shards(folder)
 
 
 def check_unique(where: dict, names, shard: str, folder) -> None:
