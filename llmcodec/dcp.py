@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.distributed.checkpoint import filesystem
-from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, SavePlan, SavePlanner, WriteItemType
+from torch.distributed.checkpoint.planner import (LoadItemType, LoadPlan, LoadPlanner, SavePlan, SavePlanner,
+                                                  WriteItemType)
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
