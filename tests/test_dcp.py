@@ -87,3 +87,10 @@ def test_metadata_names_each_items_container_and_tensor(tmp_path):
     assert {i.relative_path for i in infos} == {p.name for p in tmp_path.glob("*.llmc")}
     with llmcodec.open(tmp_path / infos[0].relative_path) as f:
         assert infos[0].tensor in f
+
+
+def test_the_golden_checkpoint_loads(tmp_path):
+    """tests/golden/dcp: written by an earlier llmcodec (make_dcp_golden.py); it must keep loading."""
+    golden = Path(__file__).parent / "golden" / "dcp"
+    assert len(list(golden.glob("__0_*.llmc"))) == 1
+    dcp_worker.act("load", str(golden), None)
