@@ -61,14 +61,17 @@ def check(state: dict) -> None:
             assert value == want[key], key
 
 
-def run(rank: int, world: int, port: int, action: str, path: str) -> None:
+def run(rank: int, world: int, port: int, steps: list) -> None:
+    """Each (action, path) of `steps` in turn, on this rank of `world` (one process start pays
+    for several steps: starting torch and gloo is most of a test's time)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     try:
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh("cpu", (world,))
-        act(action, path, mesh, rank)
+        for action, path in steps:
+            act(action, path, mesh, rank)
     finally:
         dist.destroy_process_group()
 
