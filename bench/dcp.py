@@ -1,8 +1,9 @@
 """torch.distributed.checkpoint storage: llmcodec against DCP's plain writer and its ZStandard
 extension, on real weights sharded over 2 ranks (gloo on 127.0.0.1).
 
-MiniLM's real weights (fp32, and cast to bf16), each 2-D weight a DTensor sharded by rows over
-2 ranks, the rest replicated. Per writer and round, in alternating order: checkpoint size, save
+MiniLM's real weights (fp32, and cast to bf16), and a real training state (MiniLM after 20 AdamW
+steps: bf16 weights and fp32 moments), each 2-D tensor a DTensor sharded by rows over 2 ranks, the
+rest replicated. Per writer and round, in alternating order: checkpoint size, save
 time (wall, both ranks, from a barrier to the coordinator's `.metadata`) and load time into zeroed
 DTensors on the same 2 ranks; llmcodec's load is checked bit-exact, and resharded onto 1 process.
 
@@ -59,6 +60,38 @@ def _state(source: str, mesh):
 
     tensors = load_file(source)
     return {k: distribute_tensor(v, mesh, [Shard(0) if v.dim() == 2 else Replicate()]) for k, v in tensors.items()}
+
+
+def training_state(folder: Path, steps: int = 20) -> Path:
+    """A real training checkpoint's tensors: MiniLM fine-tuned for `steps` AdamW steps (lr 2e-5,
+    weight decay 0.01, a masked-token loss on random sentences of its vocabulary), its weights
+    in bf16 and AdamW's fp32 moments, as one safetensors file."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    model_dir = minilm_files(folder)["fp32"].parent
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM.from_pretrained(model_dir)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+    for _ in range(steps):
+        ids = torch.randint(1000, model.config.vocab_size, (8, 32))
+        labels = ids.clone()
+        ids[torch.rand(ids.shape) < 0.15] = 103  # [MASK]
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    tensors = {f"model.{k}": v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
+               if v.is_floating_point()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p, st in optimizer.state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            tensors[f"optim.{names[id(p)]}.{key}"] = st[key].contiguous()
+    path = folder / "minilm-training.safetensors"
+    save_file(tensors, str(path))
+    return path
 
 
 def worker(rank: int, port: int, source: str, work: str, rounds: int, out: str) -> None:
@@ -137,10 +170,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         sources = minilm_files(Path(tmp))
-        for label in ("bf16", "fp32"):
-            work = Path(tmp, f"work-{label}")
+        sources["bf16 weights + fp32 AdamW moments"] = training_state(Path(tmp))
+        for label in ("bf16", "fp32", "bf16 weights + fp32 AdamW moments"):
+            work = Path(tmp, f"work-{label.replace(' ', '_')}")
             work.mkdir()
-            out = Path(tmp, f"times-{label}.json")
+            out = Path(tmp, f"times-{label.replace(' ', '_')}.json")
             mp.start_processes(worker, args=(_port(), str(sources[label]), str(work), args.rounds, str(out)),
                                nprocs=2, join=True, start_method="spawn")
             times = json.loads(out.read_text())
@@ -158,7 +192,8 @@ def main() -> None:
                              {None: "", True: "yes", False: "NO"}[exact]])
     table = markdown_table(["weights (2 ranks)", "writer", "size / safetensors", "size / ZStandard's",
                             "save s (median)", "load s (median)", "1-rank load bit-exact"], rows)
-    text = ("MiniLM's real weights, 2-D weights sharded by rows over 2 gloo ranks on this machine's 2 cores, "
+    text = ("MiniLM's real weights and a real training state (20 AdamW steps: bf16 weights, fp32 moments), "
+            "2-D tensors sharded by rows over 2 gloo ranks on this machine's 2 cores, "
             "writers alternating per round; llmcodec at its defaults (all usable cores per rank). Sizes are "
             "the whole checkpoint folder (data files and `.metadata`).\n\n" + table)
     print(text)
