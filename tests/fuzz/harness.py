@@ -150,11 +150,9 @@ class Recorder:
         print(f"FINDING {line}", file=sys.stderr, flush=True)
 
 
-def guarded(check, target: str, slow: float | None):
-    """`check` with findings recorded (if $LLMCODEC_FUZZ_FINDINGS is set) and, with `slow`, an
-    input taking more than `slow` seconds made a finding."""
-    folder = os.environ.get("LLMCODEC_FUZZ_FINDINGS")
-    recorder = Recorder(target, folder) if folder else None
+def guarded(check, recorder: Recorder | None, slow: float | None):
+    """`check` with findings recorded by `recorder` (None: raised) and, with `slow`, an input
+    taking more than `slow` seconds made a finding."""
 
     def run(data: bytes) -> None:
         start = time.perf_counter()
@@ -187,8 +185,9 @@ def instrument(extra: tuple[str, ...] = ()) -> None:
 
 def fuzz_main(argv: list[str], check, seeds, *, target: str, slow: float | None = None) -> None:
     """Run `check` under atheris with the command line of the module docstring. `seeds()` gives
-    the inputs (name -> bytes) an empty corpus folder starts with; each is also checked once
-    before fuzzing starts, outside the time bound, so that compiling the kernels is not counted.
+    the inputs (name -> bytes) an empty corpus folder starts with; each is also run once before
+    fuzzing starts, outside the time bound and unjudged, so that compiling the kernels is not
+    counted.
     The target calls `instrument()` first, before it imports llmcodec."""
     import atheris
 
@@ -215,10 +214,14 @@ def fuzz_main(argv: list[str], check, seeds, *, target: str, slow: float | None 
                 (corpus / name).write_bytes(data)
     if not any(a.startswith("-timeout=") for a in args):
         args.append("-timeout=20")  # an input taking longer is reported as a hang
-    warm = guarded(check, target, None)
-    for data in initial.values():
-        warm(data)
-    atheris.Setup(args, guarded(check, target, slow))
+    folder = os.environ.get("LLMCODEC_FUZZ_FINDINGS")
+    recorder = Recorder(target, folder) if folder else None
+    for data in initial.values():  # compile the kernels; libFuzzer runs the seeds again, and judges them
+        try:
+            check(data)
+        except Exception:  # noqa: BLE001, S110
+            pass
+    atheris.Setup(args, guarded(check, recorder, slow))
     atheris.Fuzz()
 
 
