@@ -59,7 +59,9 @@ def st_metadata(draw: Draw):
             continue
         key = draw.pick(META_KEYS) if draw.bool() else name(draw)
         if draw.chance(8):
-            value = draw.pick(["{", "[]", "{\"w\": {\"kind\": \"quantize\"}}", "x" * (17 << 20), "\ud800"])
+            value = draw.pick(["{", "[]", "{\"w\": {\"kind\": \"quantize\"}}", "\ud800", "x" * 300])
+            if draw.chance(16):
+                value = "x" * (17 << 20)  # over the reader's 16 MiB
         else:
             value = draw.bytes(draw.int(0, 16)).decode("latin-1")
         entries[key] = value

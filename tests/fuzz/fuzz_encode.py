@@ -47,6 +47,8 @@ def source(data: bytes) -> tuple[bytes, int | None]:
     if kind == 3:
         return data[1:], chunk_size
     built = builders.gguf_file(draw) if kind == 2 else builders.safetensors_file(draw)
+    if len(built) > 1 << 20:  # a 17 MiB metadata value: in chunks of 64 bytes, a minute to encode
+        chunk_size = None
     return (harness.mutate(draw, built) if draw.chance(4) else built), chunk_size
 
 

@@ -120,7 +120,11 @@ def case(f, name: str, key) -> str:
     cause share it."""
     entry = f.entry(name)
     items = key if isinstance(key, tuple) else (key,)
-    first = type(items[0]).__name__ if items else "nothing"
+    first = "nothing"
+    if items:
+        first = next((label for types, label in [((bool, np.bool_), "bool"), ((int, np.integer), "int"),
+                                                  (slice, "slice"), (type(...), "..."), (type(None), "None")]
+                      if isinstance(items[0], types)), type(items[0]).__name__)
     dims = {0: "0-D", 1: "1-D"}.get(len(entry.shape), "N-D")
     return f"{'block ' if entry.dtype.is_block else ''}{dims}, first index {first}"
 

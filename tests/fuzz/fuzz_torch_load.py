@@ -12,9 +12,10 @@ Each parameter lives at the start of a bigger buffer, the rest of it a guard pat
 
 The property: `load_model` raises an `LlmcodecError`, or it returns and
 - every parameter it loaded holds exactly the bytes `get_tensor` gives, in the same dtype and
-  shape, and no byte of any guard changed (a write past a parameter would be a heap overflow);
+  shape;
 - missing and unexpected names are right, and with strict=True there are none;
-and a model that matches the file (every parameter as `get_tensor` gives it) loads.
+and a model that matches the file (every parameter as `get_tensor` gives it) loads. Whether it
+returns or raises, no byte of any guard changed (a write past a parameter: a heap overflow).
 """
 
 from __future__ import annotations
@@ -182,15 +183,12 @@ def load(draw: Draw, path: Path) -> None:
     try:
         missing, unexpected = llmcodec.torch.load_model(model, path, strict=strict, threads=1)
     except LlmcodecError as exc:
+        check_guards(params, bases, entries, f"then raises {gist(exc)}")
         if want is not None and matching and all(w is not None for w in want.values()) \
                 and not (strict and set(params) != set(want)):
             raise Finding(f"load_model refuses a model that matches get_tensor ({gist(exc)})", str(exc)) from None
         return
-    for name, base in bases.items():
-        nbytes = params[name].numel() * params[name].element_size()
-        if (base[nbytes:] != GUARD).any():
-            raise Finding("load_model writes past the end of a parameter",
-                          f"{name!r}: {params[name].dtype}{list(params[name].shape)}, file {want and want.get(name)!r:.80}")
+    check_guards(params, bases, entries, "then returns")
     if want is None:
         raise Finding("load_model succeeds on a file that does not open", str(path))
     if sorted(missing) != sorted(set(params) - set(want)) or sorted(unexpected) != sorted(set(want) - set(params)):
@@ -209,7 +207,19 @@ def load(draw: Draw, path: Path) -> None:
             raise Finding(f"load_model loads other bytes than get_tensor's ({kind(entries[name])})", name)
 
 
+def check_guards(params: dict, bases: dict, entries: dict, then: str) -> None:
+    """No byte after any parameter changed (whether load_model returned or raised)."""
+    for name, base in bases.items():
+        nbytes = params[name].numel() * params[name].element_size()
+        if (base[nbytes:] != GUARD).any():
+            raise Finding(f"load_model writes past the end of a parameter ({kind(entries.get(name, 0))}), {then}",
+                          f"{name!r}: {params[name].dtype}{list(params[name].shape)}, "
+                          f"{int((base[nbytes:] != GUARD).sum())} bytes after it changed")
+
+
 def kind(entry) -> str:
+    if entry == 0:
+        return "not in the file"
     if entry is None:
         return "transformed"
     return f"{entry.dtype.name if entry.dtype.is_block else 'scalar'} {len(entry.shape)}-D"

@@ -10,7 +10,8 @@ data, a refusal of a file the writer wrote, too slow), any other exception as it
 
 With $LLMCODEC_FUZZ_FINDINGS set to a folder, findings do not stop the run: each is counted under
 a signature (its kind, or the exception type and the innermost llmcodec line that raised it), the
-first inputs of each signature are saved there as `<target>-<n>.bin` with a line in `README.txt`,
+first inputs of each signature are saved there as `<target>-<n>.bin` with a line in `README.txt`
+(`<target>-<n>.bin | signature | message`),
 and fuzzing goes on. Crashes of the process itself (signals, libFuzzer's timeouts and memory
 limit) still end it; `run_all.sh` starts it again.
 """
@@ -144,7 +145,7 @@ class Recorder:
         number = 1 + sum(1 for _ in self.folder.glob(f"{self.target}-*.bin"))
         path = self.folder / f"{self.target}-{number}.bin"
         path.write_bytes(data)
-        line = f"{path.name}: [{sig}] {' '.join(message.split())[:400]}"
+        line = f"{path.name} | {sig} | {' '.join(message.split())[:400]}"
         with open(self.folder / "README.txt", "a") as f:
             f.write(line + "\n")
         print(f"FINDING {line}", file=sys.stderr, flush=True)

@@ -5,6 +5,8 @@
 #
 #   tests/fuzz/run_all.sh MINUTES [OUT_DIR]      # $PYTHON: the interpreter (default: python)
 #
+# $FUZZ_TARGETS and $FUZZ_PASSES ("plain boundscheck") run fewer.
+#
 # Findings are recorded, not fatal ($LLMCODEC_FUZZ_FINDINGS, see harness.py): OUT_DIR/<pass>/<target>/
 # holds corpus/, findings/ (inputs and README.txt, one line each) and artifacts/ (what ended a run:
 # crash-*, timeout-*, oom-*). A run that ends early is started again with the time left.
@@ -14,7 +16,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${2:-$(mktemp -d "${TMPDIR:-/tmp}/llmcodec-fuzz-XXXXXX")}
 python=${PYTHON:-python}
 seconds=$(awk -v m="$minutes" 'BEGIN { s = int(m * 60); print (s > 0 ? s : 1) }')
-targets=(fuzz_open fuzz_encode fuzz_torch_load fuzz_slice fuzz_info)
+read -ra targets <<<"${FUZZ_TARGETS:-fuzz_open fuzz_encode fuzz_torch_load fuzz_slice fuzz_info}"
+passes=${FUZZ_PASSES:-plain boundscheck}
 export PYTHONPATH="$(cd "$here/../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 
 run_target() {  # run_target TARGET PASS [VAR=VALUE...]
@@ -35,7 +38,7 @@ run_target() {  # run_target TARGET PASS [VAR=VALUE...]
     done
     local kinds=0 inputs=0 artifacts
     if [[ -f "$dir/findings/README.txt" ]]; then
-        kinds=$(sed 's/^[^[]*\[\([^]]*\)\].*/\1/' "$dir/findings/README.txt" | sort -u | wc -l)
+        kinds=$(cut -d'|' -f2 "$dir/findings/README.txt" | sort -u | wc -l)
         inputs=$(wc -l <"$dir/findings/README.txt")
     fi
     artifacts=$(find "$dir/artifacts" -type f | wc -l)
@@ -44,12 +47,16 @@ run_target() {  # run_target TARGET PASS [VAR=VALUE...]
 }
 
 echo "results in $out"
-for target in "${targets[@]}"; do
-    run_target "$target" plain
-done
-for target in "${targets[@]}"; do
-    run_target "$target" boundscheck NUMBA_BOUNDSCHECK=1 NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-/tmp/numba-bc}"
-done
+if [[ " $passes " == *" plain "* ]]; then
+    for target in "${targets[@]}"; do
+        run_target "$target" plain
+    done
+fi
+if [[ " $passes " == *" boundscheck "* ]]; then
+    for target in "${targets[@]}"; do
+        run_target "$target" boundscheck NUMBA_BOUNDSCHECK=1 NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-/tmp/numba-bc}"
+    done
+fi
 for readme in "$out"/*/*/findings/README.txt; do
     [[ -f "$readme" ]] || continue
     echo "== $readme"
