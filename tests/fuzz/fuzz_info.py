@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 if __name__ == "__main__":
-    harness.instrument(("llmcodec.cli",))
+    # Instrumented, files.py's statistics (numpy on every plane) leak under libFuzzer: RSS grew by
+    # about 100 KB per input to the 2 GB limit within minutes; uninstrumented, it stays flat.
+    harness.instrument(skip=("llmcodec.files",))
 
 from fuzz_open import SEEDS, feature_seeds, reseal  # noqa: E402
 

@@ -170,14 +170,14 @@ def guarded(check, recorder: Recorder | None, slow: float | None):
     return run
 
 
-def instrument(extra: tuple[str, ...] = ()) -> None:
-    """Import llmcodec with atheris' coverage instrumentation, except the numba-compiled modules;
-    call it before anything else imports llmcodec."""
+def instrument(extra: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """Import llmcodec with atheris' coverage instrumentation, except the numba-compiled modules
+    and `skip`; call it before anything else imports llmcodec."""
     import importlib
 
     import atheris
 
-    for name in COMPILED:
+    for name in (*COMPILED, *skip):
         importlib.import_module(name)
     _trace_plain_comparisons_only(atheris)
     with atheris.instrument_imports(include=["llmcodec"]):
