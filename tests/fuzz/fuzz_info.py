@@ -61,8 +61,16 @@ def check(data: bytes) -> None:
 
 
 def seeds() -> dict[str, bytes]:
+    """The golden vectors and fuzz_open's feature seeds, and a constant tensor of 4 MiB in one
+    chunk (119 bytes: one number to change for a bigger one)."""
+    import numpy as np
+
+    import llmcodec
+
     out = {f"{p.parent.name}-{p.name}": p.read_bytes() for p in SEEDS}
     out.update((f"feature-{name}", data) for name, data in feature_seeds().items())
+    llmcodec.save_file({"z": np.zeros(1 << 20, np.float32)}, SCRATCH / "zeros.llmc", chunk_size=64 << 20)
+    out["constant-4MiB"] = (SCRATCH / "zeros.llmc").read_bytes()
     return out
 
 
