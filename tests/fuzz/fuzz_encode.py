@@ -91,7 +91,7 @@ def read_back(dst: Path, raw: bytes, reference, is_gguf: bool) -> None:
                 try:
                     array = f.get_tensor(name)
                 except llmcodec.LimitExceededError:
-                    if not unholdable(part.get_shape()):
+                    if not unholdable(part.get_shape(), part.get_dtype()):
                         raise
                     continue
                 got[name] = (part.get_dtype(), tuple(part.get_shape()), array.tobytes())
@@ -109,7 +109,7 @@ def read_back(dst: Path, raw: bytes, reference, is_gguf: bool) -> None:
     tensors, metadata_want = reference
     coded = {n for n, (dtype, _, _) in tensors.items() if dtype in dtypes.BY_NAME and not dtypes.BY_NAME[dtype].is_block}
     for name in coded:
-        if name not in got and not unholdable(tensors[name][1]):
+        if name not in got and not unholdable(tensors[name][1], tensors[name][0]):
             raise Finding("tensor missing", f"safetensors reads {name!r}, llmcodec does not")
         if name in got and got[name] != tensors[name]:
             raise Finding("tensor differs from what safetensors reads",
@@ -120,12 +120,12 @@ def read_back(dst: Path, raw: bytes, reference, is_gguf: bool) -> None:
         raise Finding("metadata differs from what safetensors reads", f"{metadata!r:.200} vs {metadata_want!r:.200}")
 
 
-def unholdable(shape) -> bool:
-    """Whether numpy cannot make an array of this (empty) shape: [0, 2^70] and the like."""
+def unholdable(shape, dtype: str) -> bool:
+    """Whether numpy cannot make an array of this (empty) shape and dtype: [0, 2^70] and the like."""
     import numpy as np
 
     try:
-        np.empty(shape, np.uint8) if 0 in shape else None
+        np.empty(shape, dtypes.BY_NAME[dtype].numpy) if 0 in shape else None
     except (ValueError, OverflowError):
         return True
     return False
