@@ -107,13 +107,15 @@ def read_back(dst: Path, raw: bytes, reference, is_gguf: bool) -> None:
             raise Finding("tensor that gguf does not read", f"tensors {sorted(set(got) - set(reference))!r}")
         return
     tensors, metadata_want = reference
-    coded = {n for n, (dtype, _, _) in tensors.items() if dtype in dtypes.BY_NAME and not dtypes.BY_NAME[dtype].is_block}
+    coded = {n for n, (dtype, _, _) in tensors.items()
+             if dtype in dtypes.BY_NAME and not dtypes.BY_NAME[dtype].is_block}
     for name in coded:
         if name not in got and not unholdable(tensors[name][1], tensors[name][0]):
             raise Finding("tensor missing", f"safetensors reads {name!r}, llmcodec does not")
         if name in got and got[name] != tensors[name]:
+            same = got[name][2] == tensors[name][2]
             raise Finding("tensor differs from what safetensors reads",
-                          f"{name!r}: {got[name][:2]} vs {tensors[name][:2]}, same bytes: {got[name][2] == tensors[name][2]}")
+                          f"{name!r}: {got[name][:2]} vs {tensors[name][:2]}, same bytes: {same}")
     if set(got) - coded:
         raise Finding("tensor that safetensors does not read", f"tensors {sorted(set(got) - coded)!r}")
     if metadata != metadata_want:

@@ -151,11 +151,12 @@ def check(data: bytes) -> None:
         raise Finding(f"slice succeeds where numpy raises {type(numpy_error).__name__} ({case(f, name, key)})",
                       f"{name}{list(full.shape)}[{key!r}] gives shape {np.shape(got)}; numpy: {numpy_error}")
     got = np.asarray(got)
+    where = f"{name}{list(full.shape)}[{key!r}]"
     if got.dtype != want.dtype or got.shape != want.shape:
         raise Finding(f"slice has another shape or dtype than numpy's ({case(f, name, key)})",
-                      f"{name}{list(full.shape)}[{key!r}]: {got.dtype}{list(got.shape)}, numpy {want.dtype}{list(want.shape)}")
+                      f"{where}: {got.dtype}{list(got.shape)}, numpy {want.dtype}{list(want.shape)}")
     if got.tobytes() != want.tobytes():
-        raise Finding(f"slice has other values than numpy's ({case(f, name, key)})", f"{name}{list(full.shape)}[{key!r}]")
+        raise Finding(f"slice has other values than numpy's ({case(f, name, key)})", where)
 
 
 def seeds() -> dict[str, bytes]:

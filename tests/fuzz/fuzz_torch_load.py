@@ -206,7 +206,8 @@ def load(draw: Draw, path: Path) -> None:
         shape = tuple(params[name].shape)
         if llmcodec.torch.to_numpy(params[name]).dtype != expected.dtype or shape != expected.shape:
             raise Finding(f"load_model loads into another shape or dtype than get_tensor's ({kind(entries[name])})",
-                          f"{name}: model {params[name].dtype}{list(shape)}, get_tensor {expected.dtype}{list(expected.shape)}")
+                          f"{name}: model {params[name].dtype}{list(shape)}, "
+                          f"get_tensor {expected.dtype}{list(expected.shape)}")
         if got.tobytes() != expected.tobytes():
             raise Finding(f"load_model loads other bytes than get_tensor's ({kind(entries[name])})", name)
 

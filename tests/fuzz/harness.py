@@ -18,6 +18,7 @@ limit) still end it; `run_all.sh` starts it again.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -104,9 +105,12 @@ def mutate(draw: Draw, data: bytes, max_edits: int = 4) -> bytes:
 
 
 def scratch_dir() -> Path:
-    """A folder for the files one check writes (in memory where /dev/shm exists)."""
+    """A folder for the files one check writes (in memory where /dev/shm exists), removed when
+    Python exits normally (libFuzzer's own exit skips that: the folder stays, nearly empty)."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="llmcodec-fuzz-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix="llmcodec-fuzz-", dir=base))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def gist(exc: BaseException) -> str:
