@@ -6,6 +6,7 @@
 
 An empty or missing CORPUS_DIR (default: a new temporary folder) is first seeded with the golden
 vectors (tests/golden), the inputs that once failed (tests/fuzz/corpus) and `feature_seeds()`.
+The command line and $LLMCODEC_FUZZ_FINDINGS are those of every target (harness.py).
 
 Each input is opened, every tensor read whole and in a slice, every blob checked; then the same
 again with its preamble and header checksums recomputed ("resealed"): a mutation almost never keeps
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import io
-import shutil
 import struct
 import sys
 import tempfile
@@ -127,43 +127,18 @@ def check(data: bytes) -> None:
             pass
 
 
+def seeds() -> dict[str, bytes]:
+    out = {f"{seed.parent.name}-{seed.name}": seed.read_bytes() for seed in SEEDS}
+    out.update((f"feature-{name}", data) for name, data in feature_seeds().items())
+    return out
+
+
 def main(argv: list[str]) -> None:
-    import atheris
+    sys.path.insert(0, str(HERE))
+    import harness
 
-    # numba compiles these modules' functions from their bytecode: they must not be instrumented.
-    import llmcodec.kernels  # noqa: F401
-    import llmcodec.transforms  # noqa: F401
-
-    with atheris.instrument_imports(include=["llmcodec"]):
-        import llmcodec.api  # noqa: F401
-        import llmcodec.container  # noqa: F401
-        import llmcodec.loader  # noqa: F401
-    args = [argv[0]]
-    minutes = None
-    rest = iter(argv[1:])
-    for arg in rest:
-        if arg == "--minutes":
-            minutes = float(next(rest))
-        else:
-            args.append(arg)
-    if minutes is not None:
-        args.append(f"-max_total_time={max(1, round(60 * minutes))}")
-    folders = [a for a in args[1:] if not a.startswith("-")]
-    if not folders:
-        folders = [tempfile.mkdtemp(prefix="llmcodec-fuzz-")]
-        args += folders
-    corpus = Path(folders[0])  # where libFuzzer keeps what it finds, seeded when empty (or one input)
-    if not corpus.is_file():
-        corpus.mkdir(parents=True, exist_ok=True)
-        if not any(corpus.iterdir()):
-            for seed in SEEDS:
-                shutil.copy(seed, corpus / f"{seed.parent.name}-{seed.name}")
-            for name, data in feature_seeds().items():
-                (corpus / f"feature-{name}").write_bytes(data)
-    if not any(a.startswith("-timeout=") for a in args):
-        args.append("-timeout=20")  # an input taking longer is reported as a hang
-    atheris.Setup(args, check)
-    atheris.Fuzz()
+    harness.instrument()
+    harness.fuzz_main(argv, check, seeds, target="fuzz_open")
 
 
 if __name__ == "__main__":
