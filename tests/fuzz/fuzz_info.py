@@ -5,7 +5,7 @@
 The input is a container (seeds: the golden vectors, valid and broken, and `fuzz_open`'s feature
 seeds: shared chunks, quantized, factorized and GGUF block tensors). As it is and with its
 checksums recomputed (`fuzz_open.reseal`), it goes through what `info --limits` runs:
-`files.file_stats(path, limits=True)`, then the CLI's table and its JSON. The property: that works
+`stats.file_stats(path, limits=True)`, then the CLI's table and its JSON. The property: that works
 or raises an `LlmcodecError`, and the input takes at most `BOUND` seconds (2: `info` is meant to be
 run on files from anywhere; the kernels are compiled before the clock starts).
 """
@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 if __name__ == "__main__":
-    # Instrumented, files.py's statistics (numpy on every plane) leak under libFuzzer: RSS grew by
+    # Instrumented, stats.py's statistics (numpy on every plane) leak under libFuzzer: RSS grew by
     # about 100 KB per input to the 2 GB limit within minutes; uninstrumented, it stays flat.
-    harness.instrument(skip=("llmcodec.files",))
+    harness.instrument(skip=("llmcodec.stats",))
 
 from fuzz_open import SEEDS, feature_seeds, reseal  # noqa: E402
 
-from llmcodec import LlmcodecError, cli, files  # noqa: E402
+from llmcodec import LlmcodecError, cli, stats  # noqa: E402
 
 SCRATCH = harness.scratch_dir()
 BOUND = 2.0  # seconds per input
@@ -38,13 +38,13 @@ BOUND = 2.0  # seconds per input
 
 def info(path: Path) -> None:
     """What `llmcodec info --limits` and `info --limits --json` do with one file."""
-    stats = files.file_stats(path, threads=1, limits=True)
+    report = stats.file_stats(path, threads=1, limits=True)
     with contextlib.redirect_stdout(io.StringIO()):
-        cli._print_limits(stats)
-        if stats.get("transforms"):
-            cli._print_transforms(stats["transforms"])
-    stats["tensors"] = [cli._without_none(dict(dataclasses.asdict(t), ratio=t.ratio)) for t in stats["tensors"]]
-    json.dumps(stats)
+        cli._print_limits(report)
+        if report.get("transforms"):
+            cli._print_transforms(report["transforms"])
+    report["tensors"] = [cli._without_none(dict(dataclasses.asdict(t), ratio=t.ratio)) for t in report["tensors"]]
+    json.dumps(report)
 
 
 def check(data: bytes) -> None:
