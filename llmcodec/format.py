@@ -271,8 +271,8 @@ def check_count(what: str, n: int, limit: int) -> None:
 def check_metadata(metadata: dict[str, str], limits: Limits) -> None:
     """What a writer checks of user metadata: the count, UTF-8 and the string limit (4.1, 9)."""
     check_count("Metadata_Count", len(metadata), limits.metadata_count)
-    for key, value in metadata.items():
-        check_count("metadata Key_Length", len(utf8(key, "metadata key")), limits.string_size)
+    for i, (key, value) in enumerate(metadata.items()):
+        check_count(f"metadata entry {i} Key_Length", len(utf8(key, "metadata key")), limits.string_size)
         check_count(f"metadata {key!r} Value_Length", len(utf8(value, f"metadata value of {key!r}")),
                     limits.string_size)
 
@@ -389,8 +389,7 @@ def parse_preamble(data: bytes, file_size: int, limits: Limits) -> Preamble:
         raise UnsupportedVersionError(f"Major_Version is {major}; this reader knows {MAJOR_VERSION}")
     if flags != 0:
         raise FormatError(f"Flags: reserved bits set ({flags:#x}), expected 0")
-    if h_len > limits.header_size:
-        raise LimitExceededError(f"Header_Length {h_len} is over the limit of {limits.header_size} bytes")
+    check_count("Header_Length", h_len, limits.header_size)
     if h_len < MIN_HEADER_SIZE:
         raise FormatError(f"Header_Length {h_len} is below the minimum {MIN_HEADER_SIZE}")
     if h_off < PREAMBLE_SIZE:
@@ -583,7 +582,7 @@ def _legacy_transforms(text: str, limits: Limits) -> dict[str, Transform]:
         return FormatError(f"metadata {LEGACY_TRANSFORMS_KEY!r} is not a valid transform record ({why})")
 
     try:
-        raw = json.loads(text, parse_int=_json_int, parse_constant=_json_constant)
+        raw = json.loads(text, parse_int=_json_int)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise bad(str(exc)) from None
     if not isinstance(raw, dict):
@@ -615,9 +614,6 @@ def _json_int(text: str) -> int | float:
     becomes infinity, which then fails the check of its field, naming it."""
     return int(text) if len(text) <= 20 else math.inf
 
-
-def _json_constant(text: str) -> float:
-    raise ValueError(f"{text} is not a finite number")
 
 
 def _check_plane(p: PlaneRef, n: int, where: str, *args) -> None:
