@@ -12,16 +12,23 @@ import json
 import re
 import struct
 from dataclasses import dataclass
+from json.decoder import scanstring
 
-from . import dtypes
+import numpy as np
+
+from . import dtypes, format
 from .errors import FormatError, InvalidArgumentError, LimitExceededError, UnsupportedFeatureError
 
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header (MAX_HEADER_SIZE)
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included
-_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STRUCTURE = np.zeros(256, bool)  # the bytes of JSON's structure that _check_structure looks at
+_STRUCTURE[list(b"[]{}:")] = True
+_BLOCK = 1 << 24  # bytes of the header looked at in one numpy pass
+_DEPTH = np.zeros(256, np.int8)  # how each byte of the structure changes the nesting depth
+_DEPTH[[ord("{"), ord("[")]], _DEPTH[[ord("}"), ord("]")]] = 1, -1
+_WS = re.compile(r"[ \t\n\r]*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StTensor:
     name: str
     dtype: dtypes.Dtype | None  # None: a dtype llmcodec does not code; its bytes are kept as a blob
@@ -47,26 +54,19 @@ def read_layout(f, file_size: int, name: str) -> StLayout:
     if n > MAX_HEADER or 8 + n > file_size:
         raise FormatError(f"{name}: not a safetensors file: header size {n} does not fit in {file_size} bytes")
     raw = f.read(n)
-    _check_nesting(raw, name)
+    members = _check_structure(raw, name)
+    data_start, metadata, tensors = 8 + n, {}, []
     try:
-        header = json.loads(raw, object_pairs_hook=_unique_keys, parse_int=_int, parse_constant=_int)
-    except KeyError as exc:
-        raise FormatError(f"{name}: key {exc.args[0]!r} appears twice in the header") from None
+        text = raw.decode("utf-8")
+        del raw
+        for key, value in _members(text, members, name):
+            if key == "__metadata__":
+                metadata = _metadata(value, name)
+            else:
+                tensors.append(_tensor(key, value, data_start, file_size, name))
     except ValueError as exc:  # not UTF-8, not JSON, an integer of more than 20 digits, NaN
         raise FormatError(f"{name}: not a safetensors file: its header is not JSON that safetensors reads "
                           f"({exc})") from None
-    del raw
-    if not isinstance(header, dict):
-        raise FormatError(f"{name}: not a safetensors file: its header is not a JSON object")
-    data_start = 8 + n
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in metadata.items()):
-        raise FormatError(f"{name}: __metadata__ must map strings to strings")
-    for key, value in metadata.items():
-        _check_text(key, "metadata key", name)
-        _check_text(value, f"metadata value of {key!r}", name)
-    tensors = [_tensor(key, info, data_start, file_size, name) for key, info in header.items()]
     tensors.sort(key=lambda t: (t.begin, t.end))
     for prev, cur in zip(tensors, tensors[1:]):
         if cur.begin < prev.end:
@@ -74,18 +74,100 @@ def read_layout(f, file_size: int, name: str) -> StLayout:
     return StLayout(data_start, metadata, tensors)
 
 
-def _check_nesting(raw: bytes, name: str) -> None:
-    """The header's brackets, strings aside, nest as safetensors' schema allows: one object of
-    objects (tensor entries, __metadata__) and lists, whose lists hold no list or object.
+def _check_structure(raw: bytes, name: str) -> np.ndarray:
+    """Check that the header's brackets, strings aside, nest as safetensors' schema allows, and
+    that it has no more entries than llmcodec reads (format.Limits); return the member count of
+    each object inside the header's object, in order.
 
-    Checked before the JSON is parsed, in C-speed passes over the bytes: no nesting can exhaust
-    the stack, and no tree of containers (each a Python object some 30 times larger than its 2
-    bytes of JSON) is ever built."""
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS).replace(b"[]", b"")
-    flat = brackets in (b"", b"{}")  # not an object of objects: json.loads says what it is
+    Safetensors' schema is one object of objects (tensor entries, __metadata__) whose lists hold
+    no list or object: so no nesting can exhaust the stack, and no tree of containers (each a
+    Python object some 30 times larger than its 2 bytes of JSON) is ever built. Checked in C-speed
+    passes over the bytes (numpy, bytes methods) before any JSON is parsed, so that parsing takes
+    memory proportional to the header, within a bound."""
+    structure = _structure(raw)
+    brackets = structure.translate(None, b":").replace(b"[]", b"")
+    flat = brackets in (b"", b"{}")  # not an object of objects: json says what it is
     if not flat and not (brackets[:1] == b"{" and brackets[-1:] == b"}" and not brackets[1:-1].replace(b"{}", b"")):
         raise FormatError(f"{name}: not a safetensors file: its header is not JSON of one object of tensor "
                           f"entries (its brackets nest deeper, or do not close)")
+    codes = np.frombuffer(structure, np.uint8)
+    depth = np.cumsum(_DEPTH[codes], dtype=np.int8)  # after each byte; at most 3, checked above
+    colons = codes == ord(":")
+    entries = int(np.count_nonzero(colons & (depth == 1)))
+    objects = np.cumsum((codes == ord("{")) & (depth == 2), dtype=np.int32)  # 1 + index of the object a byte is in
+    members = np.bincount(objects[colons & (depth == 2)] - 1, minlength=int(objects[-1]) if len(objects) else 0)
+    limits = format.Limits()
+    if entries > limits.tensor_count + 1:
+        raise LimitExceededError(f"{name}: {entries} header entries: llmcodec reads at most {limits.tensor_count} "
+                                 f"tensors (spec section 9)")
+    if len(members) and members.max() > limits.metadata_count:
+        raise LimitExceededError(f"{name}: an entry of {members.max()} members: llmcodec reads at most "
+                                 f"{limits.metadata_count} metadata entries (spec section 9)")
+    return members
+
+
+def _structure(raw: bytes) -> bytes:
+    """The bytes `{}[]:` of `raw` that lie outside JSON strings, in order, found block by block
+    (the passes take a few bytes of memory per byte of a block, not of the header)."""
+    if b"\\" in raw:  # drop escaped backslashes, then escaped quotes: every '"' left starts or ends a string
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    out, inside = [], False
+    for start in range(0, len(raw), _BLOCK):
+        codes = np.frombuffer(raw, np.uint8, min(_BLOCK, len(raw) - start), start)
+        within = np.bitwise_xor.accumulate(codes == ord('"')) ^ inside  # True from an opening quote to its close
+        out.append(codes[_STRUCTURE[codes] & ~within].tobytes())
+        inside = bool(within[-1])
+    return b"".join(out)
+
+
+def _members(text: str, members: np.ndarray, name: str):
+    """The members of the header's object, (key, value) each, parsed one at a time, so that only
+    one entry exists as Python objects at a time (json.loads would build them all first); objects
+    are built in C, and one that has fewer keys than `members` says had a key twice. Raises
+    ValueError for what is not JSON."""
+    decoder = json.JSONDecoder(parse_int=_int, parse_constant=_int)
+    ws = _WS.match
+    pos = ws(text).end()
+    if text[pos:pos + 1] != "{":
+        decoder.decode(text)  # raises if it is not JSON
+        raise FormatError(f"{name}: not a safetensors file: its header is not a JSON object")
+    pos = ws(text, pos + 1).end()
+    seen: set[str] = set()
+    objects = 0
+    while text[pos:pos + 1] != "}":
+        if seen:
+            if text[pos:pos + 1] != ",":
+                raise ValueError(f"expecting ',' or '}}' at char {pos}")
+            pos = ws(text, pos + 1).end()
+        if text[pos:pos + 1] != '"':
+            raise ValueError(f"expecting a key at char {pos}")
+        key, pos = scanstring(text, pos + 1)
+        pos = ws(text, pos).end()
+        if text[pos:pos + 1] != ":":
+            raise ValueError(f"expecting ':' at char {pos}")
+        value, pos = decoder.raw_decode(text, ws(text, pos + 1).end())
+        if key in seen:
+            raise FormatError(f"{name}: key {key!r} appears twice in the header")
+        if isinstance(value, dict):
+            if len(value) != members[objects]:
+                raise FormatError(f"{name}: the entry of {key!r} has a key twice")
+            objects += 1
+        seen.add(key)
+        yield key, value
+        pos = ws(text, pos).end()
+    if ws(text, pos + 1).end() != len(text):
+        raise ValueError(f"extra data after the header's object, at char {pos + 1}")
+
+
+def _metadata(value, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise FormatError(f"{name}: __metadata__ must map strings to strings")
+    for key, text in value.items():
+        _check_text(key, "metadata key", name)
+        _check_text(text, f"metadata value of {key!r}", name)
+    return value
 
 
 def _int(text: str) -> int:
@@ -104,15 +186,6 @@ def _check_text(text: str, what: str, name: str) -> None:
         raise FormatError(f"{name}: {what} {text!r} holds a lone surrogate, which is not UTF-8") from None
 
 
-def _unique_keys(pairs: list) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise KeyError(key)
-        out[key] = value
-    return out
-
-
 def _tensor(key: str, info, data_start: int, file_size: int, name: str) -> StTensor:
     where = f"{name}: tensor {key!r}"
     if not isinstance(info, dict):
@@ -121,6 +194,8 @@ def _tensor(key: str, info, data_start: int, file_size: int, name: str) -> StTen
     if not isinstance(dtype_name, str):
         raise FormatError(f"{where}: dtype missing")
     _check_text(key, "tensor name", name)
+    if isinstance(shape, list) and len(shape) > format.Limits().ndim:  # refused before it is kept
+        raise LimitExceededError(f"{where}: Ndim {len(shape)} is over the limit {format.Limits().ndim}")
     if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 1 << 64 for d in shape)):
         raise FormatError(f"{where}: shape must be a list of non-negative integers below 2^64, not {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
