@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import ml_dtypes
 import numpy as np
@@ -104,7 +104,7 @@ def layout_allowed(layout: int, dtype: Dtype) -> bool:
     return want is None or want == dtype.itemsize
 
 
-@lru_cache(maxsize=None)  # a few dtypes and layouts; asked once per tensor access
+@cache  # a few dtypes and layouts; asked once per tensor access
 def plane_fields(dtype: Dtype, layout: int) -> tuple:
     """The (offset, width) of each plane's bytes within an element: plane j of a chunk of n
     elements holds n * width_j bytes (spec section 5)."""

@@ -345,7 +345,8 @@ def _legacy_transforms(text: str) -> dict[str, RefTransform]:
         raise bad("must be a JSON object")
     out = {}
     for name, m in record.items():
-        _utf8(name.encode("utf-8", "surrogatepass"), f"transformed tensor name {name!r}")  # JSON escapes lone surrogates
+        # JSON can escape a lone surrogate, which UTF-8 (section 1) cannot hold
+        _utf8(name.encode("utf-8", "surrogatepass"), f"transformed tensor name {name!r}")
         if not isinstance(m, dict):
             raise bad(f"the record of {name!r} must be an object")
         kind, scheme, dtype, shape, parts = (m.get(k) for k in ("kind", "scheme", "dtype", "shape", "parts"))

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llmcodec
-from llmcodec import files, models, reference, transforms
+from llmcodec import files, models, reference
 from llmcodec import format as fmt
 from llmcodec.container import ContainerReader
 from llmcodec.errors import ChecksumError, FormatError, TruncatedError
