@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import codec, dtypes, format, kernels, transforms
+from . import codec, dtypes, format, kernels, safetensors_io, transforms
+from .errors import (ChecksumError, FormatError, InvalidArgumentError, LimitExceededError, LlmcodecError,
+                     TruncatedError)
+from .format import Chunk, Header, Limits, Segment, Source, TensorEntry, Transform
 from .output import open_output
-from .errors import ChecksumError, FormatError, InvalidArgumentError, LlmcodecError, TruncatedError
-from .format import Chunk, Header, Limits, Segment, Source, TensorEntry
 
 
 BATCH_BYTES = 1 << 20  # output bytes per decoding task when many small chunks are read at once
@@ -56,13 +57,24 @@ class BlobSource:
 class ContainerWriter:
     """Write a container to `path` atomically: nothing appears there unless `finish()` succeeds.
 
-    Use as a context manager; an exception inside the block removes the temporary file.
+    Use as a context manager; an exception inside the block removes the temporary file. Every
+    value is checked against the default `Limits` before it is written, with the reader's own
+    checks (format.check_*), so that everything written here the default reader reads.
     """
+
+    limits = Limits()  # what the default reader accepts
 
     def __init__(self, path, *, threads: int | None = None, chunk_size: int | None = None,
                  mode: int | None = None):
         self.path = Path(path)
         self.threads = codec.resolve_threads(threads)
+        if chunk_size is not None:
+            if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+                raise InvalidArgumentError(f"chunk_size must be a whole number of bytes, not {chunk_size!r}")
+            if chunk_size > self.limits.chunk_size:
+                raise LimitExceededError(f"chunk_size {chunk_size} is over the limit of {self.limits.chunk_size} "
+                                         f"bytes that readers accept (spec section 9)")
+            chunk_size = int(chunk_size)
         self.chunk_size = chunk_size
         self.tensors: list[TensorEntry] = []
         self.segments: list[Segment] = []
@@ -99,6 +111,10 @@ class ContainerWriter:
         `on_chunk(raw)` is called with each chunk's (or blob's) raw bytes, in order, once written.
         """
         jobs = []
+        tensors = sum(not isinstance(item, BlobSource) for item in items)
+        format.check_count("Tensor_Count", len(self.tensors) + tensors, self.limits.tensor_count)
+        if segments:
+            format.check_count("Segment_Count", len(self.segments) + len(items), self.limits.segment_count)
         for item in items:
             if isinstance(item, BlobSource):
                 jobs.append((item, None, None))
@@ -159,6 +175,7 @@ class ContainerWriter:
         shape = tuple(int(d) for d in item.shape)
         entry = TensorEntry(item.name, item.dtype, shape, item.dtype.default_layout,
                             codec.chunk_elements(self.chunk_size, item.dtype.itemsize), hidden=item.hidden)
+        format.check_tensor(entry, self.limits)
         if not callable(item.raw) and _as_bytes(item.raw).shape[0] != entry.nbytes:
             raise InvalidArgumentError(f"tensor {item.name!r}: {_as_bytes(item.raw).shape[0]} bytes for shape "
                                        f"{list(shape)} of {item.dtype.name} ({entry.nbytes} bytes expected)")
@@ -179,21 +196,36 @@ class ContainerWriter:
         self.segments.append(Segment(format.SEGMENT_TENSOR, tensor_index=index))
 
     def finish(self, metadata: dict[str, str] | None = None, source_kind: int = format.SOURCE_ARRAYS,
-               original_size: int = 0, original_sha256: bytes = b"") -> None:
-        """Write the header, then move the file into place."""
+               original_size: int = 0, original_sha256: bytes = b"",
+               transforms: dict[str, Transform] | None = None) -> None:
+        """Check and write the header (with the `transforms` records of section 10, if any), then
+        move the file into place."""
         try:
             source = Source(source_kind, original_size, original_sha256, self.segments)
-            header = format.serialize_header(Header(dict(metadata or {}), source, self.tensors))
+            header = Header(dict(metadata or {}), source, self.tensors, dict(transforms or {}))
+            raw = self._header_bytes(header)
             header_offset = self._pos
-            self._write([header])
+            self._write([raw])
             self._file.seek(0)
-            self._file.write(format.build_preamble(header_offset, header))
+            self._file.write(format.build_preamble(header_offset, raw))
             self._out.commit()
         except BaseException:
             self.abort()
             raise
         finally:
             self._shutdown()
+
+    def _header_bytes(self, header: Header) -> bytes:
+        """The header's bytes, once every rule of sections 4, 9 and 10 the reader checks holds; a
+        file of arrays also decodes to a safetensors file that safetensors reads."""
+        format.check_metadata(header.metadata, self.limits)
+        format.check_transforms(header.transforms, header.tensors, header.source, self.limits)
+        if header.source.kind == format.SOURCE_ARRAYS:
+            safetensors_io.build_header(model_entries(header.tensors, header.transforms), header.metadata)
+        raw = format.serialize_header(header)
+        format.check_count("Header_Length", len(raw), self.limits.header_size)
+        format.check_declared(header, self._pos + len(raw), self.limits)
+        return raw
 
     def abort(self) -> None:
         """Drop the temporary file; the destination is left as it was."""
@@ -221,6 +253,7 @@ class ContainerReader:
         self._mmap = None
         self._pool = None
         self._row_cache: dict[str, np.ndarray] = {}
+        self._statistics_work = 0  # plane bytes plane_statistics has decoded (bounded by Limits.work)
         try:
             self._data = self._map(source)
             size = self._data.shape[0]
@@ -234,26 +267,25 @@ class ContainerReader:
             self.close()
             raise
         self.version = (pre.major, pre.minor)
-        self.metadata = header.metadata
+        self.metadata = header.metadata  # user metadata only (format data lives apart: spec 4.5)
         self.source = header.source
         self.all_tensors = header.tensors  # what segments index: coded blobs (hidden tensors) too
         self.stored = {t.name: t for t in header.tensors}  # every stored tensor, transform parts included
-        try:
-            self.transforms = transforms.load(self.metadata, self.stored, self.name)
-        except LlmcodecError:
-            self.close()
-            raise
-        parts = {p: name for name, t in self.transforms.items() for p in t.parts.values()}
+        self.transforms = header.transforms  # checked against the parts by format.parse_header
+        parts = {p for t in self.transforms.values() for p in t.parts.values()}
         self.tensors = [t for t in header.tensors if not t.hidden and t.name not in parts]
         self.by_name = {t.name: t for t in self.tensors}
         # The model's tensors in file order: stored ones, and each transformed one where its parts are.
-        self.names = list(dict.fromkeys(parts.get(t.name, t.name) for t in header.tensors
-                                        if not t.hidden))
+        self.names = [name for name, *_ in model_entries(header.tensors, self.transforms)]
 
     def rebuild(self, name: str) -> np.ndarray:
-        """A transformed tensor, rebuilt from its parts (spec 11) in its original dtype and shape."""
+        """A transformed tensor, rebuilt from its parts (spec 10) in its original dtype and shape."""
         t = self.transforms[name]
-        return transforms.rebuild(t, self.parts(name))
+        try:
+            return transforms.rebuild(t, self.parts(name))
+        except MemoryError:
+            raise LimitExceededError(f"{self.name}: rebuilding tensor {name!r} of shape {t.shape} ({t.original_bytes} "
+                                     f"bytes) needs more memory than this machine can allocate") from None
 
     def parts(self, name: str) -> dict[str, np.ndarray]:
         """A transformed tensor's stored parts by role, bit-exact."""
@@ -394,32 +426,55 @@ class ContainerReader:
         """Symbol counts of each plane over the whole tensor, int64[planes, 256], and with
         `contexts` the joint counts of kernels.context_counts, int64[planes, 3, 257, 256], each
         chunk on its own (a chunk's first element has no previous one). Contexts need planes of
-        one byte per element; a block type's planes get only the previous-byte context."""
+        one byte per element; a block type's planes get only the previous-byte context.
+
+        A chunk of CONSTANT planes is counted without being decoded; the bytes of the other
+        chunks, over all calls on this reader, are bounded by `Limits.work` per byte of the file
+        (spec section 9), checked before anything is decoded."""
         k = len(entry.planes)
         scalar = entry.layout != kernels.BLOCK_FIELDS
         cols = entry.shape[-1] if len(entry.shape) >= 2 and scalar else 0
-        total = np.zeros((k, 256), np.int64)
-        joint = np.zeros((k, 3, 257, 256), np.int64) if contexts else None
+        widths = [w for _, w in entry.planes]
+        constant = [all(p.method == format.METHOD_CONSTANT for p in c.planes) for c in entry.chunks]
+        work = sum(entry.chunk_span(i)[1] for i, const in enumerate(constant) if not const) * entry.dtype.itemsize
+        self._statistics_work += work
+        budget = self.limits.work * self._data.shape[0]
+        if self._statistics_work > budget:
+            raise LimitExceededError(f"{self.name}: plane statistics would decode {self._statistics_work} bytes, over "
+                                     f"the limit of {self.limits.work} per byte of its {self._data.shape[0]} bytes "
+                                     f"(Limits.work)")
+        batches, size = [[]], 0  # chunks cut into tasks of about BATCH_BYTES decoded bytes each
+        for i, const in enumerate(constant):
+            batches[-1].append(i)
+            size += 0 if const else entry.chunk_span(i)[1] * entry.dtype.itemsize
+            if size >= BATCH_BYTES:
+                batches.append([])
+                size = 0
 
-        def count(index: int) -> tuple[np.ndarray, np.ndarray | None]:
-            _, n = entry.chunk_span(index)
-            planes = codec.decode_planes(self._data, entry.chunks[index], entry, n,
-                                         f"tensor {entry.name!r} chunk {index}")
-            counts = np.array([kernels.byte_histogram(p) for p in planes]).reshape(k, 256)
-            if not contexts:
-                return counts, None
-            part = np.zeros((k, 3, 257, 256), np.int64)
-            if scalar:
-                kernels.context_counts(np.array(planes).reshape(k, n), cols, part)
-            else:
-                for j, p in enumerate(planes):  # each plane alone: only "previous" means something
-                    kernels.context_counts(p.reshape(1, -1), 0, part[j:j + 1])
-                    part[j, 1:] = 0
-                    part[j, 1:, kernels.CONTEXT_NONE] = counts[j]
+        def count(batch: list) -> tuple[np.ndarray, np.ndarray | None]:
+            counts = np.zeros((k, 256), np.int64)
+            part = np.zeros((k, 3, 257, 256), np.int64) if contexts else None
+            for index in batch:
+                _, n = entry.chunk_span(index)
+                chunk = entry.chunks[index]
+                if constant[index]:
+                    _constant_counts(chunk.planes, widths, n, cols if scalar else 0, scalar, counts, part)
+                    continue
+                planes = codec.decode_planes(self._data, chunk, entry, n, f"tensor {entry.name!r} chunk {index}")
+                counts += np.array([kernels.byte_histogram(p) for p in planes]).reshape(k, 256)
+                if part is None:
+                    continue
+                if scalar:
+                    kernels.context_counts(np.array(planes).reshape(k, n), cols, part)
+                else:  # each plane alone, of one byte per element and no rows: only "previous" means something
+                    for j, p in enumerate(planes):
+                        kernels.context_counts(p.reshape(1, -1), 0, part[j:j + 1])
             return counts, part
 
+        total = np.zeros((k, 256), np.int64)
+        joint = np.zeros((k, 3, 257, 256), np.int64) if contexts else None
         try:
-            for counts, part in codec.ordered_map(self._workers(), self.threads, count, range(len(entry.chunks))):
+            for counts, part in codec.ordered_map(self._workers(), self.threads, count, [b for b in batches if b]):
                 total += counts
                 if part is not None:
                     joint += part
@@ -448,6 +503,43 @@ class ContainerReader:
             raise ChecksumError(f"{self.name}: blob at byte {seg.offset}: stored checksum {seg.checksum:#018x}, "
                                 f"computed {computed:#018x}")
         return data
+
+
+def _constant_counts(planes: list, widths: list, n: int, cols: int, scalar: bool, counts: np.ndarray,
+                     part: np.ndarray | None) -> None:
+    """Add what kernels.byte_histogram and kernels.context_counts would count over a chunk of n
+    elements whose planes are all CONSTANT (plane j: n x widths[j] bytes c_j), without decoding it.
+    Block planes are counted each alone, as plane_statistics does (cols = 0, no plane-0 context)."""
+    none, c0 = kernels.CONTEXT_NONE, planes[0].parameter
+    for j, p in enumerate(planes):
+        c, m = p.parameter, n * widths[j]  # m >= 1
+        counts[j, c] += m
+        if part is None:
+            continue
+        reach = min(cols, m) if cols > 0 else m  # elements with no element `cols` before them
+        part[j, 0, none, c] += 1
+        part[j, 0, c, c] += m - 1
+        part[j, 1, none, c] += reach
+        part[j, 1, c, c] += m - reach
+        part[j, 2, c0 if scalar and j > 0 else none, c] += m
+
+
+def model_entries(tensors: list[TensorEntry], transforms: dict[str, Transform]) -> list[tuple]:
+    """(name, dtype name, shape, raw bytes) of the model's tensors in file order: the stored ones,
+    and each transformed one, as rebuilt, where its first part is (spec 10); coded blobs are not
+    model tensors. What decoding a file of arrays writes as a safetensors file."""
+    owner = {p: name for name, t in transforms.items() for p in t.parts.values()}
+    out: dict[str, tuple] = {}
+    for t in tensors:
+        name = owner.get(t.name)
+        if t.hidden or name in out:
+            continue
+        if name is None:
+            out[t.name] = (t.name, t.dtype.name, t.shape, t.nbytes)
+        else:
+            r = transforms[name]
+            out[name] = (name, r.dtype, tuple(r.shape), r.original_bytes)
+    return list(out.values())
 
 
 def _describe(source) -> str:

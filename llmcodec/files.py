@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import dtypes, folders, format, output, safetensors_io, sources, transforms
-from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource
+from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource, model_entries
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
 from .format import Limits
 
@@ -197,11 +197,9 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
                     items.append(TensorSource(record.parts[role], dtypes.from_numpy(part.dtype), part.shape, part))
             if progress is not None:
                 progress(t.end - t.begin)
-    metadata = dict(layout.metadata)
-    metadata[transforms.METADATA_KEY] = transforms.dump(done)
     with ContainerWriter(dst, threads=threads, chunk_size=chunk_size) as writer:
         writer.add_many(items)
-        writer.finish(metadata)
+        writer.finish(layout.metadata, transforms=done)
     return done
 
 
@@ -297,16 +295,8 @@ def _write_original(reader: ContainerReader, write, progress) -> None:
     """Stream the original file to `write`, checking its size and SHA-256 at the end."""
     source = reader.source
     if source.kind == format.SOURCE_ARRAYS:  # a safetensors file of the tensors, transformed ones rebuilt
-        entries = []
-        for name in reader.names:
-            if name in reader.transforms:
-                t = reader.transforms[name]
-                entries.append((name, t.dtype, tuple(t.shape), t.original_bytes))
-            else:
-                t = reader.by_name[name]
-                entries.append((name, t.dtype.name, t.shape, t.nbytes))
-        metadata = {k: v for k, v in reader.metadata.items() if k != transforms.METADATA_KEY}
-        write(safetensors_io.build_header(entries, metadata))
+        # sizes from shapes and dtypes (a record's informative sizes are derived, never trusted)
+        write(safetensors_io.build_header(model_entries(reader.all_tensors, reader.transforms), reader.metadata))
         for name in reader.names:
             pieces = ([reader.rebuild(name).reshape(-1).view(np.uint8)] if name in reader.transforms
                       else reader.iter_raw(reader.by_name[name]))

@@ -6,6 +6,7 @@ lists, and return plain dataclasses whose offsets and lengths are safe to hand t
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .errors import (
 
 MAGIC = b"\x89LLMC\r\n\x1a"
 MAJOR_VERSION = 1
-MINOR_VERSION = 1
+MINOR_VERSION = 2
 PREAMBLE_SIZE = 40
 MIN_HEADER_SIZE = 9
 _PREAMBLE = struct.Struct("<8sHHIQQII")
@@ -46,6 +47,15 @@ SEGMENT_BLOB = 1
 SEGMENT_CODED_BLOB = 2  # since 1.1: non-tensor bytes of the original, coded as a hidden U8 tensor
 
 MAX_TENSOR_BYTES = 1 << 62
+NAME_SIZE = 0xFFFF  # Name_Length is a u16
+
+# Transform kinds (spec section 10): id -> (kind, scheme, the roles of its parts, in stored order).
+TRANSFORM_KINDS = {0: ("quantize", "symmetric", ("q", "scale")),
+                   1: ("quantize", "affine", ("q", "scale", "min")),
+                   2: ("factorize", "", ("u", "v"))}
+TRANSFORM_DTYPES = ("F16", "BF16", "F32")  # what a transformed tensor is rebuilt as
+LEGACY_TRANSFORMS_KEY = "llmcodec.transforms"  # before 1.2 the transform record was this metadata entry
+_TRANSFORM = struct.Struct("<BBQQBQQd")  # Kind .. Relative_Error of a Transform record
 
 
 def checksum64(data) -> int:
@@ -63,13 +73,15 @@ class Limits:
     """Limits of spec section 9; pass smaller values to refuse bigger files."""
 
     header_size: int = 1 << 30
-    tensor_count: int = 1 << 20
-    metadata_count: int = 1 << 16
-    string_size: int = 16 << 20
-    ndim: int = 32
+    tensor_count: int = 1 << 22
+    metadata_count: int = 1 << 20
+    string_size: int = 128 << 20
+    ndim: int = 64
     chunk_size: int = 64 << 20
-    segment_count: int = 1 << 22
+    segment_count: int = 1 << 24
     tensor_size: int = MAX_TENSOR_BYTES
+    expansion: int = 1 << 22  # decoded bytes a file may declare per byte of the file
+    work: int = 1 << 16  # rebuild multiply-adds, and plane bytes `info` decodes, per byte of the file
 
 
 @dataclass
@@ -146,10 +158,40 @@ class Source:
 
 
 @dataclass
+class Transform:
+    """What was done to one tensor (spec section 10): `kind`, its original dtype and shape, the
+    parts' names by role, the parameters, and how far the rebuilt tensor is from the original."""
+
+    kind: str  # "quantize" or "factorize"
+    dtype: str  # the original's dtype name (F32, F16, BF16)
+    shape: list[int]
+    parts: dict[str, str]  # role -> stored tensor name
+    bits: int = 0  # quantize
+    scheme: str = ""  # quantize: "symmetric" or "affine"
+    group_size: int = 0  # quantize: columns per scale (the whole row if 0)
+    rank: int = 0  # factorize
+    relative_error: float = 0.0  # ||rebuilt - original|| / ||original|| (Frobenius); informative
+    original_bytes: int = 0  # rows x cols x itemsize of dtype: always derived, never trusted
+
+    @property
+    def kind_id(self) -> int | None:
+        """Its Kind id (section 10), None if kind and scheme make none."""
+        scheme = self.scheme if self.kind == "quantize" else ""
+        return next((k for k, (kind, sch, _) in TRANSFORM_KINDS.items() if (kind, sch) == (self.kind, scheme)), None)
+
+    @property
+    def work(self) -> int:
+        """Multiply-adds (factorize) or products (quantize) of rebuilding it (spec section 9)."""
+        rows, cols = self.shape
+        return rows * cols * (self.rank if self.kind == "factorize" else 1)
+
+
+@dataclass
 class Header:
-    metadata: dict[str, str]
+    metadata: dict[str, str]  # user metadata only: format data never lives here (since 1.2)
     source: Source
     tensors: list[TensorEntry]
+    transforms: dict[str, Transform] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,6 +218,8 @@ def _string(data: str, size_format: str) -> bytes:
 
 
 def serialize_header(header: Header) -> bytes:
+    """The header's bytes (spec section 4), unchecked: a writer checks its values first
+    (`check_tensor`, `check_metadata`, `check_transforms`, `check_declared`)."""
     out = [struct.pack("<II", len(header.tensors), len(header.metadata))]
     for key, value in header.metadata.items():
         out += [_string(key, "<I"), _string(value, "<I")]
@@ -195,7 +239,138 @@ def serialize_header(header: Header) -> bytes:
         for c in t.chunks:
             out.append(struct.pack("<QQ", c.offset, c.checksum))
             out.extend(struct.pack("<BBI", p.method, p.parameter, p.length) for p in c.planes)
+    if header.transforms:  # section 4.5: only a file with transforms has the section
+        index = {t.name: i for i, t in enumerate(header.tensors)}
+        out.append(struct.pack("<I", len(header.transforms)))
+        for name, t in header.transforms.items():
+            rows, cols = t.shape
+            roles = TRANSFORM_KINDS[t.kind_id][2]
+            out.append(_string(name, "<H"))
+            out.append(_TRANSFORM.pack(t.kind_id, dtypes.BY_NAME[t.dtype].id, rows, cols, t.bits, t.group_size,
+                                       t.rank, t.relative_error))
+            out.append(struct.pack(f"<{len(roles)}I", *(index[t.parts[r]] for r in roles)))
     return b"".join(out)
+
+
+# --- checks shared by the reader and the writer (spec sections 4 and 9) ---------------------------
+
+
+def utf8(text: str, what: str) -> bytes:
+    """`text` as UTF-8 bytes; a str UTF-8 cannot hold (a lone surrogate) is a FormatError."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{what} {text!r} is not valid UTF-8 text (it holds a lone surrogate)") from None
+
+
+def check_count(what: str, n: int, limit: int) -> None:
+    if n > limit:
+        raise LimitExceededError(f"{what} {n} is over the limit {limit}")
+
+
+def check_metadata(metadata: dict[str, str], limits: Limits) -> None:
+    """What a writer checks of user metadata: the count, UTF-8 and the string limit (4.1, 9)."""
+    check_count("Metadata_Count", len(metadata), limits.metadata_count)
+    for i, (key, value) in enumerate(metadata.items()):
+        check_count(f"metadata entry {i} Key_Length", len(utf8(key, "metadata key")), limits.string_size)
+        check_count(f"metadata {key!r} Value_Length", len(utf8(value, f"metadata value of {key!r}")),
+                    limits.string_size)
+
+
+def check_tensor(t: TensorEntry, limits: Limits) -> None:
+    """Every rule of a tensor record but its chunks (4.3, 9): the same checks when a file is read
+    and before a writer encodes a tensor, so a writer never writes what a reader refuses."""
+    name = t.name
+    if len(utf8(name, "tensor name")) > NAME_SIZE:
+        raise LimitExceededError(f"tensor name of {len(utf8(name, 'tensor name'))} bytes is over the "
+                                 f"{NAME_SIZE} bytes Name_Length can hold: {name[:60]!r}...")
+    if len(t.shape) > limits.ndim:
+        raise LimitExceededError(f"tensor {name!r}: Ndim {len(t.shape)} is over the limit {limits.ndim}")
+    if not all(0 <= d < 1 << 64 for d in t.shape):
+        raise LimitExceededError(f"tensor {name!r}: shape {list(t.shape)}: a dimension is over 2^64 - 1")
+    dtype = t.dtype
+    if dtype.is_block and (not t.shape or t.shape[-1] % dtype.block_size):
+        raise FormatError(f"tensor {name!r}: shape {list(t.shape)} of {dtype.name}: the last dimension must be a "
+                          f"multiple of its block size {dtype.block_size}")
+    if t.nbytes > limits.tensor_size:  # Python ints: no overflow
+        raise LimitExceededError(f"tensor {name!r}: shape {list(t.shape)} is {t.nbytes} bytes, over the limit "
+                                 f"{limits.tensor_size}")
+    if t.layout not in dtypes.LAYOUT_ITEMSIZE:
+        raise UnsupportedFeatureError(f"tensor {name!r}: unknown Layout {t.layout}")
+    if not dtypes.layout_allowed(t.layout, dtype):
+        raise FormatError(f"tensor {name!r}: Layout {t.layout} does not fit dtype {dtype.name}")
+    if t.chunk_elements < 1:
+        raise FormatError(f"tensor {name!r}: Chunk_Elements is 0")
+    if t.chunk_elements * dtype.itemsize > limits.chunk_size:
+        raise LimitExceededError(f"tensor {name!r}: chunks of {t.chunk_elements * dtype.itemsize} bytes are over "
+                                 f"the limit {limits.chunk_size}")
+
+
+def check_transforms(transforms: dict[str, Transform], tensors: list[TensorEntry], source: Source,
+                     limits: Limits) -> None:
+    """Section 10: every transformed tensor names parts of the dtypes and shapes its kind needs,
+    each tensor is a part once at most, and no name is also a stored tensor's."""
+    if transforms and source.kind != SOURCE_ARRAYS:
+        raise FormatError(f"a file with transforms has Source_Kind {SOURCE_ARRAYS}, not {source.kind}")
+    check_count("Transform_Count", len(transforms), limits.tensor_count)
+    stored = {t.name: t for t in tensors}
+    used: set[str] = set()
+    for name, t in transforms.items():
+        _check_transform(name, t, stored, limits)
+        for part in t.parts.values():
+            if part in used:
+                raise FormatError(f"transform of tensor {name!r}: tensor {part!r} is a part twice")
+            used.add(part)
+
+
+def _check_transform(name: str, t: Transform, stored: dict, limits: Limits) -> None:
+    def bad(why: str) -> FormatError:
+        return FormatError(f"transform of tensor {name!r}: {why}")
+
+    if name in stored:
+        raise bad("a stored tensor has the same name")
+    utf8(name, "transformed tensor name")
+    if t.kind_id is None:
+        raise bad(f"unknown kind {t.kind!r} / scheme {t.scheme!r}")
+    rows, cols = t.shape
+    if t.dtype not in TRANSFORM_DTYPES or rows < 1 or cols < 1:
+        raise bad(f"dtype {t.dtype} and shape {t.shape} must be a float matrix")
+    if t.original_bytes != rows * cols * dtypes.BY_NAME[t.dtype].itemsize:
+        raise bad(f"original_bytes {t.original_bytes} disagrees with its shape {t.shape} of {t.dtype}")
+    if t.original_bytes > limits.tensor_size:
+        raise LimitExceededError(f"transform of tensor {name!r}: shape {t.shape} is {t.original_bytes} bytes, "
+                                 f"over the limit {limits.tensor_size}")
+    roles = TRANSFORM_KINDS[t.kind_id][2]
+    if set(t.parts) != set(roles) or not all(p in stored for p in t.parts.values()):
+        raise bad(f"parts {t.parts!r} are not the stored tensors {roles} it needs")
+    if t.kind == "quantize":
+        g = t.group_size or cols
+        if t.bits not in (4, 8) or g < 1 or cols % g or t.rank:
+            raise bad(f"bits {t.bits} / group size {t.group_size} / rank {t.rank} for {cols} columns")
+        want = {"q": ("I8" if t.scheme == "symmetric" else "U8", (rows, cols)), "scale": ("F32", (rows, cols // g)),
+                "min": ("F32", (rows, cols // g))}
+    else:
+        if not 1 <= t.rank <= min(rows, cols) or t.bits or t.group_size:
+            raise bad(f"rank {t.rank} (bits {t.bits}, group size {t.group_size}) for shape {t.shape}")
+        want = {"u": ("F32", (rows, t.rank)), "v": ("F32", (t.rank, cols))}
+    for role, part in t.parts.items():
+        entry = stored[part]
+        dtype, shape = want[role]
+        if entry.dtype.name != dtype or tuple(entry.shape) != shape:
+            raise bad(f"part {role} is {entry.dtype.name} {list(entry.shape)}, expected {dtype} {list(shape)}")
+
+
+def check_declared(header: Header, file_size: int, limits: Limits) -> None:
+    """Section 9: the bytes a file says it decodes to, and the work of rebuilding its transformed
+    tensors, are bounded by its size (a header entry of a few bytes can name many gigabytes)."""
+    decoded = max(sum(t.nbytes for t in header.tensors), header.source.original_size)
+    if decoded > limits.expansion * file_size:
+        raise LimitExceededError(f"the file declares {decoded} decoded bytes, over the limit of {limits.expansion} "
+                                 f"per byte of its {file_size} bytes (Limits.expansion)")
+    work = sum(t.work for t in header.transforms.values())
+    if work > limits.work * file_size:
+        raise LimitExceededError(f"rebuilding its transformed tensors takes {work} operations, over the limit of "
+                                 f"{limits.work} per byte of its {file_size} bytes (Limits.work)")
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -214,8 +389,7 @@ def parse_preamble(data: bytes, file_size: int, limits: Limits) -> Preamble:
         raise UnsupportedVersionError(f"Major_Version is {major}; this reader knows {MAJOR_VERSION}")
     if flags != 0:
         raise FormatError(f"Flags: reserved bits set ({flags:#x}), expected 0")
-    if h_len > limits.header_size:
-        raise LimitExceededError(f"Header_Length {h_len} is over the limit of {limits.header_size} bytes")
+    check_count("Header_Length", h_len, limits.header_size)
     if h_len < MIN_HEADER_SIZE:
         raise FormatError(f"Header_Length {h_len} is below the minimum {MIN_HEADER_SIZE}")
     if h_off < PREAMBLE_SIZE:
@@ -271,23 +445,21 @@ class _Cursor:
 
 
 def parse_header(data: bytes, preamble: Preamble, limits: Limits) -> Header:
-    """Parse and fully validate the header (spec sections 4 and 8)."""
+    """Parse and fully validate the header (spec sections 4, 8, 9 and 10)."""
     stored = preamble.header_checksum
     if checksum32(data) != stored:
         raise ChecksumError(f"Header_Checksum: stored {stored:#010x}, computed {checksum32(data):#010x}")
     cur = _Cursor(data)
     n_tensors, n_meta = cur.unpack("II", "Tensor_Count/Metadata_Count")
-    if n_tensors > limits.tensor_count:
-        raise LimitExceededError(f"Tensor_Count {n_tensors} is over the limit {limits.tensor_count}")
-    if n_meta > limits.metadata_count:
-        raise LimitExceededError(f"Metadata_Count {n_meta} is over the limit {limits.metadata_count}")
+    check_count("Tensor_Count", n_tensors, limits.tensor_count)
+    check_count("Metadata_Count", n_meta, limits.metadata_count)
     metadata: dict[str, str] = {}
     for i in range(n_meta):
-        key = cur.text(_string_length(cur, limits, f"metadata entry {i} Key_Length"), f"metadata key {i}")
+        key = cur.text(_string_length(cur, limits, "metadata entry %d Key_Length", i), "metadata key %d", i)
         if key in metadata:
             raise FormatError(f"metadata key {key!r} appears twice")
-        metadata[key] = cur.text(_string_length(cur, limits, f"metadata {key!r} Value_Length"),
-                                 f"metadata value of {key!r}")
+        metadata[key] = cur.text(_string_length(cur, limits, "metadata %r Value_Length", key),
+                                 "metadata value of %r", key)
     source = _parse_source(cur, n_tensors, limits)
     tensors = []
     names: set[str] = set()
@@ -297,18 +469,26 @@ def parse_header(data: bytes, preamble: Preamble, limits: Limits) -> Header:
             raise FormatError(f"tensor name {t.name!r} appears twice")
         names.add(t.name)
         tensors.append(t)
+    transforms = {}
+    if preamble.minor >= 2 and cur.pos < len(data):  # section 4.5, since 1.2
+        transforms = _parse_transforms(cur, tensors, limits)
     if cur.pos != len(data):
-        raise FormatError(f"{len(data) - cur.pos} bytes left over after the last tensor of the header")
+        raise FormatError(f"{len(data) - cur.pos} bytes left over after the last "
+                          f"{'transform' if transforms else 'tensor'} of the header")
+    if preamble.minor < 2 and source.kind == SOURCE_ARRAYS and LEGACY_TRANSFORMS_KEY in metadata:
+        transforms = _legacy_transforms(metadata.pop(LEGACY_TRANSFORMS_KEY), limits)  # section 10.2
     _mark_hidden(source, tensors)
-    header = Header(metadata, source, tensors)
+    header = Header(metadata, source, tensors, transforms)
+    check_transforms(transforms, tensors, source, limits)
     _check_ranges(header, preamble)
+    check_declared(header, preamble.header_offset + preamble.header_length, limits)
     return header
 
 
-def _string_length(cur: _Cursor, limits: Limits, what: str) -> int:
-    n = cur.one("I", what)
+def _string_length(cur: _Cursor, limits: Limits, what: str, *args) -> int:
+    n = cur.one("I", what, *args)
     if n > limits.string_size:
-        raise LimitExceededError(f"{what} {n} is over the limit {limits.string_size}")
+        raise LimitExceededError(f"{what % args} {n} is over the limit {limits.string_size}")
     return n
 
 
@@ -319,8 +499,7 @@ def _parse_source(cur: _Cursor, n_tensors: int, limits: Limits) -> Source:
     if kind not in (SOURCE_SAFETENSORS, SOURCE_GGUF):
         raise UnsupportedFeatureError(f"unknown Source_Kind {kind}")
     size, sha, n_seg = cur.unpack("Q32sI", "Source")
-    if n_seg > limits.segment_count:
-        raise LimitExceededError(f"Segment_Count {n_seg} is over the limit {limits.segment_count}")
+    check_count("Segment_Count", n_seg, limits.segment_count)
     segments = []
     for i in range(n_seg):
         seg_kind = cur.one("B", "segment %d Segment_Kind", i)
@@ -341,34 +520,15 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
     name = cur.text(cur.one("H", "tensor %d Name_Length", index), "tensor %d Name", index)
     dtype_id, ndim = cur.unpack("BB", "tensor %r Dtype/Ndim", name)
     dtype = dtypes.from_id(dtype_id)
-    if ndim > limits.ndim:
-        raise LimitExceededError(f"tensor {name!r}: Ndim {ndim} is over the limit {limits.ndim}")
     shape = cur.unpack("Q" * ndim, "tensor %r Shape", name)
-    numel = 1
-    for d in shape:
-        numel *= d  # Python ints: no overflow; checked below
-    if dtype.is_block and (not shape or shape[-1] % dtype.block_size):
-        raise FormatError(f"tensor {name!r}: shape {list(shape)} of {dtype.name}: the last dimension must be a "
-                          f"multiple of its block size {dtype.block_size}")
-    elements = numel // dtype.block_size
-    if elements * dtype.itemsize > limits.tensor_size:
-        raise LimitExceededError(f"tensor {name!r}: shape {list(shape)} is {elements * dtype.itemsize} "
-                                 f"bytes, over the limit {limits.tensor_size}")
     layout, chunk_elems, n_chunks = cur.unpack("BQQ", "tensor %r Layout/Chunk_Elements/Chunk_Count", name)
-    if layout not in dtypes.LAYOUT_ITEMSIZE:
-        raise UnsupportedFeatureError(f"tensor {name!r}: unknown Layout {layout}")
-    if not dtypes.layout_allowed(layout, dtype):
-        raise FormatError(f"tensor {name!r}: Layout {layout} does not fit dtype {dtype.name}")
-    if chunk_elems < 1:
-        raise FormatError(f"tensor {name!r}: Chunk_Elements is 0")
-    if chunk_elems * dtype.itemsize > limits.chunk_size:
-        raise LimitExceededError(f"tensor {name!r}: chunks of {chunk_elems * dtype.itemsize} bytes are over "
-                                 f"the limit {limits.chunk_size}")
+    entry = TensorEntry(name, dtype, tuple(shape), layout, chunk_elems)
+    check_tensor(entry, limits)
+    elements = entry.elements
     expected = -(-elements // chunk_elems)
     if n_chunks != expected:
         raise FormatError(f"tensor {name!r}: Chunk_Count {n_chunks}, expected {expected} for {elements} "
                           f"elements in chunks of {chunk_elems}")
-    entry = TensorEntry(name, dtype, tuple(shape), layout, chunk_elems)
     widths = [w for _, w in entry.planes]
     k = len(widths)
     # n_chunks <= elements is bounded by the header's size: each chunk takes 16 + 6k header bytes.
@@ -386,6 +546,74 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
             _check_plane(p, n * widths[j], "tensor %r chunk %d plane %d", name, c, j)
         entry.chunks.append(Chunk(offset, check, planes))
     return entry
+
+
+def _parse_transforms(cur: _Cursor, tensors: list[TensorEntry], limits: Limits) -> dict[str, Transform]:
+    """Section 4.5: Transform_Count >= 1 records; check_transforms then checks them against the tensors."""
+    count = cur.one("I", "Transform_Count")
+    if count == 0:
+        raise FormatError("Transform_Count is 0: a file without transforms ends after its last tensor")
+    check_count("Transform_Count", count, limits.tensor_count)
+    out: dict[str, Transform] = {}
+    for i in range(count):
+        name = cur.text(cur.one("H", "transform %d Name_Length", i), "transform %d Name", i)
+        if name in out:
+            raise FormatError(f"transformed tensor name {name!r} appears twice")
+        kind, dtype_id, rows, cols, bits, group, rank, error = cur.unpack(_TRANSFORM.format[1:], "transform %r", name)
+        if kind not in TRANSFORM_KINDS:
+            raise UnsupportedFeatureError(f"transform of tensor {name!r}: unknown Kind {kind}")
+        dtype = dtypes.BY_ID.get(dtype_id)
+        if dtype is None or dtype.name not in TRANSFORM_DTYPES:
+            raise FormatError(f"transform of tensor {name!r}: Dtype {dtype_id} is not F16, BF16 or F32")
+        kind_name, scheme, roles = TRANSFORM_KINDS[kind]
+        indices = cur.unpack("I" * len(roles), "transform %r Parts", name)
+        if max(indices) >= len(tensors):
+            raise FormatError(f"transform of tensor {name!r}: a part's Tensor_Index {max(indices)} but the file "
+                              f"has {len(tensors)} tensors")
+        parts = {role: tensors[j].name for role, j in zip(roles, indices)}
+        out[name] = Transform(kind_name, dtype.name, [rows, cols], parts, bits, scheme, group, rank, error,
+                              rows * cols * dtype.itemsize)
+    return out
+
+
+def _legacy_transforms(text: str, limits: Limits) -> dict[str, Transform]:
+    """Section 10.2: the transform record of a 1.0/1.1 file, a JSON object in its metadata."""
+    def bad(why: str) -> FormatError:
+        return FormatError(f"metadata {LEGACY_TRANSFORMS_KEY!r} is not a valid transform record ({why})")
+
+    try:
+        raw = json.loads(text, parse_int=_json_int)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise bad(str(exc)) from None
+    if not isinstance(raw, dict):
+        raise bad("not a JSON object")
+    known = Transform.__dataclass_fields__  # members a later writer adds are ignored
+    out = {}
+    for name, fields in raw.items():
+        if not isinstance(fields, dict):
+            raise bad(f"the record of {name!r} is not an object")
+        try:
+            t = Transform(**{k: v for k, v in fields.items() if k in known})
+        except TypeError as exc:
+            raise bad(str(exc)) from None
+        if not (isinstance(t.kind, str) and isinstance(t.scheme, str) and isinstance(t.dtype, str)
+                and isinstance(t.shape, list) and len(t.shape) == 2 and all(type(d) is int for d in t.shape)
+                and all(type(v) is int for v in (t.bits, t.group_size, t.rank, t.original_bytes))
+                and isinstance(t.parts, dict) and all(isinstance(p, str) for p in t.parts.values())):
+            raise bad(f"tensor {name!r}: bits, group_size, rank, original_bytes and shape must be integers, "
+                      f"kind, scheme, dtype and parts strings")
+        if not (type(t.relative_error) in (int, float) and math.isfinite(t.relative_error)):
+            raise bad(f"tensor {name!r}: relative_error {t.relative_error!r} is not a finite number")
+        t.relative_error = float(t.relative_error)
+        out[name] = t
+    return out
+
+
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one of over 20 digits (more than any field holds, and quadratic to convert)
+    becomes infinity, which then fails the check of its field, naming it."""
+    return int(text) if len(text) <= 20 else math.inf
+
 
 
 def _check_plane(p: PlaneRef, n: int, where: str, *args) -> None:
@@ -422,30 +650,42 @@ def _mark_hidden(source: Source, tensors: list[TensorEntry]) -> None:
 
 
 def _check_ranges(header: Header, preamble: Preamble) -> None:
-    """Every chunk and blob lies in the data section, and none overlap (spec section 4.3)."""
+    """Every chunk and blob lies in the data section, and none overlap (spec section 4.3).
+
+    A range is (start, end, tensor index, chunk index), or (start, end, -1, segment index) for a
+    blob: its name is formatted only for an error (a tensor name may be 65,535 bytes long, and a
+    header may hold millions of chunks)."""
+    tensors = header.tensors
+
+    def name(what: tuple) -> str:
+        _, _, t, i = what
+        return f"tensor {tensors[t].name!r} chunk {i}" if t >= 0 else f"blob segment {i}"
+
     ranges, shared = [], set()
-    for t in header.tensors:
+    for ti, t in enumerate(tensors):
         for i, c in enumerate(t.chunks):
             record = (c.offset, c.checksum, tuple((p.method, p.parameter, p.length) for p in c.planes))
             if record in shared:  # an identical chunk record shares the range of the first
                 continue
             shared.add(record)
-            ranges.append((c.offset, c.offset + c.length, f"tensor {t.name!r} chunk {i}"))
+            ranges.append((c.offset, c.offset + c.length, ti, i))
     src = header.source
     for i, s in enumerate(src.segments):
         if s.kind == SEGMENT_BLOB:
-            ranges.append((s.offset, s.offset + s.length, f"blob segment {i}"))
+            ranges.append((s.offset, s.offset + s.length, -1, i))
     ranges.sort()
     end_of_data = preamble.header_offset
-    prev_end, prev_what = PREAMBLE_SIZE, "the preamble"
-    for start, end, what in ranges:
+    prev_end, prev = PREAMBLE_SIZE, None
+    for what in ranges:
+        start, end = what[0], what[1]
         if start < PREAMBLE_SIZE or end > end_of_data:
-            raise FormatError(f"{what}: bytes [{start}, {end}) lie outside the data section "
+            raise FormatError(f"{name(what)}: bytes [{start}, {end}) lie outside the data section "
                               f"[{PREAMBLE_SIZE}, {end_of_data})")
         if start < prev_end and end > start:
-            raise FormatError(f"{what}: bytes [{start}, {end}) overlap {prev_what}")
+            raise FormatError(f"{name(what)}: bytes [{start}, {end}) overlap "
+                              f"{name(prev) if prev else 'the preamble'}")
         if end > start:
-            prev_end, prev_what = end, what
+            prev_end, prev = end, what
     if src.kind != SOURCE_ARRAYS:
         total = sum(s.length if s.kind == SEGMENT_BLOB else header.tensors[s.tensor_index].nbytes
                     for s in src.segments)

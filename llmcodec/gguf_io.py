@@ -193,9 +193,11 @@ class GgufLayout:
 def read_layout(f, file_size: int, name: str) -> GgufLayout:
     """Parse and check the header of the GGUF file open as `f` (binary, seekable).
 
-    Metadata values come back as Python values (`int`, `float`, `bool`, `str`, lists of them);
-    a string that is not valid UTF-8 keeps its bytes as lone surrogates
-    (`s.encode("utf-8", "surrogateescape")` gives them back).
+    Metadata values come back as Python values (`int`, `float`, `bool`, `str`); an array of numbers
+    or booleans as a read-only numpy array (one byte of memory per byte of the file, where a list
+    would take a Python object per element), an array of strings or arrays as a list. A string
+    that is not valid UTF-8 keeps its bytes as lone surrogates (`s.encode("utf-8",
+    "surrogateescape")` gives them back); a tensor name must be UTF-8.
 
     >>> with open("model.gguf", "rb") as f:                      # doctest: +SKIP
     ...     layout = read_layout(f, os.fstat(f.fileno()).st_size, "model.gguf")
@@ -265,6 +267,10 @@ def read_layout(f, file_size: int, name: str) -> GgufLayout:
 def _tensor_info(r: _Reader, i: int, alignment: int) -> tuple[str, int, tuple[int, ...], int, int]:
     """(name, ggml type id, dims, offset in the data section, byte count) of tensor info `i`."""
     key = r.string(f"tensor {i} name")
+    try:  # a tensor's name becomes a container's tensor name, which is UTF-8 (spec 4.3)
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{r.name}: tensor {i} name {key!r} is not valid UTF-8") from None
     where = f"tensor {key!r}"
     n_dims = r.u32(f"{where} n_dims")
     if n_dims > MAX_DIMS:
@@ -361,5 +367,5 @@ class _Reader:
             raise LimitExceededError(f"{self.name}: {what}: array length {n} is over the limit {MAX_ARRAY}")
         if dtype is None:
             return [self.value(etype, f"{what}[{k}]", depth + 1) for k in range(n)]
-        items = np.frombuffer(self.take(n * size, what), dtype)
-        return (items != 0).tolist() if etype == _BOOL else items.tolist()
+        items = np.frombuffer(self.take(n * size, what), dtype)  # the file's bytes, not a Python object each
+        return items != 0 if etype == _BOOL else items

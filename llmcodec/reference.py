@@ -3,7 +3,8 @@
 It exists to show that the spec is complete: it follows the text section by section (comments cite
 the sections), uses only the standard library and `xxhash` (for XXH64), and shares no code with the
 fast decoder; the tests check that both agree. It makes every check of section 8 with the default
-limits of section 9, and decodes every symbol in a plain Python loop: use it on small files only.
+limits of section 9, decodes every symbol in a plain Python loop and rebuilds transformed tensors
+(section 10) element by element: use it on small files only.
 
     >>> decoded = decode(open("model.llmc", "rb").read())      # doctest: +SKIP
     >>> decoded.tensors["w"].data                               # raw little-endian bytes
@@ -12,6 +13,7 @@ limits of section 9, and decodes every symbol in a plain Python loop: use it on 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import struct
 from collections.abc import Callable
@@ -70,9 +72,14 @@ METHODS = {0: "RAW", 1: "CONSTANT", 2: "RANS0", 3: "RANS0_PAIRS"}  # section 6
 SOURCE_KINDS = {0: "arrays", 1: "safetensors", 2: "GGUF"}  # section 4.2
 SEGMENT_TENSOR, SEGMENT_BLOB, SEGMENT_CODED_BLOB = 0, 1, 2  # section 4.2, Segment_Kind
 LIMITS = {  # section 9 defaults
-    "header": 1 << 30, "tensor count": 1 << 20, "metadata count": 1 << 16, "string": 16 << 20, "ndim": 32,
-    "chunk size": 64 << 20, "segment count": 1 << 22, "tensor size": 1 << 62,
+    "header": 1 << 30, "tensor count": 1 << 22, "metadata count": 1 << 20, "string": 128 << 20, "ndim": 64,
+    "chunk size": 64 << 20, "segment count": 1 << 24, "tensor size": 1 << 62, "expansion": 1 << 22, "work": 1 << 16,
 }
+# section 4.5: Kind -> (kind, scheme, roles of the Parts in order); Dtype ids of a rebuilt tensor
+TRANSFORM_KINDS = {0: ("quantize", "symmetric", ("q", "scale")), 1: ("quantize", "affine", ("q", "scale", "min")),
+                   2: ("factorize", "", ("u", "v"))}
+TRANSFORM_DTYPES = {8: "F16", 9: "BF16", 12: "F32"}
+LEGACY_KEY = "llmcodec.transforms"  # section 10.2
 
 
 @dataclass
@@ -83,13 +90,28 @@ class RefTensor:
 
 
 @dataclass
+class RefTransform:  # section 4.5 (or 10.2), checked
+    kind: str  # "quantize" or "factorize"
+    scheme: str  # quantize: "symmetric" or "affine"
+    dtype: str  # F16, BF16 or F32
+    rows: int
+    cols: int
+    bits: int
+    group_size: int
+    rank: int
+    relative_error: float
+    parts: dict[str, str]  # role -> stored tensor name
+
+
+@dataclass
 class Decoded:
     major: int
     minor: int
-    metadata: dict[str, str]
-    tensors: dict[str, RefTensor]  # in file order
+    metadata: dict[str, str]  # user metadata
+    tensors: dict[str, RefTensor]  # the model's tensors in file order, transformed ones rebuilt (section 10.1)
     source_kind: int
     original: bytes | None  # the rebuilt original file when source_kind != 0
+    transforms: dict[str, RefTransform]
 
 
 @dataclass
@@ -239,8 +261,9 @@ def _tensor(r: _Reader) -> _Tensor:
     return _Tensor(name, dtype, shape, numel, itemsize, layout, fields, chunk_elements, chunks)
 
 
-def _header(header: bytes) -> tuple[dict[str, str], tuple[int, int, bytes, list[tuple[int, ...]]], list[_Tensor]]:
-    """Section 4: the whole header, which must be consumed exactly."""
+def _header(header: bytes, minor: int) -> tuple:
+    """Section 4: the whole header, which must be consumed exactly; returns (metadata, source, tensors,
+    transforms), the transforms of section 4.5, or of the metadata entry of section 10.2 in an older file."""
     r = _Reader(header, "header", TruncatedError)
     tensor_count = r.uint(4, "Tensor_Count")
     _limit(tensor_count, "tensor count", "Tensor_Count")
@@ -259,9 +282,185 @@ def _header(header: bytes) -> tuple[dict[str, str], tuple[int, int, bytes, list[
         if tensors[-1].name in names:
             raise FormatError(f"tensor Name {tensors[-1].name!r} appears twice, names must be unique")
         names.add(tensors[-1].name)
+    transforms: dict[str, RefTransform] = {}
+    if minor >= 2 and r.remaining:  # section 4.5: the Transforms section, since 1.2
+        count = r.uint(4, "Transform_Count")
+        if count == 0:
+            raise FormatError("Transform_Count must be >= 1, found 0")
+        _limit(count, "tensor count", "Transform_Count")
+        for _ in range(count):
+            name, t = _transform(r, tensors)
+            if name in transforms:
+                raise FormatError(f"transform Name {name!r} appears twice, names must be unique")
+            transforms[name] = t
     if r.remaining:
-        raise FormatError(f"header: {r.remaining} bytes left over after the last tensor, expected 0")
-    return metadata, source, tensors
+        raise FormatError(f"header: {r.remaining} bytes left over after its last structure, expected 0")
+    if minor < 2 and source[0] == 0 and LEGACY_KEY in metadata:  # section 10.2: format data, not user metadata
+        transforms = _legacy_transforms(metadata.pop(LEGACY_KEY))
+    if transforms and source[0] != 0:
+        raise FormatError(f"a file with transforms must have Source_Kind 0, found {source[0]}")
+    _check_transforms(transforms, tensors)
+    return metadata, source, tensors, transforms
+
+
+def _transform(r: _Reader, tensors: list[_Tensor]) -> tuple[str, RefTransform]:
+    """Section 4.5: one Transform record, field by field; _check_transforms checks its values."""
+    name = _utf8(r.take(r.uint(2, "transform Name_Length"), "transform Name"), "transform Name")
+    where = f"transform {name!r}"
+    kind = r.uint(1, f"{where} Kind")
+    if kind not in TRANSFORM_KINDS:
+        raise UnsupportedFeatureError(f"{where}: Kind {kind} is not a known id")
+    dtype = r.uint(1, f"{where} Dtype")
+    if dtype not in TRANSFORM_DTYPES:
+        raise FormatError(f"{where}: Dtype must be 8 (F16), 9 (BF16) or 12 (F32), found {dtype}")
+    rows, cols = r.uint(8, f"{where} Rows"), r.uint(8, f"{where} Cols")
+    bits, group_size, rank = r.uint(1, f"{where} Bits"), r.uint(8, f"{where} Group_Size"), r.uint(8, f"{where} Rank")
+    (relative_error,) = struct.unpack("<d", r.take(8, f"{where} Relative_Error"))
+    kind_name, scheme, roles = TRANSFORM_KINDS[kind]
+    parts = {}
+    for role in roles:
+        index = r.uint(4, f"{where} Parts")
+        if index >= len(tensors):
+            raise FormatError(f"{where}: part {role} Tensor_Index must be < Tensor_Count {len(tensors)}, found {index}")
+        parts[role] = tensors[index].name
+    return name, RefTransform(kind_name, scheme, TRANSFORM_DTYPES[dtype], rows, cols, bits, group_size, rank,
+                              relative_error, parts)
+
+
+def _legacy_transforms(text: str) -> dict[str, RefTransform]:
+    """Section 10.2: the JSON record of a file before 1.2, field by field."""
+    def bad(why: str) -> FormatError:
+        return FormatError(f"metadata {LEGACY_KEY!r}: {why}")
+
+    def integer(digits: str) -> int:
+        if len(digits) > 20:
+            raise ValueError(f"an integer of {len(digits)} digits")
+        return int(digits)
+
+    try:
+        record = json.loads(text, parse_int=integer)
+    except (ValueError, RecursionError) as e:
+        raise bad(f"not JSON the record can be: {e}") from None
+    if not isinstance(record, dict):
+        raise bad("must be a JSON object")
+    out = {}
+    for name, m in record.items():
+        # JSON can escape a lone surrogate, which UTF-8 (section 1) cannot hold
+        _utf8(name.encode("utf-8", "surrogatepass"), f"transformed tensor name {name!r}")
+        if not isinstance(m, dict):
+            raise bad(f"the record of {name!r} must be an object")
+        kind, scheme, dtype, shape, parts = (m.get(k) for k in ("kind", "scheme", "dtype", "shape", "parts"))
+        ints = [m.get(k, 0) for k in ("bits", "group_size", "rank", "original_bytes")]
+        error = m.get("relative_error", 0.0)
+        scheme = "" if kind == "factorize" else scheme
+        found = [k for k, (kd, sch, _) in TRANSFORM_KINDS.items() if (kd, sch) == (kind, scheme)]
+        if not found:
+            raise bad(f"{name!r}: kind {kind!r} and scheme {scheme!r} are not a known kind")
+        if dtype not in TRANSFORM_DTYPES.values():
+            raise bad(f"{name!r}: dtype must be F16, BF16 or F32, found {dtype!r}")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int for d in shape)
+                and all(type(v) is int for v in ints)):
+            raise bad(f"{name!r}: shape, bits, group_size, rank and original_bytes must be integers")
+        if not (type(error) in (int, float) and math.isfinite(error)):
+            raise bad(f"{name!r}: relative_error must be a finite number, found {error!r}")
+        roles = TRANSFORM_KINDS[found[0]][2]
+        if not (isinstance(parts, dict) and set(parts) == set(roles) and all(type(p) is str for p in parts.values())):
+            raise bad(f"{name!r}: parts must name the roles {roles}, found {parts!r}")
+        bits, group_size, rank, original_bytes = ints
+        itemsize = {"F16": 2, "BF16": 2, "F32": 4}[dtype]
+        if original_bytes != shape[0] * shape[1] * itemsize:
+            raise bad(f"{name!r}: original_bytes must be rows x cols x {itemsize}, found {original_bytes}")
+        out[name] = RefTransform(kind, scheme, dtype, shape[0], shape[1], bits, group_size, rank, float(error),
+                                 {role: parts[role] for role in roles})
+    return out
+
+
+def _check_transforms(transforms: dict[str, RefTransform], tensors: list[_Tensor]) -> None:
+    """Sections 4.5 and 10: each transform's values, and its parts' dtypes and shapes; no tensor is a part twice."""
+    by_name = {t.name: t for t in tensors}
+    used = set()
+    for name, t in transforms.items():
+        where = f"transform {name!r}"
+        if name in by_name:
+            raise FormatError(f"{where}: Name must not be a tensor's Name")
+        if t.rows < 1 or t.cols < 1:
+            raise FormatError(f"{where}: Rows and Cols must be >= 1, found {t.rows} x {t.cols}")
+        _limit(t.rows * t.cols * {"F16": 2, "BF16": 2, "F32": 4}[t.dtype], "tensor size", f"{where}: size")
+        if t.kind == "quantize":
+            g = t.group_size or t.cols
+            if t.bits not in (4, 8) or g < 1 or t.cols % g or t.rank != 0:
+                raise FormatError(f"{where}: Bits must be 4 or 8, Group_Size 0 or a divisor of Cols {t.cols}, "
+                                  f"Rank 0; found {t.bits}, {t.group_size}, {t.rank}")
+            want = {"q": ("I8" if t.scheme == "symmetric" else "U8", (t.rows, t.cols)),
+                    "scale": ("F32", (t.rows, t.cols // g)), "min": ("F32", (t.rows, t.cols // g))}
+        else:
+            if not 1 <= t.rank <= min(t.rows, t.cols) or t.bits != 0 or t.group_size != 0:
+                raise FormatError(f"{where}: Rank must be in 1..min(Rows, Cols), Bits and Group_Size 0; "
+                                  f"found {t.rank}, {t.bits}, {t.group_size}")
+            want = {"u": ("F32", (t.rows, t.rank)), "v": ("F32", (t.rank, t.cols))}
+        for role, part in t.parts.items():
+            if part not in by_name:
+                raise FormatError(f"{where}: part {role} {part!r} is not a tensor of the file")
+            if part in used:
+                raise FormatError(f"{where}: tensor {part!r} is a part twice")
+            used.add(part)
+            found = (DTYPES[by_name[part].dtype][0], by_name[part].shape)
+            if found != want[role]:
+                raise FormatError(f"{where}: part {role} must be {want[role]}, found {found}")
+
+
+def _f32(x: float) -> float:
+    """x rounded to binary32, to nearest even (struct rounds as C does; a result past the largest
+    binary32 is an infinity, which struct refuses to pack)."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def _as_dtype(x: float, dtype: str) -> bytes:
+    """Section 10.1: a binary32 value converted to the tensor's dtype, to nearest even, little-endian."""
+    if dtype == "F32":
+        return struct.pack("<f", x)
+    if dtype == "F16":
+        try:
+            return struct.pack("<e", x)
+        except OverflowError:
+            return struct.pack("<H", 0xFC00 if x < 0 else 0x7C00)
+    bits = struct.unpack("<I", struct.pack("<f", x))[0]  # BF16: the high half of the binary32, rounded
+    if math.isnan(x):
+        return struct.pack("<H", (bits >> 16) | 0x40)
+    return struct.pack("<H", (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)
+
+
+def _rebuild(t: RefTransform, parts: dict[str, RefTensor]) -> bytes:
+    """Section 10.1, element by element, in binary64 Python floats rounded to binary32 where the text says."""
+    def values(role: str, fmt: str) -> list:
+        data = parts[role].data
+        return list(struct.unpack(f"<{len(data) // struct.calcsize(fmt)}{fmt}", data))
+
+    out = bytearray()
+    if t.kind == "quantize":
+        g = t.group_size or t.cols
+        q = values("q", "b" if t.scheme == "symmetric" else "B")
+        scale = values("scale", "f")
+        low = values("min", "f") if t.scheme == "affine" else None
+        for i in range(t.rows):
+            for j in range(t.cols):
+                k = i * (t.cols // g) + j // g
+                x = _f32(q[i * t.cols + j] * scale[k])  # exact in binary64, then rounded once
+                if low is not None:
+                    x = _f32(x + low[k])
+                out += _as_dtype(x, t.dtype)
+        return bytes(out)
+    u, v = values("u", "f"), values("v", "f")
+    for i in range(t.rows):
+        for j in range(t.cols):
+            s = 0.0
+            for k in range(t.rank):
+                s += u[i * t.rank + k] * v[k * t.cols + j]  # binary64 products and sums, in order
+            out += _as_dtype(_f32(s), t.dtype)
+    return bytes(out)
 
 
 def _check_ranges(ranges: list[tuple[int, int, str]], header_offset: int) -> None:
@@ -426,7 +625,7 @@ def decode(data: bytes) -> Decoded:
     header = data[header_offset:]
     if header_sum != _xxh64(header) & 0xFFFFFFFF:
         raise ChecksumError(f"Header_Checksum: stored {header_sum:#010x}, computed {_xxh64(header) & 0xFFFFFFFF:#010x}")
-    metadata, (source_kind, original_size, original_sha, segments), tensors = _header(header)  # section 4
+    metadata, (source_kind, original_size, original_sha, segments), tensors, transforms = _header(header, minor)
 
     # Section 4.2: the segments' lengths must add up to Original_Size (a tensor segment is its raw bytes).
     total = sum(tensors[seg[1]].numel * tensors[seg[1]].itemsize if seg[0] != SEGMENT_BLOB else seg[2]
@@ -438,6 +637,16 @@ def decode(data: bytes) -> Decoded:
             raise FormatError(f"tensor {t.name!r}: a coded blob must be U8 of Ndim 1 and named by no tensor segment")
     if source_kind != 0 and total != original_size:
         raise FormatError(f"segments must add up to Original_Size {original_size}, found {total}")
+
+    # Section 9: what the file declares, and the work of rebuilding, against its size.
+    declared = max(sum(t.numel * t.itemsize for t in tensors), original_size)
+    if declared > LIMITS["expansion"] * len(data):
+        raise LimitExceededError(f"the file declares {declared} bytes, over the expansion limit "
+                                 f"{LIMITS['expansion']} x its {len(data)} bytes")
+    work = sum(t.rows * t.cols * (t.rank if t.kind == "factorize" else 1) for t in transforms.values())
+    if work > LIMITS["work"] * len(data):
+        raise LimitExceededError(f"rebuilding takes {work} operations, over the work limit {LIMITS['work']} x "
+                                 f"its {len(data)} bytes")
 
     # Section 4.3: chunk and blob ranges inside the data section, without overlaps.
     ranges = [(seg[1], seg[2], f"segment {i} blob") for i, seg in enumerate(segments) if seg[0] == SEGMENT_BLOB]
@@ -469,7 +678,19 @@ def decode(data: bytes) -> Decoded:
                                 f"computed {_xxh64(chunk):#018x}")
         raw[t.name].append(chunk)
     out = {t.name: RefTensor(DTYPES[t.dtype][0], t.shape, b"".join(raw[t.name])) for t in tensors}
-    model = {t.name: out[t.name] for i, t in enumerate(tensors) if i not in hidden}
+    # Section 10.1: the model's tensors in file order, each transformed one rebuilt where its first part is.
+    owner = {part: name for name, t in transforms.items() for part in t.parts.values()}
+    model = {}
+    for i, t in enumerate(tensors):
+        name = owner.get(t.name)
+        if i in hidden or name in model:
+            continue
+        if name is None:
+            model[t.name] = out[t.name]
+        else:
+            tr = transforms[name]
+            parts = {role: out[part] for role, part in tr.parts.items()}
+            model[name] = RefTensor(tr.dtype, (tr.rows, tr.cols), _rebuild(tr, parts))
 
     # Section 4.2: rebuild the original file from its segments, checking each blob and then the SHA-256.
     original = None
@@ -489,4 +710,4 @@ def decode(data: bytes) -> Decoded:
         if hashlib.sha256(original).digest() != original_sha:
             raise ChecksumError(f"Original_SHA256 stored {original_sha.hex()}, "
                                 f"computed {hashlib.sha256(original).hexdigest()}")
-    return Decoded(major, minor, metadata, model, source_kind, original)
+    return Decoded(major, minor, metadata, model, source_kind, original, transforms)

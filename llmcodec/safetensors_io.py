@@ -9,16 +9,26 @@ can be rebuilt byte for byte.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
+from json.decoder import scanstring
 
-from . import dtypes
-from .errors import FormatError, UnsupportedFeatureError
+import numpy as np
 
-MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+from . import dtypes, format
+from .errors import FormatError, InvalidArgumentError, LimitExceededError, UnsupportedFeatureError
+
+MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header (MAX_HEADER_SIZE)
+_STRUCTURE = np.zeros(256, bool)  # the bytes of JSON's structure that _check_structure looks at
+_STRUCTURE[list(b"[]{}:")] = True
+_BLOCK = 1 << 24  # bytes of the header looked at in one numpy pass
+_DEPTH = np.zeros(256, np.int8)  # how each byte of the structure changes the nesting depth
+_DEPTH[[ord("{"), ord("[")]], _DEPTH[[ord("}"), ord("]")]] = 1, -1
+_WS = re.compile(r"[ \t\n\r]*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StTensor:
     name: str
     dtype: dtypes.Dtype | None  # None: a dtype llmcodec does not code; its bytes are kept as a blob
@@ -43,20 +53,20 @@ def read_layout(f, file_size: int, name: str) -> StLayout:
     (n,) = struct.unpack("<Q", head)
     if n > MAX_HEADER or 8 + n > file_size:
         raise FormatError(f"{name}: not a safetensors file: header size {n} does not fit in {file_size} bytes")
+    raw = f.read(n)
+    members = _check_structure(raw, name)
+    data_start, metadata, tensors = 8 + n, {}, []
     try:
-        header = json.loads(f.read(n), object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{name}: not a safetensors file: its header is not JSON ({exc})") from None
-    except KeyError as exc:
-        raise FormatError(f"{name}: key {exc.args[0]!r} appears twice in the header") from None
-    if not isinstance(header, dict):
-        raise FormatError(f"{name}: not a safetensors file: its header is not a JSON object")
-    data_start = 8 + n
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in metadata.items()):
-        raise FormatError(f"{name}: __metadata__ must map strings to strings")
-    tensors = [_tensor(key, info, data_start, file_size, name) for key, info in header.items()]
+        text = raw.decode("utf-8")
+        del raw
+        for key, value in _members(text, members, name):
+            if key == "__metadata__":
+                metadata = _metadata(value, name)
+            else:
+                tensors.append(_tensor(key, value, data_start, file_size, name))
+    except ValueError as exc:  # not UTF-8, not JSON, an integer of more than 20 digits, NaN
+        raise FormatError(f"{name}: not a safetensors file: its header is not JSON that safetensors reads "
+                          f"({exc})") from None
     tensors.sort(key=lambda t: (t.begin, t.end))
     for prev, cur in zip(tensors, tensors[1:]):
         if cur.begin < prev.end:
@@ -64,13 +74,116 @@ def read_layout(f, file_size: int, name: str) -> StLayout:
     return StLayout(data_start, metadata, tensors)
 
 
-def _unique_keys(pairs: list) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise KeyError(key)
-        out[key] = value
-    return out
+def _check_structure(raw: bytes, name: str) -> np.ndarray:
+    """Check that the header's brackets, strings aside, nest as safetensors' schema allows, and
+    that it has no more entries than llmcodec reads (format.Limits); return the member count of
+    each object inside the header's object, in order.
+
+    Safetensors' schema is one object of objects (tensor entries, __metadata__) whose lists hold
+    no list or object: so no nesting can exhaust the stack, and no tree of containers (each a
+    Python object some 30 times larger than its 2 bytes of JSON) is ever built. Checked in C-speed
+    passes over the bytes (numpy, bytes methods) before any JSON is parsed, so that parsing takes
+    memory proportional to the header, within a bound."""
+    structure = _structure(raw)
+    brackets = structure.translate(None, b":").replace(b"[]", b"")
+    flat = brackets in (b"", b"{}")  # not an object of objects: json says what it is
+    if not flat and not (brackets[:1] == b"{" and brackets[-1:] == b"}" and not brackets[1:-1].replace(b"{}", b"")):
+        raise FormatError(f"{name}: not a safetensors file: its header is not JSON of one object of tensor "
+                          f"entries (its brackets nest deeper, or do not close)")
+    codes = np.frombuffer(structure, np.uint8)
+    depth = np.cumsum(_DEPTH[codes], dtype=np.int8)  # after each byte; at most 3, checked above
+    colons = codes == ord(":")
+    entries = int(np.count_nonzero(colons & (depth == 1)))
+    objects = np.cumsum((codes == ord("{")) & (depth == 2), dtype=np.int32)  # 1 + index of the object a byte is in
+    members = np.bincount(objects[colons & (depth == 2)] - 1, minlength=int(objects[-1]) if len(objects) else 0)
+    limits = format.Limits()
+    if entries > limits.tensor_count + 1:
+        raise LimitExceededError(f"{name}: {entries} header entries: llmcodec reads at most {limits.tensor_count} "
+                                 f"tensors (spec section 9)")
+    if len(members) and members.max() > limits.metadata_count:
+        raise LimitExceededError(f"{name}: an entry of {members.max()} members: llmcodec reads at most "
+                                 f"{limits.metadata_count} metadata entries (spec section 9)")
+    return members
+
+
+def _structure(raw: bytes) -> bytes:
+    """The bytes `{}[]:` of `raw` that lie outside JSON strings, in order, found block by block
+    (the passes take a few bytes of memory per byte of a block, not of the header)."""
+    if b"\\" in raw:  # drop escaped backslashes, then escaped quotes: every '"' left starts or ends a string
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    out, inside = [], False
+    for start in range(0, len(raw), _BLOCK):
+        codes = np.frombuffer(raw, np.uint8, min(_BLOCK, len(raw) - start), start)
+        within = np.bitwise_xor.accumulate(codes == ord('"')) ^ inside  # True from an opening quote to its close
+        out.append(codes[_STRUCTURE[codes] & ~within].tobytes())
+        inside = bool(within[-1])
+    return b"".join(out)
+
+
+def _members(text: str, members: np.ndarray, name: str):
+    """The members of the header's object, (key, value) each, parsed one at a time, so that only
+    one entry exists as Python objects at a time (json.loads would build them all first); objects
+    are built in C, and one that has fewer keys than `members` says had a key twice. Raises
+    ValueError for what is not JSON."""
+    decoder = json.JSONDecoder(parse_int=_int, parse_constant=_int)
+    ws = _WS.match
+    pos = ws(text).end()
+    if text[pos:pos + 1] != "{":
+        decoder.decode(text)  # raises if it is not JSON
+        raise FormatError(f"{name}: not a safetensors file: its header is not a JSON object")
+    pos = ws(text, pos + 1).end()
+    seen: set[str] = set()
+    objects = 0
+    while text[pos:pos + 1] != "}":
+        if seen:
+            if text[pos:pos + 1] != ",":
+                raise ValueError(f"expecting ',' or '}}' at char {pos}")
+            pos = ws(text, pos + 1).end()
+        if text[pos:pos + 1] != '"':
+            raise ValueError(f"expecting a key at char {pos}")
+        key, pos = scanstring(text, pos + 1)
+        pos = ws(text, pos).end()
+        if text[pos:pos + 1] != ":":
+            raise ValueError(f"expecting ':' at char {pos}")
+        value, pos = decoder.raw_decode(text, ws(text, pos + 1).end())
+        if key in seen:
+            raise FormatError(f"{name}: key {key!r} appears twice in the header")
+        if isinstance(value, dict):
+            if len(value) != members[objects]:
+                raise FormatError(f"{name}: the entry of {key!r} has a key twice")
+            objects += 1
+        seen.add(key)
+        yield key, value
+        pos = ws(text, pos).end()
+    if ws(text, pos + 1).end() != len(text):
+        raise ValueError(f"extra data after the header's object, at char {pos + 1}")
+
+
+def _metadata(value, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise FormatError(f"{name}: __metadata__ must map strings to strings")
+    for key, text in value.items():
+        _check_text(key, "metadata key", name)
+        _check_text(text, f"metadata value of {key!r}", name)
+    return value
+
+
+def _int(text: str) -> int:
+    """A JSON integer of safetensors' header: at most 20 digits (a u64), so that no huge number is
+    converted (quadratic in its digits) or kept."""
+    if len(text) > 20 or not text.lstrip("-").isdigit():
+        raise ValueError(f"number {text[:30]} is not an integer of at most 20 digits")
+    return int(text)
+
+
+def _check_text(text: str, what: str, name: str) -> None:
+    """JSON can escape a lone surrogate (\\ud800), which UTF-8, and so safetensors, cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{name}: {what} {text!r} holds a lone surrogate, which is not UTF-8") from None
 
 
 def _tensor(key: str, info, data_start: int, file_size: int, name: str) -> StTensor:
@@ -80,10 +193,13 @@ def _tensor(key: str, info, data_start: int, file_size: int, name: str) -> StTen
     dtype_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not isinstance(dtype_name, str):
         raise FormatError(f"{where}: dtype missing")
-    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-        raise FormatError(f"{where}: shape must be a list of non-negative integers, not {shape!r}")
+    _check_text(key, "tensor name", name)
+    if isinstance(shape, list) and len(shape) > format.Limits().ndim:  # refused before it is kept
+        raise LimitExceededError(f"{where}: Ndim {len(shape)} is over the limit {format.Limits().ndim}")
+    if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 1 << 64 for d in shape)):
+        raise FormatError(f"{where}: shape must be a list of non-negative integers below 2^64, not {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-            and 0 <= offsets[0] <= offsets[1]):
+            and 0 <= offsets[0] <= offsets[1] < 1 << 64):
         raise FormatError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, not {offsets!r}")
     begin, end = data_start + offsets[0], data_start + offsets[1]
     if end > file_size:
@@ -93,9 +209,11 @@ def _tensor(key: str, info, data_start: int, file_size: int, name: str) -> StTen
     except UnsupportedFeatureError:
         dtype = None
     if dtype is not None:
-        numel = 1
-        for d in shape:
+        numel = 0 if 0 in shape else 1
+        for d in shape:  # stops once past any file size: a shape may have millions of dimensions
             numel *= d
+            if numel >= 1 << 64:
+                break
         if numel * dtype.itemsize != end - begin:
             raise FormatError(f"{where}: {end - begin} bytes for shape {shape} of {dtype_name} "
                               f"({numel * dtype.itemsize} expected)")
@@ -104,12 +222,22 @@ def _tensor(key: str, info, data_start: int, file_size: int, name: str) -> StTen
 
 def build_header(tensors: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:
     """The 8-byte size and JSON header of a safetensors file holding `(name, dtype, shape, nbytes)`
-    back to back in that order; padded with spaces to a multiple of 8 bytes, as safetensors does."""
+    back to back in that order; padded with spaces to a multiple of 8 bytes, as safetensors does.
+
+    Refuses what safetensors would refuse to read: a tensor named `__metadata__`, a dtype it does
+    not have (the GGUF block types), a header over MAX_HEADER bytes."""
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, dtype_name, shape, nbytes in tensors:
+        if name == "__metadata__":
+            raise InvalidArgumentError("a tensor cannot be named '__metadata__' (safetensors reserves the name)")
+        if dtype_name.startswith("GGML_"):
+            raise InvalidArgumentError(f"tensor {name!r}: safetensors has no dtype {dtype_name}")
         header[name] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    if len(raw) > MAX_HEADER:
+        raise LimitExceededError(f"the safetensors header of these tensors and metadata would be {len(raw)} bytes; "
+                                 f"safetensors reads headers of {MAX_HEADER} bytes at most")
     return struct.pack("<Q", len(raw)) + raw

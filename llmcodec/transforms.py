@@ -1,46 +1,26 @@
-"""Opt-in lossy pre-steps (spec section 11): quantize or factorize weight matrices, then store the
+"""Opt-in lossy pre-steps (spec section 10): quantize or factorize weight matrices, then store the
 result losslessly; the container records what was done, and every read rebuilds the same bits.
 
 A transformed tensor `N` is stored as *parts*, ordinary tensors named `N#q`, `N#scale`, `N#min`
-(quantize) or `N#u`, `N#v` (factorize), and described in the metadata entry `llmcodec.transforms`
-(JSON). Rebuilding is defined exactly: elementwise float32 products and sums for quantized
-weights, and for factors a float64 dot product accumulated in index order, so a file decodes to
-the same bits on every machine.
+(quantize) or `N#u`, `N#v` (factorize), and described by a Transform record of the header
+(`format.Transform`; before 1.2, by the metadata entry `llmcodec.transforms`). Rebuilding is
+defined exactly: elementwise float32 products and sums for quantized weights, and for factors a
+float64 dot product accumulated in index order, so a file decodes to the same bits on every machine.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-
 import ml_dtypes
 import numpy as np
 
-from .errors import FormatError, InvalidArgumentError
+from .errors import InvalidArgumentError
+from .format import LEGACY_TRANSFORMS_KEY as METADATA_KEY  # noqa: F401 (the 1.0/1.1 record's key)
+from .format import Transform
 from .jit import kernel
 
-METADATA_KEY = "llmcodec.transforms"
 SEPARATOR = "#"
 FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16)}
 MIN_ELEMENTS = 4096  # smaller matrices (norms, biases) are left alone: little to save
-PARTS = {"quantize": ("q", "scale"), "quantize-affine": ("q", "scale", "min"), "factorize": ("u", "v")}
-
-
-@dataclass
-class Transform:
-    """What was done to one tensor: `kind`, its original dtype and shape, the parts' names by role,
-    the parameters, and how far the rebuilt tensor is from the original."""
-
-    kind: str  # "quantize" or "factorize"
-    dtype: str  # the original's dtype name (F32, F16, BF16)
-    shape: list[int]
-    parts: dict[str, str]  # role -> stored tensor name
-    bits: int = 0  # quantize
-    scheme: str = ""  # quantize: "symmetric" or "affine"
-    group_size: int = 0  # quantize: columns per scale (the whole row if 0)
-    rank: int = 0  # factorize
-    relative_error: float = 0.0  # ||rebuilt - original|| / ||original|| (Frobenius)
-    original_bytes: int = 0
 
 
 def eligible(array: np.ndarray, dtype_name: str) -> bool:
@@ -108,7 +88,7 @@ def factorize(name: str, w: np.ndarray, dtype_name: str, rank: int | None = None
 
 
 def rebuild(t: Transform, parts: dict[str, np.ndarray]) -> np.ndarray:
-    """The tensor as every reader rebuilds it, in its original dtype and shape (spec 11)."""
+    """The tensor as every reader rebuilds it, in its original dtype and shape (spec 10)."""
     if t.kind == "quantize":
         g = t.group_size or t.shape[1]
         q = parts["q"].astype(np.float32).reshape(t.shape[0], -1, g)
@@ -145,65 +125,3 @@ def relative_error(w: np.ndarray, rebuilt: np.ndarray) -> float:
     ref = w.astype(np.float64)
     norm = float(np.linalg.norm(ref))
     return float(np.linalg.norm(rebuilt.astype(np.float64) - ref)) / norm if norm else 0.0
-
-
-def dump(transforms: dict[str, Transform]) -> str:
-    return json.dumps({name: asdict(t) for name, t in transforms.items()}, sort_keys=True)
-
-
-def load(metadata: dict[str, str], stored: dict, where: str) -> dict[str, Transform]:
-    """Parse and check the `llmcodec.transforms` entry against the stored tensors (name -> entry):
-    every part exists with the dtype and shape its role needs."""
-    text = metadata.get(METADATA_KEY)
-    if text is None:
-        return {}
-    try:
-        raw = json.loads(text)
-        known = Transform.__dataclass_fields__  # members a later writer adds are ignored
-        transforms = {name: Transform(**{k: v for k, v in fields.items() if k in known})
-                      for name, fields in raw.items()}
-    except (ValueError, TypeError, AttributeError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise FormatError(f"{where}: metadata {METADATA_KEY!r} is not a valid transform record ({exc})") from None
-    for name, t in transforms.items():
-        _check(name, t, stored, where)
-    return transforms
-
-
-def _check(name: str, t: Transform, stored: dict, where: str) -> None:
-    def bad(why: str) -> FormatError:
-        return FormatError(f"{where}: transform of tensor {name!r}: {why}")
-
-    if name in stored:
-        raise bad("a stored tensor has the same name")
-    if not (isinstance(t.dtype, str) and t.dtype in FLOAT_DTYPES and isinstance(t.shape, list) and len(t.shape) == 2
-            and all(type(d) is int and d > 0 for d in t.shape)):
-        raise bad(f"dtype {t.dtype!r} and shape {t.shape!r} must be a float matrix")
-    if not all(type(v) is int for v in (t.bits, t.group_size, t.rank, t.original_bytes)):
-        raise bad("bits, group_size, rank and original_bytes must be integers")
-    rows, cols = t.shape
-    if t.kind == "quantize" and t.scheme in ("symmetric", "affine"):
-        roles = PARTS["quantize-affine" if t.scheme == "affine" else "quantize"]
-    elif t.kind == "factorize":
-        roles = PARTS["factorize"]
-    else:
-        raise bad(f"unknown kind {t.kind!r} / scheme {t.scheme!r}")
-    if (not isinstance(t.parts, dict) or set(t.parts) != set(roles)
-            or not all(isinstance(p, str) and p in stored for p in t.parts.values())):
-        raise bad(f"parts {t.parts!r} are not the stored tensors {roles} it needs")
-    part = {role: stored[n] for role, n in t.parts.items()}
-    if t.kind == "quantize":
-        g = t.group_size or cols
-        if t.bits not in (4, 8) or g < 1 or cols % g:
-            raise bad(f"bits {t.bits} / group size {t.group_size} for {cols} columns")
-        want = {"q": ("I8" if t.scheme == "symmetric" else "U8", (rows, cols)), "scale": ("F32", (rows, cols // g)),
-                "min": ("F32", (rows, cols // g))}
-    else:
-        if not 1 <= t.rank <= min(rows, cols):
-            raise bad(f"rank {t.rank}")
-        want = {"u": ("F32", (rows, t.rank)), "v": ("F32", (t.rank, cols))}
-    for role, entry in part.items():
-        dtype, shape = want[role]
-        if entry.dtype.name != dtype or tuple(entry.shape) != shape:
-            raise bad(f"part {role} is {entry.dtype.name} {list(entry.shape)}, expected {dtype} {list(shape)}")
-    if not (type(t.relative_error) in (int, float) and -1e308 <= t.relative_error <= 1e308):  # finite, a float
-        raise bad(f"relative_error {t.relative_error!r}")

@@ -50,3 +50,17 @@ def full_disk(monkeypatch):
             return getattr(self.file, name)
 
     monkeypatch.setattr(os, "fdopen", FullDisk)
+
+
+def legacy_transform_file(path, parts: dict, record: str) -> None:
+    """A version 1.1 file of arrays whose transform record is the metadata entry
+    `llmcodec.transforms` (spec 10.2): written by save_file, then its Minor_Version set to 1."""
+    import struct
+
+    from llmcodec import format as fmt, transforms
+
+    llmcodec.save_file(parts, path, {transforms.METADATA_KEY: record})
+    data = bytearray(path.read_bytes())
+    data[10:12] = struct.pack("<H", 1)
+    data[36:40] = struct.pack("<I", fmt.checksum32(bytes(data[:36])))
+    path.write_bytes(bytes(data))

@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llmcodec
-from llmcodec import files, models, reference, transforms
+from llmcodec import files, models, reference
 from llmcodec import format as fmt
 from llmcodec.container import ContainerReader
 from llmcodec.errors import ChecksumError, FormatError, TruncatedError
 
+from conftest import legacy_transform_file
 from fuzz.fuzz_open import check, feature_seeds, read_everything, reseal
 
 
@@ -240,7 +241,7 @@ def test_fast_and_reference_decoders_agree_on_every_header_byte(tmp_path, name):
 
 def _with_transform_record(tmp_path, record: str, parts: dict) -> Path:
     path = tmp_path / "t.llmc"
-    llmcodec.save_file(parts, path, {transforms.METADATA_KEY: record})
+    legacy_transform_file(path, parts, record)  # a 1.1 file: the record is JSON in the metadata
     return path
 
 
@@ -266,8 +267,8 @@ def test_a_hostile_transform_record_is_a_format_error(tmp_path, record, match):
 
 def test_a_transform_record_cannot_understate_what_rebuilding_takes(tmp_path):
     """Rank-one factors of 32 KiB that rebuild a 4096 x 4096 float32 matrix (64 MiB): max_memory
-    counts what the shape needs, not the record's own original_bytes (here 16)."""
-    path = _with_transform_record(tmp_path, _factorized(4096, 4096, original_bytes=16), _rank_one(4096, 4096))
+    counts what the shape needs (a record's original_bytes must agree with it: test_hostile_format)."""
+    path = _with_transform_record(tmp_path, _factorized(4096, 4096), _rank_one(4096, 4096))
     with llmcodec.open(path, max_memory=1 << 20) as f:
         with pytest.raises(llmcodec.LimitExceededError, match="rebuilding tensor 'w'"):
             f.get_tensor("w")

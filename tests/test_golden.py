@@ -44,6 +44,28 @@ def test_array_vectors_decode_to_recorded_tensors(name):
             assert sha(r.read_raw(t)) == spec["sha256"], tensor
 
 
+MODEL_VECTORS = sorted(k for k, v in MANIFEST["vectors"].items() if "model" in v)
+
+
+@pytest.mark.parametrize("name", MODEL_VECTORS)
+def test_transform_vectors_rebuild_recorded_tensors_in_both_decoders(name):
+    """transforms.llmc (1.2: the Transforms section) and transforms-1.1.llmc (the record in the
+    metadata, spec 10.2) rebuild the same tensors; each keeps exactly its user metadata."""
+    want = MANIFEST["vectors"][name]
+    expected = {k: (s["dtype"], s["shape"], s["sha256"]) for k, s in want["model"].items()}
+    with llmcodec.open(GOLDEN / name) as f:
+        assert f.keys() == list(expected)
+    with ContainerReader(GOLDEN / name) as r:
+        assert r.metadata == want["metadata"]
+    fast = llmcodec.load_file(GOLDEN / name)
+    assert {k: (llmcodec.dtypes.from_numpy(a.dtype).name, list(a.shape), sha(a.tobytes()))
+            for k, a in fast.items()} == expected
+    ref = reference.decode((GOLDEN / name).read_bytes())
+    assert ref.metadata == want["metadata"]
+    assert list(ref.tensors) == list(expected)
+    assert {k: (t.dtype, list(t.shape), sha(t.data)) for k, t in ref.tensors.items()} == expected
+
+
 def test_checkpoint_vector_decodes_to_recorded_original(tmp_path):
     want = MANIFEST["vectors"]["checkpoint.llmc"]
     out = files.decode_file(GOLDEN / "checkpoint.llmc", tmp_path / "c.safetensors")
@@ -67,7 +89,7 @@ def test_reference_decoder_rebuilds_the_checkpoint():
 
 def test_golden_vectors_cover_every_method():
     methods = set()
-    for name in ARRAY_VECTORS + ["checkpoint.llmc"]:
+    for name in ARRAY_VECTORS + MODEL_VECTORS + ["checkpoint.llmc"]:
         with ContainerReader(GOLDEN / name) as r:
             methods |= {p.method for t in r.tensors for c in t.chunks for p in c.planes}
     assert methods == set(fmt.METHODS)

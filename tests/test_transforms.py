@@ -1,5 +1,6 @@
 """Opt-in lossy pre-steps: quantize and factorize, stored losslessly, rebuilt to the same bits."""
 
+import dataclasses
 import json
 
 import ml_dtypes
@@ -9,9 +10,19 @@ from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 import llmcodec
-from llmcodec import files, transforms
+from llmcodec import dtypes, files, transforms
 from llmcodec.cli import app
+from llmcodec.container import ContainerWriter, TensorSource
 from llmcodec.errors import FormatError
+
+from conftest import legacy_transform_file
+
+
+def save_transformed(path, parts: dict, records: dict, metadata: dict | None = None) -> None:
+    """A file of the stored `parts` (name -> array) and the transform `records` (spec 10)."""
+    with ContainerWriter(path) as writer:
+        writer.add_many([TensorSource(n, dtypes.from_numpy(a.dtype), a.shape, a) for n, a in parts.items()])
+        writer.finish(metadata, transforms=records)
 
 
 @pytest.fixture
@@ -100,8 +111,7 @@ def test_bf16_matrices(tmp_path):
     t, parts = transforms.quantize("w", w, "BF16", 8, 64, "symmetric")
     rebuilt = transforms.rebuild(t, parts)
     assert rebuilt.dtype == ml_dtypes.bfloat16 and t.relative_error < 0.01
-    llmcodec.save_file({f"w#{r}": p for r, p in parts.items()}, path,
-                       {transforms.METADATA_KEY: transforms.dump({"w": t})})
+    save_transformed(path, {f"w#{r}": p for r, p in parts.items()}, {"w": t})
     with llmcodec.open(path) as f:
         assert f.keys() == ["w"] and f.get_tensor("w").tobytes() == rebuilt.tobytes()
 
@@ -109,17 +119,19 @@ def test_bf16_matrices(tmp_path):
 @pytest.mark.parametrize("mutate,match", [
     (lambda r: r["w"].update(kind="prune"), "unknown kind"),
     (lambda r: r["w"]["parts"].update(q="nope"), "parts"),
-    (lambda r: r["w"].update(shape=[64, 192]), "part q"),
+    (lambda r: r["w"].update(shape=[64, 192], original_bytes=64 * 192 * 4), "part q"),
+    (lambda r: r["w"].update(original_bytes=16), "original_bytes 16 disagrees"),
     (lambda r: r["w"].update(bits="8"), "integers"),
     (lambda r: r.update(x=[1]), "not a valid transform record"),
 ])
-def test_bad_records_are_format_errors(tmp_path, mutate, match):
+def test_bad_legacy_records_are_format_errors(tmp_path, mutate, match):
+    """Version 1.1 files hold the record as JSON in the metadata (spec 10.2)."""
     w = np.random.default_rng(2).standard_normal((64, 128)).astype(np.float32)
     t, parts = transforms.quantize("w", w, "F32", 8, 64, "symmetric")
-    record = json.loads(transforms.dump({"w": t}))
+    record = {"w": dataclasses.asdict(t)}
     mutate(record)
     path = tmp_path / "bad.llmc"
-    llmcodec.save_file({f"w#{r}": p for r, p in parts.items()}, path, {transforms.METADATA_KEY: json.dumps(record)})
+    legacy_transform_file(path, {f"w#{r}": p for r, p in parts.items()}, json.dumps(record))
     with pytest.raises(FormatError, match=match):
         llmcodec.open(path)
 

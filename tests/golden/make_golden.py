@@ -4,6 +4,7 @@ files with the error each must raise. Committed files never change; a format cha
     python tests/golden/make_golden.py     # writes only the vectors MANIFEST.json does not list yet
 """
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -14,6 +15,8 @@ import numpy as np
 
 import llmcodec
 from llmcodec import format as fmt
+from llmcodec import transforms
+from llmcodec.container import ContainerWriter, TensorSource
 
 HERE = Path(__file__).parent
 
@@ -49,6 +52,25 @@ def paired() -> dict:
     rng = np.random.default_rng(7)
     firsts = rng.choice(np.arange(40, 60, dtype=np.uint8), 2500)
     return {"u8.pairs": np.repeat(firsts, 2), "u8.pairs.odd": np.repeat(firsts, 2)[:-1].copy()}
+
+
+def transformed() -> tuple[dict, dict]:
+    """Stored tensors (transform parts and a plain one) and transform records: an F32 matrix
+    quantized to 8 bits (symmetric, groups of 16), a BF16 one to 4 bits (affine, a group per row)
+    and an F16 one factorized (rank 2)."""
+    rng = np.random.default_rng(11)
+    matrices = {
+        "w": transforms.quantize("w", (rng.standard_normal((16, 32)) * 0.02).astype(np.float32), "F32", 8, 16,
+                                 "symmetric"),
+        "b": transforms.quantize("b", rng.standard_normal((8, 24)).astype(ml_dtypes.bfloat16), "BF16", 4, 0,
+                                 "affine"),
+        "f": transforms.factorize("f", (rng.standard_normal((12, 2)) @ rng.standard_normal((2, 20))).astype(np.float16),
+                                  "F16", rank=2),
+    }
+    stored = {"norm": np.linspace(0, 1, 16, dtype=np.float32)}
+    for record, parts in matrices.values():
+        stored.update({record.parts[role]: array for role, array in parts.items()})
+    return stored, {name: record for name, (record, _) in matrices.items()}
 
 
 def flip(data: bytes, pos: int, mask: int = 1) -> bytes:
@@ -116,6 +138,35 @@ def write_pairs() -> dict:
     return tensors_entry(tensors, {"method": "RANS0_PAIRS"})
 
 
+def model_entry(path: Path, metadata: dict) -> dict:
+    """The manifest entry of a file of transforms: what load_file returns (transformed tensors rebuilt)."""
+    return {"metadata": metadata, "model": tensors_entry(llmcodec.load_file(path), metadata)["tensors"]}
+
+
+def write_transforms() -> dict:
+    """Version 1.2: the records in the Transforms section; a user metadata key named like the old
+    record is user data."""
+    stored, records = transformed()
+    metadata = {"llmcodec.transforms": "user data, not a transform record"}
+    with ContainerWriter(HERE / "transforms.llmc") as writer:
+        writer.add_many([TensorSource(n, llmcodec.dtypes.from_numpy(a.dtype), a.shape, a) for n, a in stored.items()])
+        writer.finish(metadata, transforms=records)
+    return model_entry(HERE / "transforms.llmc", metadata)
+
+
+def write_transforms_legacy() -> dict:
+    """Version 1.1: the same records as the metadata entry `llmcodec.transforms` (JSON, spec 10.2),
+    as 1.1 writers wrote them; it decodes to the same tensors as transforms.llmc."""
+    stored, records = transformed()
+    record = json.dumps({name: dataclasses.asdict(t) for name, t in records.items()}, sort_keys=True)
+    path = HERE / "transforms-1.1.llmc"
+    llmcodec.save_file(stored, path, {"llmcodec.transforms": record})
+    data = path.read_bytes()
+    head = data[:10] + struct.pack("<H", 1) + data[12:36]
+    path.write_bytes(head + struct.pack("<I", fmt.checksum32(head)) + data[40:])
+    return model_entry(path, {})
+
+
 def write_checkpoint() -> dict:
     original = checkpoint_bytes()
     (HERE / "checkpoint.safetensors").write_bytes(original)
@@ -124,8 +175,17 @@ def write_checkpoint() -> dict:
     return {"original_sha256": hashlib.sha256(original).hexdigest(), "original_size": len(original)}
 
 
+def unknown_kind(header: fmt.Header) -> bytes:
+    """The header with the Kind of its first transform record set to 3."""
+    raw = bytearray(fmt.serialize_header(header))
+    first = len(fmt.serialize_header(dataclasses.replace(header, transforms={}))) + 4  # after Transform_Count
+    raw[first + 2 + len(next(iter(header.transforms)).encode())] = 3
+    return bytes(raw)
+
+
 def broken_files() -> dict:
     good = (HERE / "arrays.llmc").read_bytes()
+    transformed_file = (HERE / "transforms.llmc").read_bytes()
     header_at = struct.unpack("<Q", good[16:24])[0]
     return {
         "truncated-preamble.llmc": (good[:30], "TruncatedError"),
@@ -155,10 +215,17 @@ def broken_files() -> dict:
         "rans-frequency-sum.llmc": (flip(good, 40 + 34, good[74] ^ (good[74] + 1) % 256), "FormatError"),
         # u8.random's chunk 0 is a RAW plane at byte 2446: one bit of its data.
         "chunk-checksum.llmc": (flip(good, 2446 + 10), "ChecksumError"),
+        # The Transforms section (4.5) of transforms.llmc.
+        "transform-count-0.llmc": (edited(transformed_file, lambda h: fmt.serialize_header(
+            dataclasses.replace(h, transforms={})) + bytes(4)), "FormatError"),
+        "transform-part-twice.llmc": (edited(transformed_file, lambda h: h.transforms.update(
+            w2=dataclasses.replace(h.transforms["w"]))), "FormatError"),
+        "transform-unknown-kind.llmc": (edited(transformed_file, unknown_kind), "UnsupportedFeatureError"),
     }
 
 
-VECTORS = {"arrays.llmc": write_arrays, "checkpoint.llmc": write_checkpoint, "pairs.llmc": write_pairs}
+VECTORS = {"arrays.llmc": write_arrays, "checkpoint.llmc": write_checkpoint, "pairs.llmc": write_pairs,
+           "transforms.llmc": write_transforms, "transforms-1.1.llmc": write_transforms_legacy}
 
 
 def main() -> None:
