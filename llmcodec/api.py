@@ -37,7 +37,10 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
             array = np.asarray(array)
         if not isinstance(array, np.ndarray):
             raise InvalidArgumentError(f"tensor {name!r} is a {type(array).__name__}, not a numpy array")
-        dtype = dtypes.from_numpy(array.dtype)
+        try:
+            dtype = dtypes.from_numpy(array.dtype)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"tensor {name!r}: {exc}") from None
         shape = array.shape  # np.ascontiguousarray would turn a 0-d array into 1-d
         items.append(TensorSource(name, dtype, shape, np.ascontiguousarray(array, dtype=dtype.numpy)))
     with ContainerWriter(path, threads=threads, chunk_size=chunk_size) as writer:

@@ -101,10 +101,8 @@ def ordered_map(pool, threads: int, fn, items):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        wait(pending)
+    finally:  # a cancelled future is never "done" for wait() once its pool is shut down: skip those
+        wait([future for future in pending if not future.cancel()])
 
 
 def parallel_map(threads: int, fn, items):

@@ -323,6 +323,10 @@ class ContainerReader:
         except LlmcodecError as exc:
             self.close()
             raise self._named(exc) from None
+        except MemoryError:
+            self.close()
+            raise LimitExceededError(f"{self.name}: its header needs more memory than this machine can "
+                                     f"allocate") from None
         except BaseException:
             self.close()
             raise
@@ -620,6 +624,9 @@ class ContainerReader:
                 yield from codec.parallel_map(self.threads, decode, range(len(entry.chunks)))
             except LlmcodecError as exc:
                 raise self._named(exc) from None
+            except MemoryError:
+                raise LimitExceededError(f"{self.name}: decoding tensor {entry.name!r}: more memory than "
+                                         f"this machine can allocate") from None
 
     def plane_statistics(self, entry: TensorEntry, contexts: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Symbol counts of each plane over the whole tensor, int64[planes, 256], and with

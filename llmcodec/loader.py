@@ -101,7 +101,7 @@ class LlmcodecFile(_TensorFile):
             raise InvalidArgumentError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
         self._torch = framework in ("pt", "torch")
         if self._torch:
-            _import_torch()
+            check_device(device)
         elif not isinstance(device, str) or device != "cpu":
             raise InvalidArgumentError(f"numpy arrays live on the cpu, not {device!r}")
         self.device = device
@@ -297,17 +297,15 @@ class TensorSlice:
     def __getitem__(self, index):
         t, reader = self._entry, self._file.reader
         shape = array_shape(t, reader.name)
-        items = _basic_index(index if isinstance(index, tuple) else (index,), len(shape))
+        items, axis = _basic_index(index if isinstance(index, tuple) else (index,), len(shape))
         if t.numel == 0:  # nothing to decode (an empty tensor may have 2^62 rows)
-            return self._file._convert(np.empty(0, t.dtype.numpy).reshape(shape)[items])
-        if not shape:
-            lo, hi, first = 0, 1, None
-        else:
-            axis = next(j for j, item in enumerate(items) if item is not None and not isinstance(item, bool))
+            return self._file._convert(_index(np.empty(0, t.dtype.numpy).reshape(shape), items))
+        lo, hi = 0, shape[0] if shape else 1  # rows: all, unless an item picks some
+        if axis is not None:
             lo, hi, first = _rows_of(items[axis], shape[0])
             items = (*items[:axis], first, *items[axis + 1:])
         rows, span = self._rows(lo, hi, shape)
-        picked = rows[items]
+        picked = _index(rows, items)
         if not (isinstance(picked, np.ndarray) and picked.flags.c_contiguous
                 and (picked.base is None or picked.nbytes == span)):
             picked = np.array(picked, order="C")  # holds its own bytes, not the whole chunks' span
@@ -320,7 +318,7 @@ class TensorSlice:
         t, reader = self._entry, self._file.reader
         row = t.dtype.numpy.itemsize * math.prod(shape[1:])  # bytes (a 1-D block tensor's rows are bytes)
         first, last = lo * row, hi * row
-        rows, span = np.empty(last - first, np.uint8), 0
+        rows, span = np.empty(0, np.uint8), 0
         if last > first:
             chunk = t.chunk_elements * t.dtype.itemsize
             c0, c1 = first // chunk, -(-last // chunk)
@@ -332,28 +330,40 @@ class TensorSlice:
         return rows.view(t.dtype.numpy).reshape((hi - lo, *shape[1:]) if shape else ()), span
 
 
-def _basic_index(items: tuple, ndim: int) -> tuple:
+def _index(array: np.ndarray, items: tuple):
+    """numpy's array[items]; an index out of bounds is an InvalidIndexError (an IndexError too)."""
+    try:
+        return array[items]
+    except IndexError as exc:
+        raise InvalidIndexError(str(exc)) from None
+
+
+def _basic_index(items: tuple, ndim: int) -> tuple[tuple, int | None]:
     """`items` checked to be a basic numpy index of an array of `ndim` dimensions (ints, slices,
-    one `...`, None, bools), with `...` written out as the slices it stands for."""
+    one `...`, None, bools), and the position of the item that indexes the first axis (None when
+    `...` or the implicit trailing slices take it whole). The tuple keeps its `...`: numpy places
+    the axes of mixed int and bool indices by whether anything stands between them."""
     for item in items:
         if not (item is None or item is Ellipsis or isinstance(item, (slice, bool, np.bool_))
                 or isinstance(item, (int, np.integer))):
             raise InvalidIndexError(f"get_slice takes ints, slices, ..., None and bools, not {item!r}")
-    for s in items:
-        if isinstance(s, slice) and not all(v is None or isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                            for v in (s.start, s.stop, s.step)):
-            raise InvalidIndexError(f"get_slice takes slices of ints or None, not {s!r}")
-        if isinstance(s, slice) and s.step == 0:
+        if isinstance(item, slice) and not all(v is None or isinstance(v, (int, np.integer))
+                                               and not isinstance(v, bool) for v in (item.start, item.stop, item.step)):
+            raise InvalidIndexError(f"get_slice takes slices of ints or None, not {item!r}")
+        if isinstance(item, slice) and item.step == 0:
             raise InvalidIndexError("slice step cannot be zero")
     items = tuple(bool(i) if isinstance(i, np.bool_) else i for i in items)
     used = sum(1 for i in items if isinstance(i, (slice, int)) and not isinstance(i, bool))
     if used > ndim:
         raise InvalidIndexError(f"too many indices for a tensor of {ndim} dimensions: {used}")
-    dots = [j for j, i in enumerate(items) if i is Ellipsis]
-    if len(dots) > 1:
+    if sum(1 for i in items if i is Ellipsis) > 1:
         raise InvalidIndexError("an index can have only one ellipsis (...)")
-    at = dots[0] if dots else len(items)
-    return (*items[:at], *[slice(None)] * (ndim - used), *items[at + 1:])
+    for j, item in enumerate(items):
+        if item is Ellipsis and ndim > used:
+            return items, None
+        if isinstance(item, (slice, int)) and not isinstance(item, bool):
+            return items, j
+    return items, None
 
 
 def _rows_of(item, rows: int) -> tuple[int, int, object]:
@@ -418,6 +428,15 @@ def _import_torch():
     return torch
 
 
+def check_device(device) -> None:
+    """`device` as torch names one ("cpu", "cuda:0", a torch.device)."""
+    torch = _import_torch()
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgumentError(f"device must name a torch device, not {device!r}: {exc}") from None
+
+
 def to_torch(array: np.ndarray, device: str = "cpu"):
     """A torch tensor sharing `array`'s memory (bf16 and fp8 keep their dtype)."""
     torch = _import_torch()
@@ -430,5 +449,10 @@ def to_torch(array: np.ndarray, device: str = "cpu"):
         tensor = torch.from_numpy(array.view(base)).view(special[name])
     else:
         tensor = torch.from_numpy(array)
-    return tensor if device == "cpu" else tensor.to(device)
+    if device == "cpu":
+        return tensor
+    try:
+        return tensor.to(device)
+    except (RuntimeError, AssertionError) as exc:  # a device this torch was not built for, or absent
+        raise InvalidArgumentError(f"cannot move a tensor to device {device!r}: {exc}") from None
 
