@@ -352,11 +352,12 @@ def test_load_file_counts_the_header_and_the_rows_of_many_tiny_chunks(tiny_chunk
 def test_a_slice_builds_rows_only_for_its_own_chunks(tiny_chunks):
     path, data = tiny_chunks
     with llmcodec.open(path, threads=2) as f:
-        f.get_slice("w")[0:1]
-        for index in (slice(0, 1), slice(200_000, 200_010), -1):
+        f.get_slice("w")[0:1]  # compiled, warm: what follows is a fresh file's first slices
+    with llmcodec.open(path, threads=2) as f:
+        for index in (slice(0, 1), slice(20_000, 20_010), -1):
             got, peak = peak_growth(lambda: f.get_slice("w")[index])
             assert got.tobytes() == data[index].tobytes()
-            assert peak < 256 << 10, (index, peak)  # the whole tensor's rows would be ~150 MB
+            assert peak < 256 << 10, (index, peak)  # the whole tensor's rows take over 10 MB
 
 
 def test_a_stepped_slice_builds_no_index_of_its_rows(tmp_path):
@@ -379,11 +380,11 @@ def _names(n: int) -> list[str]:
 
 def test_close_while_other_threads_read_gives_tensors_or_one_error(tmp_path):
     path = tmp_path / "m.llmc"
-    tensors = {name: np.random.default_rng(i).standard_normal(50_000).astype(np.float32)
-               for i, name in enumerate(_names(8))}
+    tensors = {name: np.random.default_rng(i).standard_normal(400_000).astype(np.float32)
+               for i, name in enumerate(_names(6))}
     llmcodec.save_file(tensors, path, chunk_size=1 << 14)
     base = threading.active_count()
-    for attempt in range(5):
+    for attempt in range(8):
         f = llmcodec.open(path, threads=2)
         outcomes, start = [], threading.Barrier(5)
 
@@ -401,12 +402,15 @@ def test_close_while_other_threads_read_gives_tensors_or_one_error(tmp_path):
         for t in readers:
             t.start()
         start.wait()
-        time.sleep(0.001 * attempt)
+        time.sleep(0.002 * attempt)  # closes at different points of the reads
         f.close()
         for t in readers:
             t.join()
         assert set(outcomes) <= {True, "InvalidArgumentError"}, outcomes
-    assert threading.active_count() == base  # no pool left behind, none made after close
+        assert threading.active_count() == base  # no pool left behind, none made after close
+
+
+SHARD = 300_000
 
 
 @pytest.fixture(scope="module")
@@ -414,9 +418,9 @@ def shards(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shards") / "ckpt"
     folder.mkdir()
     n = 300
-    for i in range(n):
-        llmcodec.save_file({f"t{i}": np.full(3000, i, np.int32)}, folder / f"model-{i + 1:05d}-of-{n:05d}.llmc",
-                           chunk_size=1024, threads=1)
+    for i in range(n):  # 1.2 MB each: more than one decoding task, so pools are used
+        llmcodec.save_file({f"t{i}": np.full(SHARD, i, np.int32)}, folder / f"model-{i + 1:05d}-of-{n:05d}.llmc",
+                           chunk_size=1 << 16, threads=1)
     return folder, n
 
 
@@ -425,8 +429,8 @@ def test_many_shards_leave_no_threads_behind(shards):
     base = threading.active_count()
     with llmcodec.open(folder, threads=2) as f:
         for i in range(n):
-            assert f.get_tensor(f"t{i}").tobytes() == np.full(3000, i, np.int32).tobytes()
-        assert threading.active_count() <= base + 2
+            assert f.get_tensor(f"t{i}").tobytes() == np.full(SHARD, i, np.int32).tobytes()
+            assert threading.active_count() <= base + 2
     assert threading.active_count() == base
 
 
@@ -438,7 +442,7 @@ def test_many_shards_under_a_low_descriptor_limit(shards):
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
         with llmcodec.open(folder, threads=2) as f:
             for i in range(n):
-                assert f.get_tensor(f"t{i}").tobytes() == np.full(3000, i, np.int32).tobytes()
+                assert f.get_tensor(f"t{i}").tobytes() == np.full(300_000, i, np.int32).tobytes()
         assert len(llmcodec.load_file(folder, threads=2)) == n
         print("ok")
     """
