@@ -523,9 +523,10 @@ class ContainerReader:
         tasks however many chunks there are."""
         firsts, cuts, outs, working = self._plan(spans)
         tasks = len(cuts) - 1
+        spare: list = []  # the buffers of finished tasks' coded bytes, reused: fresh pages cost more than the copy
 
         def decode(b: int) -> None:
-            self._decode_task(_spans_between(spans, firsts, cuts[b], cuts[b + 1]), out, outs[b])
+            self._decode_task(_spans_between(spans, firsts, cuts[b], cuts[b + 1]), out, outs[b], spare)
 
         try:
             with budget.hold(min(self.threads, tasks) * working, f"{what}: the working memory of {tasks} tasks"):
@@ -564,13 +565,17 @@ class ContainerReader:
             cuts.append(flat)
         return np.array(firsts, np.int64), cuts, outs, working
 
-    def _decode_task(self, part: list, out: np.ndarray, start: int) -> None:
-        """Decode the chunks of `part` ((entry, first, stop) each) into out[start:], back to back."""
+    def _decode_task(self, part: list, out: np.ndarray, start: int, spare: list) -> None:
+        """Decode the chunks of `part` ((entry, first, stop) each) into out[start:], back to back;
+        their coded bytes are read into a buffer of `spare` (at most one per running task) or a new one."""
         rows = codec.chunk_rows(part)
         sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_ITEMSIZE]
         starts = start + np.cumsum(sizes) - sizes
-        data, rows = self._fetch(rows)
+        buffer = spare.pop() if spare else None  # list.pop and append are atomic
+        data, rows, buffer = self._fetch(rows, buffer)
         bad = kernels.decode_chunks(data, rows, starts, out)
+        if buffer is not None:
+            spare.append(buffer)
         if bad >= 0:  # decode that chunk again on the path that explains what is wrong
             for t, first, stop in part:
                 if bad < stop - first:
@@ -581,12 +586,12 @@ class ContainerReader:
             codec.explain_fault(*self._chunk_bytes(t.chunks[i]), t, t.chunk_span(i)[1], where)
             raise FormatError(f"{where}: corrupt")
 
-    def _fetch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The bytes the chunks `rows` are coded in, and `rows` pointing into them: in memory, the
-        file itself; else its byte ranges read into one buffer, ranges that touch or overlap (a
-        chunk shared by two records, spec 4.3) read once."""
+    def _fetch(self, rows: np.ndarray, buffer: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The bytes the chunks `rows` are coded in, `rows` pointing into them, and the buffer they
+        are in: in memory, the file itself; else its byte ranges read into `buffer` (or a new one if
+        it is too small), ranges that touch or overlap (a chunk shared by two records, 4.3) once."""
         if self._data is not None:
-            return self._data, rows
+            return self._data, rows, None
         starts = rows[:, kernels.ROW_OFFSET]
         ends = starts + rows[:, kernels.ROW_LENGTHS:kernels.ROW_LENGTHS + kernels.MAX_PLANES].sum(axis=1)
         order = np.argsort(starts, kind="stable")
@@ -596,13 +601,16 @@ class ContainerReader:
         heads = np.flatnonzero(new)
         lo, hi = s[heads], np.maximum.reduceat(e, heads)
         at = np.cumsum(hi - lo) - (hi - lo)  # each run's place in the buffer
-        data = np.empty(int((hi - lo).sum()), np.uint8)
+        need = int((hi - lo).sum())
+        if buffer is None or buffer.shape[0] < need:
+            buffer = np.empty(need, np.uint8)
+        data = buffer[:need]
         for a, b, p in zip(lo.tolist(), hi.tolist(), at.tolist()):
             self._read_into(data[p:p + b - a], a)
         run = np.cumsum(new) - 1
         rows = rows.copy()
         rows[order, kernels.ROW_OFFSET] = s - lo[run] + at[run]
-        return data, rows
+        return data, rows, buffer
 
     def _chunk_bytes(self, chunk: Chunk) -> tuple[np.ndarray, Chunk]:
         """(bytes, chunk record pointing into them) of one chunk, for the Python decoding paths."""
@@ -616,7 +624,7 @@ class ContainerReader:
         Memory stays bounded by a few chunks per thread: each yielded array is new."""
         def decode(index: int) -> np.ndarray:
             out = np.empty(entry.chunk_span(index)[1] * entry.dtype.itemsize, np.uint8)
-            self._decode_task([(entry, index, index + 1)], out, 0)
+            self._decode_task([(entry, index, index + 1)], out, 0, [])
             return out
 
         with self._use():
