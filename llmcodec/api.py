@@ -55,7 +55,7 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
 
     With `max_memory`, a file (or folder) whose headers, tensors and decoding working memory add
     up to more bytes raises `LimitExceededError` before they are allocated; peak growth stays under
-    `max_memory` plus the slack `llmcodec.open` describes.
+    `max_memory` plus `container.MEMORY_SLACK` (1 MiB), as for `llmcodec.open`.
     """
     max_memory = check_max_memory(max_memory)
     budget = Budget(max_memory)

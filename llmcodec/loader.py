@@ -34,8 +34,8 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     threads (coded bytes read, descriptor rows, scratch); a bigger request raises
     `LimitExceededError` before anything is allocated. Set it for files from strangers: a valid
     file may decode to about 3 million times its size (a constant chunk of 64 MiB takes 22 header
-    bytes). A call's peak growth stays under `max_memory` plus a slack of a few hundred KiB per
-    thread (Python objects per call, thread stacks' touched pages), whatever the file holds.
+    bytes). A call's peak growth stays under `max_memory` plus `container.MEMORY_SLACK` (1 MiB:
+    the Python objects of the call itself, which are not counted), whatever the file holds.
 
     >>> with llmcodec.open(path) as f:
     ...     sorted(f.keys())
