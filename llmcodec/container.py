@@ -675,6 +675,9 @@ class ContainerReader:
                         joint += part
             except LlmcodecError as exc:
                 raise self._named(exc) from None
+            except MemoryError:
+                raise LimitExceededError(f"{self.name}: counting the planes of tensor {entry.name!r}: more "
+                                         f"memory than this machine can allocate") from None
         return total, joint
 
     def read_blob(self, seg: Segment) -> memoryview:
