@@ -343,16 +343,18 @@ def _basic_index(items: tuple, ndim: int) -> tuple[tuple, int | None]:
     one `...`, None, bools), and the position of the item that indexes the first axis (None when
     `...` or the implicit trailing slices take it whole). The tuple keeps its `...`: numpy places
     the axes of mixed int and bool indices by whether anything stands between them."""
+    def whole(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
     for item in items:
-        if not (item is None or item is Ellipsis or isinstance(item, (slice, bool, np.bool_))
-                or isinstance(item, (int, np.integer))):
+        if not (item is None or item is Ellipsis or isinstance(item, (slice, bool, np.bool_)) or whole(item)):
             raise InvalidIndexError(f"get_slice takes ints, slices, ..., None and bools, not {item!r}")
-        if isinstance(item, slice) and not all(v is None or isinstance(v, (int, np.integer))
-                                               and not isinstance(v, bool) for v in (item.start, item.stop, item.step)):
+        if isinstance(item, slice) and not all(v is None or whole(v) for v in (item.start, item.stop, item.step)):
             raise InvalidIndexError(f"get_slice takes slices of ints or None, not {item!r}")
         if isinstance(item, slice) and item.step == 0:
             raise InvalidIndexError("slice step cannot be zero")
-    items = tuple(bool(i) if isinstance(i, np.bool_) else i for i in items)
+    # numpy's scalars as Python's: a bool is not an int from here on
+    items = tuple(bool(i) if isinstance(i, np.bool_) else int(i) if whole(i) else i for i in items)
     used = sum(1 for i in items if isinstance(i, (slice, int)) and not isinstance(i, bool))
     if used > ndim:
         raise InvalidIndexError(f"too many indices for a tensor of {ndim} dimensions: {used}")

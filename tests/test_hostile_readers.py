@@ -191,10 +191,10 @@ def arrays(tmp_path_factory, blocks):
 
 
 def _item():
-    small = st.integers(-8, 8)
+    small = st.integers(-8, 8) | st.integers(-8, 8).map(np.int64)
     return st.one_of(small, st.builds(slice, st.none() | small, st.none() | small,
                                       st.none() | st.integers(-4, 4).filter(bool)),
-                     st.just(Ellipsis), st.none(), st.booleans())
+                     st.just(Ellipsis), st.none(), st.booleans() | st.booleans().map(np.bool_))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
