@@ -73,8 +73,8 @@ def main() -> None:
                 t, m = reader.tensors[0], in_memory.tensors[0]
                 out = np.empty(t.nbytes, np.uint8)
                 old = median_time(mapped(path, threads), 9)
-                new = median_time(lambda: reader.read_raw(t, out), 9)
-                floor = median_time(lambda: in_memory.read_raw(m, out), 9)
+                new = median_time(lambda r=reader, t=t, o=out: r.read_raw(t, o), 9)
+                floor = median_time(lambda r=in_memory, t=m, o=out: r.read_raw(t, o), 9)
                 mb = t.nbytes / 1e6
                 rows.append([f"{label} ({path.stat().st_size / 1e6:.0f} MB file)", threads, f"{mb / old:.0f}",
                              f"{mb / new:.0f}", f"{new / old - 1:+.1%}", f"{mb / floor:.0f}"])

@@ -31,8 +31,9 @@ _SUBMODULES = {"api", "atomic", "codec", "container", "dtypes", "files", "format
 
 __all__ = [
     "ChecksumError", "FileChangedError", "FormatError", "InvalidArgumentError", "InvalidIndexError",
-    "LimitExceededError", "Limits", "LlmcodecFile", "open", "LlmcodecError", "ShardedFile", "TensorNotFoundError",
-    "TruncatedError", "UnsupportedFeatureError", "UnsupportedVersionError", "decode_file", "encode_file", "load_file", "save_file", "verify_file",
+    "LimitExceededError", "Limits", "LlmcodecFile", "open", "LlmcodecError", "ShardedFile",
+    "TensorNotFoundError", "TruncatedError", "UnsupportedFeatureError", "UnsupportedVersionError", "decode_file",
+    "encode_file", "load_file", "save_file", "verify_file",
 ]
 
 

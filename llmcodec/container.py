@@ -580,16 +580,12 @@ class ContainerReader:
         if buffer is not None:
             spare.append(buffer)
         if bad >= 0:  # decode that chunk again on the path that explains what is wrong
-            for t, first, stop in part:
-                if bad < stop - first:
-                    break
-                bad -= stop - first
-            i = first + bad
+            t, i = _chunk_at(part, bad)
             where = f"tensor {t.name!r} chunk {i}"
             codec.explain_fault(*self._chunk_bytes(t.chunks[i]), t, t.chunk_span(i)[1], where)
             raise FormatError(f"{where}: corrupt")
 
-    def _fetch(self, rows: np.ndarray, buffer: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _fetch(self, rows: np.ndarray, buffer: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, object]:
         """The bytes the chunks `rows` are coded in, `rows` pointing into them, and the buffer they
         are in: in memory, the file itself; else its byte ranges read into `buffer` (or a new one if
         it is too small), ranges that touch or overlap (a chunk shared by two records, 4.3) once."""
@@ -704,6 +700,15 @@ def _spans_between(spans: list, firsts: np.ndarray, lo: int, hi: int) -> list:
             lo += b - a
         j += 1
     return part
+
+
+def _chunk_at(part: list, k: int) -> tuple[TensorEntry, int]:
+    """(entry, chunk index) of chunk number k of `part` ((entry, first, stop) each)."""
+    for entry, first, stop in part:
+        if k < stop - first:
+            return entry, first + k
+        k -= stop - first
+    raise IndexError(f"chunk {k} past the end of the task")
 
 
 def _describe(source) -> str:

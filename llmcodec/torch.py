@@ -69,8 +69,8 @@ def load_model(model, path, *, strict: bool = True, threads: int | None = None) 
     `path` is an `.llmc` file or an encoded checkpoint folder (its shards). No second copy of the
     weights is ever held: each tensor is decoded into the memory of the parameter it belongs to
     (CPU, contiguous, and the dtype and shape `get_tensor` returns: a GGUF block type's as uint8
-    [..., bytes of its blocks]); a quantized or factorized one is rebuilt, then copied in. Returns (missing, unexpected) names; with `strict`, any of either raises
-    `InvalidArgumentError`.
+    [..., bytes of its blocks]); a quantized or factorized one is rebuilt, then copied in.
+    Returns (missing, unexpected) names; with `strict`, any of either raises `InvalidArgumentError`.
     """
     if not isinstance(model, torch.nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, not {type(model).__name__}")

@@ -5,7 +5,6 @@ Anything that could kill the process on a broken reader (a write past a buffer, 
 descriptor limit) runs in a subprocess, so it fails the test instead of ending the run."""
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -84,10 +83,10 @@ def test_read_raw_refuses_a_wrong_out_before_decoding(blocks):
         readonly.flags.writeable = False
         for out in [*wrong, readonly]:
             before = bytes(np.asarray(out).tobytes())
-            for read in (lambda: r.read_raw(entry, out), lambda: r.read_many([entry], out),
-                         lambda: r.read_chunks(entry, 0, len(entry.chunks), out)):
+            for read in (r.read_raw, lambda e, o: r.read_many([e], o),
+                         lambda e, o: r.read_chunks(e, 0, len(e.chunks), o)):
                 with pytest.raises(llmcodec.InvalidArgumentError, match=f"out must be .* {n} bytes"):
-                    read()
+                    read(entry, out)
             assert np.asarray(out).tobytes() == before  # nothing written
         out = np.zeros(n, np.uint8)
         assert r.read_raw(entry, out) is out and out.tobytes() == data["w.Q8_1"].tobytes()
@@ -341,7 +340,7 @@ def tiny_chunks(tmp_path_factory):
 def test_load_file_counts_the_header_and_the_rows_of_many_tiny_chunks(tiny_chunks):
     path, data = tiny_chunks
     for budget in (1 << 20, 20 << 20):
-        result, peak = peak_growth(lambda: llmcodec.load_file(path, max_memory=budget, threads=2))
+        result, peak = peak_growth(lambda b=budget: llmcodec.load_file(path, max_memory=b, threads=2))
         assert isinstance(result, llmcodec.LimitExceededError) and "header" in str(result)
         assert peak <= budget + SLACK, (budget, peak)
     result, peak = peak_growth(lambda: llmcodec.load_file(path, max_memory=1 << 30, threads=2))
@@ -355,7 +354,7 @@ def test_a_slice_builds_rows_only_for_its_own_chunks(tiny_chunks):
         f.get_slice("w")[0:1]  # compiled, warm: what follows is a fresh file's first slices
     with llmcodec.open(path, threads=2) as f:
         for index in (slice(0, 1), slice(20_000, 20_010), -1):
-            got, peak = peak_growth(lambda: f.get_slice("w")[index])
+            got, peak = peak_growth(lambda i=index: f.get_slice("w")[i])
             assert got.tobytes() == data[index].tobytes()
             assert peak < 256 << 10, (index, peak)  # the whole tensor's rows take over 10 MB
 
@@ -367,7 +366,7 @@ def test_a_stepped_slice_builds_no_index_of_its_rows(tmp_path):
     budget = 40 << 20
     with llmcodec.open(path, max_memory=budget) as f:
         for index in (slice(None, None, 2), slice(None, None, -3), slice(5, None, 1000)):
-            got, peak = peak_growth(lambda: f.get_slice("w")[index])
+            got, peak = peak_growth(lambda i=index: f.get_slice("w")[i])
             assert peak <= budget + SLACK, (index, peak)
             assert got.tobytes() == bytes(len(range(n)[index]))
 
@@ -383,22 +382,21 @@ def test_close_while_other_threads_read_gives_tensors_or_one_error(tmp_path):
     tensors = {name: np.random.default_rng(i).standard_normal(400_000).astype(np.float32)
                for i, name in enumerate(_names(6))}
     llmcodec.save_file(tensors, path, chunk_size=1 << 14)
+    def read(f, outcomes: list, start: threading.Barrier) -> None:
+        start.wait()
+        for name in tensors:
+            try:
+                outcomes.append(f.get_tensor(name).tobytes() == tensors[name].tobytes())
+            except llmcodec.LlmcodecError as exc:
+                outcomes.append(type(exc).__name__)
+            except Exception as exc:  # what must not happen
+                outcomes.append(repr(exc))
+
     base = threading.active_count()
     for attempt in range(8):
         f = llmcodec.open(path, threads=2)
         outcomes, start = [], threading.Barrier(5)
-
-        def read():
-            start.wait()
-            for name in tensors:
-                try:
-                    outcomes.append(f.get_tensor(name).tobytes() == tensors[name].tobytes())
-                except llmcodec.LlmcodecError as exc:
-                    outcomes.append(type(exc).__name__)
-                except Exception as exc:  # what must not happen
-                    outcomes.append(repr(exc))
-
-        readers = [threading.Thread(target=read) for _ in range(4)]
+        readers = [threading.Thread(target=read, args=(f, outcomes, start)) for _ in range(4)]
         for t in readers:
             t.start()
         start.wait()
