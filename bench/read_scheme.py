@@ -4,7 +4,9 @@ The reader copies each decoding task's coded bytes out of the file with `os.prea
 of its own, so a file truncated or rewritten while open is an error, never a SIGBUS. This times
 `ContainerReader.read_raw` against the mapped scheme it replaced (the kernel decoding straight from
 an `mmap` of the file, the same tasks), on files of tens of MB in the page cache, and a bytes
-source (no copy at all) as the floor.
+source (no copy at all) as the floor. Times are CPU seconds of the process (user + system, all
+threads; the preads' copies are system time), so other load on the machine disturbs them less
+than wall time; the schemes alternate run by run.
 
     python bench/read_scheme.py
 """
@@ -12,8 +14,11 @@ source (no copy at all) as the floor.
 from __future__ import annotations
 
 import mmap
+import os
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import ml_dtypes
@@ -22,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import llmcodec  # noqa: E402
-from bench.common import markdown_table, median_time, write_section  # noqa: E402
+from bench.common import markdown_table, write_section  # noqa: E402
 from llmcodec import codec, kernels  # noqa: E402
 from llmcodec.container import BATCH_BYTES, ContainerReader  # noqa: E402
 
@@ -61,8 +66,22 @@ def mapped(path: Path, threads: int):
     return lambda: list(codec.parallel_map(threads, decode, tasks))
 
 
+def cpu_times(fns: list, repeat: int = 9) -> list[float]:
+    """Median CPU time of each of `fns`, run in turn `repeat` times after a warm-up each."""
+    times = [[] for _ in fns]
+    for fn in fns:
+        fn()
+    for _ in range(repeat):
+        for fn, spent in zip(fns, times):
+            t = time.process_time()
+            fn()
+            spent.append(time.process_time() - t)
+    return [statistics.median(spent) for spent in times]
+
+
 def main() -> None:
-    header = ["file", "threads", "mmap (old) MB/s", "pread (now) MB/s", "cost", "bytes in memory MB/s"]
+    load = os.getloadavg()[0]
+    header = ["file", "threads", "mmap (old)", "pread (now)", "cost", "bytes in memory"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, path in files(Path(tmp)).items():
@@ -72,9 +91,8 @@ def main() -> None:
                 in_memory = ContainerReader(data, threads=threads)
                 t, m = reader.tensors[0], in_memory.tensors[0]
                 out = np.empty(t.nbytes, np.uint8)
-                old = median_time(mapped(path, threads), 9)
-                new = median_time(lambda r=reader, t=t, o=out: r.read_raw(t, o), 9)
-                floor = median_time(lambda r=in_memory, t=m, o=out: r.read_raw(t, o), 9)
+                old, new, floor = cpu_times([mapped(path, threads), lambda r=reader, t=t, o=out: r.read_raw(t, o),
+                                             lambda r=in_memory, t=m, o=out: r.read_raw(t, o)])
                 mb = t.nbytes / 1e6
                 rows.append([f"{label} ({path.stat().st_size / 1e6:.0f} MB file)", threads, f"{mb / old:.0f}",
                              f"{mb / new:.0f}", f"{new / old - 1:+.1%}", f"{mb / floor:.0f}"])
@@ -82,8 +100,10 @@ def main() -> None:
     table = markdown_table(header, rows)
     print(table)
     write_section("Reading chunks: pread against mmap", "python bench/read_scheme.py",
-                  f"{SIZE >> 20} MiB tensors in 1 MiB chunks, files in the page cache, decode MB/s of raw output, "
-                  f"median of 9 runs. The cost column is the extra time of the checked pread scheme.\n\n{table}")
+                  f"{SIZE >> 20} MiB tensors in 1 MiB chunks, files in the page cache: MB of raw output decoded "
+                  f"per CPU second (user + system, all threads), median of 9 runs, the schemes in turn. The cost "
+                  f"column is the extra CPU time of the checked pread scheme over the mapped one. Load average "
+                  f"when it started: {load:.1f}.\n\n{table}")
 
 
 if __name__ == "__main__":
