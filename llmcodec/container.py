@@ -524,12 +524,12 @@ class ContainerReader:
         their coded bytes and decodes them in one kernel call. At most `threads` tasks run at once,
         so the working memory, taken from `budget` before any task starts, is that of `threads`
         tasks however many chunks there are."""
-        firsts, cuts, outs, working = self._plan(spans)
+        firsts, cuts, outs, fetch, working = self._plan(spans)
         tasks = len(cuts) - 1
-        spare: list = []  # the buffers of finished tasks' coded bytes, reused: fresh pages cost more than the copy
+        spare: list = []  # buffers of `fetch` bytes for coded bytes, one per running task: fresh pages cost more
 
         def decode(b: int) -> None:
-            self._decode_task(_spans_between(spans, firsts, cuts[b], cuts[b + 1]), out, outs[b], spare)
+            self._decode_task(_spans_between(spans, firsts, cuts[b], cuts[b + 1]), out, outs[b], spare, fetch)
 
         try:
             with budget.hold(min(self.threads, tasks) * working, f"{what}: the working memory of {tasks} tasks"):
@@ -540,14 +540,15 @@ class ContainerReader:
         except MemoryError:
             raise LimitExceededError(f"{what}: more memory than this machine can allocate") from None
 
-    def _plan(self, spans: list) -> tuple[np.ndarray, list, list, int]:
+    def _plan(self, spans: list) -> tuple[np.ndarray, list, list, int, int]:
         """Cut the chunks of `spans` (numbered from 0 across them) into decoding tasks of at most
         BATCH_BYTES of output, BATCH_BYTES of coded bytes (or one chunk), and BATCH_CHUNKS chunks.
         Returns the number of each span's first chunk, where each task starts (and the end),
-        the output offset of each task, and the most bytes one task allocates."""
+        the output offset of each task, the most coded bytes a task reads from the file, and the
+        most bytes one task allocates (from the largest chunk count, coded bytes, chunk of any)."""
         firsts, cuts, outs = [], [0], [0]
-        flat = total = working = 0
-        n = size = coded = biggest = 0  # of the task being filled
+        flat = total = most_n = most_coded = most_raw = 0
+        n = size = coded = 0  # of the task being filled
         from_file = self._data is None  # a task reads its chunks' coded bytes into a buffer
         for entry, first, stop in spans:
             firsts.append(flat)
@@ -557,42 +558,47 @@ class ContainerReader:
                 raw = full if i < last else entry.chunk_span(i)[1] * k
                 length = entry.chunks[i].length if from_file else 0
                 if n and (n == BATCH_CHUNKS or size + raw > BATCH_BYTES or coded + length > BATCH_BYTES):
-                    working = max(working, _task_bytes(n, coded, biggest))
                     cuts.append(flat)
                     outs.append(total)
-                    n = size = coded = biggest = 0
-                n, size, coded, biggest = n + 1, size + raw, coded + length, max(biggest, raw)
+                    n = size = coded = 0
+                n, size, coded = n + 1, size + raw, coded + length
                 flat, total = flat + 1, total + raw
+                most_n, most_coded, most_raw = max(most_n, n), max(most_coded, coded), max(most_raw, raw)
         if n:
-            working = max(working, _task_bytes(n, coded, biggest))
             cuts.append(flat)
-        return np.array(firsts, np.int64), cuts, outs, working
+        return np.array(firsts, np.int64), cuts, outs, most_coded, _task_bytes(most_n, most_coded, most_raw)
 
-    def _decode_task(self, part: list, out: np.ndarray, start: int, spare: list) -> None:
+    def _decode_task(self, part: list, out: np.ndarray, start: int, spare: list, fetch: int) -> None:
         """Decode the chunks of `part` ((entry, first, stop) each) into out[start:], back to back;
-        their coded bytes are read into a buffer of `spare` (at most one per running task) or a new one."""
+        their coded bytes (at most `fetch`) are read into a buffer of `spare` or a new one."""
         rows = codec.chunk_rows(part)
         sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_ITEMSIZE]
         starts = start + np.cumsum(sizes) - sizes
-        buffer = spare.pop() if spare else None  # list.pop and append are atomic
-        data, rows, buffer = self._fetch(rows, buffer)
+        buffer = spare.pop() if spare else np.empty(fetch, np.uint8)  # list.pop and append are atomic
+        data, rows = self._fetch(rows, buffer)
         bad = kernels.decode_chunks(data, rows, starts, out)
-        if buffer is not None:
-            spare.append(buffer)
+        spare.append(buffer)
         if bad >= 0:  # decode that chunk again on the path that explains what is wrong
             t, i = _chunk_at(part, bad)
             where = f"tensor {t.name!r} chunk {i}"
             codec.explain_fault(*self._chunk_bytes(t.chunks[i]), t, t.chunk_span(i)[1], where)
             raise FormatError(f"{where}: corrupt")
 
-    def _fetch(self, rows: np.ndarray, buffer: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, object]:
-        """The bytes the chunks `rows` are coded in, `rows` pointing into them, and the buffer they
-        are in: in memory, the file itself; else its byte ranges read into `buffer` (or a new one if
-        it is too small), ranges that touch or overlap (a chunk shared by two records, 4.3) once."""
+    def _fetch(self, rows: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The bytes the chunks `rows` are coded in, and `rows` pointing into them: in memory, the
+        file itself; else its byte ranges read into `buffer`, ranges that touch or overlap (a chunk
+        shared by two records, spec 4.3) once."""
         if self._data is not None:
-            return self._data, rows, None
+            return self._data, rows
         starts = rows[:, kernels.ROW_OFFSET]
         ends = starts + rows[:, kernels.ROW_LENGTHS:kernels.ROW_LENGTHS + kernels.MAX_PLANES].sum(axis=1)
+        if (starts[1:] == ends[:-1]).all():  # in order, back to back, as the writer puts them: one read
+            lo, need = int(starts[0]), int(ends[-1] - starts[0])
+            data = buffer[:need] if buffer.shape[0] >= need else np.empty(need, np.uint8)  # see below
+            self._read_into(data, lo)
+            rows = rows.copy()
+            rows[:, kernels.ROW_OFFSET] -= lo
+            return data, rows
         order = np.argsort(starts, kind="stable")
         s, e = starts[order], ends[order]
         new = np.ones(s.shape[0], bool)  # where a run of touching ranges begins
@@ -600,16 +606,14 @@ class ContainerReader:
         heads = np.flatnonzero(new)
         lo, hi = s[heads], np.maximum.reduceat(e, heads)
         at = np.cumsum(hi - lo) - (hi - lo)  # each run's place in the buffer
-        need = int((hi - lo).sum())
-        if buffer is None or buffer.shape[0] < need:
-            buffer = np.empty(need, np.uint8)
-        data = buffer[:need]
+        need = int((hi - lo).sum())  # <= the task's coded bytes <= the buffer's size (_plan)
+        data = buffer[:need] if buffer.shape[0] >= need else np.empty(need, np.uint8)
         for a, b, p in zip(lo.tolist(), hi.tolist(), at.tolist()):
             self._read_into(data[p:p + b - a], a)
         run = np.cumsum(new) - 1
         rows = rows.copy()
         rows[order, kernels.ROW_OFFSET] = s - lo[run] + at[run]
-        return data, rows, buffer
+        return data, rows
 
     def _chunk_bytes(self, chunk: Chunk) -> tuple[np.ndarray, Chunk]:
         """(bytes, chunk record pointing into them) of one chunk, for the Python decoding paths."""
@@ -623,7 +627,7 @@ class ContainerReader:
         Memory stays bounded by a few chunks per thread: each yielded array is new."""
         def decode(index: int) -> np.ndarray:
             out = np.empty(entry.chunk_span(index)[1] * entry.dtype.itemsize, np.uint8)
-            self._decode_task([(entry, index, index + 1)], out, 0, [])
+            self._decode_task([(entry, index, index + 1)], out, 0, [], entry.chunks[index].length)
             return out
 
         with self._use():
