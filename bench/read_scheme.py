@@ -102,7 +102,9 @@ def main() -> None:
     write_section("Reading chunks: pread against mmap", "python bench/read_scheme.py",
                   f"{SIZE >> 20} MiB tensors in 1 MiB chunks, files in the page cache: MB of raw output decoded "
                   f"per CPU second (user + system, all threads), median of 9 runs, the schemes in turn. The cost "
-                  f"column is the extra CPU time of the checked pread scheme over the mapped one. Load average "
+                  f"column is the extra CPU time of the checked pread scheme over the mapped one, which decodes "
+                  f"with rows built once (the old reader cached them per tensor): it includes the new reader's "
+                  f"per-task Python work (compare the bytes-in-memory column, which reads nothing). Load average "
                   f"when it started: {load:.1f}.\n\n{table}")
 
 
