@@ -107,7 +107,7 @@ def main() -> None:
             llmcodec.encode_file(path, blob, threads=2)
             data = blob.read_bytes()
             reader = ContainerReader(data, threads=2)
-            rows = codec.chunk_rows(reader.tensors)
+            rows = codec.chunk_rows([(t, 0, len(t.chunks)) for t in reader.tensors])
             sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_ITEMSIZE]
             starts = np.cumsum(sizes) - sizes
             outs = [np.ones(int(sizes.sum()), np.uint8) for _ in range(2)]

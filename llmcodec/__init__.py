@@ -8,8 +8,10 @@ import importlib
 
 from .errors import (
     ChecksumError,
+    FileChangedError,
     FormatError,
     InvalidArgumentError,
+    InvalidIndexError,
     LimitExceededError,
     LlmcodecError,
     TensorNotFoundError,
@@ -28,9 +30,10 @@ _SUBMODULES = {"api", "codec", "container", "dtypes", "files", "format", "kernel
                "safetensors_io"}
 
 __all__ = [
-    "ChecksumError", "FormatError", "InvalidArgumentError", "LimitExceededError", "Limits", "LlmcodecFile", "open",
-    "LlmcodecError", "ShardedFile", "TensorNotFoundError", "TruncatedError", "UnsupportedFeatureError",
-    "UnsupportedVersionError", "decode_file", "encode_file", "load_file", "save_file", "verify_file",
+    "ChecksumError", "FileChangedError", "FormatError", "InvalidArgumentError", "InvalidIndexError",
+    "LimitExceededError", "Limits", "LlmcodecFile", "open", "LlmcodecError", "ShardedFile",
+    "TensorNotFoundError", "TruncatedError", "UnsupportedFeatureError", "UnsupportedVersionError", "decode_file",
+    "encode_file", "load_file", "save_file", "verify_file",
 ]
 
 

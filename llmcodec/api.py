@@ -8,10 +8,10 @@ from contextlib import ExitStack
 import numpy as np
 
 from . import dtypes
-from .container import ContainerReader, ContainerWriter, TensorSource
+from .container import Budget, ContainerReader, ContainerWriter, TensorSource
 from .errors import InvalidArgumentError, LimitExceededError
 from .format import Limits
-from .loader import as_array, check_max_memory, check_unique, is_folder, rebuild_bytes, reserve, shard_paths
+from .loader import as_array, check_max_memory, check_unique, is_folder, rebuild_bytes, shard_paths
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, str] | None = None, *,
@@ -37,7 +37,10 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
             array = np.asarray(array)
         if not isinstance(array, np.ndarray):
             raise InvalidArgumentError(f"tensor {name!r} is a {type(array).__name__}, not a numpy array")
-        dtype = dtypes.from_numpy(array.dtype)
+        try:
+            dtype = dtypes.from_numpy(array.dtype)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"tensor {name!r}: {exc}") from None
         shape = array.shape  # np.ascontiguousarray would turn a 0-d array into 1-d
         items.append(TensorSource(name, dtype, shape, np.ascontiguousarray(array, dtype=dtype.numpy)))
     with ContainerWriter(path, threads=threads, chunk_size=chunk_size) as writer:
@@ -50,13 +53,16 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
     """Read every tensor of an `.llmc` file, or of every shard of an encoded checkpoint folder,
     into numpy arrays, bit-exact, checksums verified.
 
-    With `max_memory`, a file (or folder) whose tensors add up to more bytes raises
-    `LimitExceededError` before anything is allocated (see `llmcodec.open`).
+    With `max_memory`, a file (or folder) whose headers, tensors and decoding working memory add
+    up to more bytes raises `LimitExceededError` before they are allocated; peak growth stays under
+    `max_memory` plus `container.MEMORY_SLACK` (1 MiB), as for `llmcodec.open`.
     """
     max_memory = check_max_memory(max_memory)
+    budget = Budget(max_memory)
     paths = shard_paths(path) if is_folder(path) else [path]
     with ExitStack() as stack:
-        readers = [stack.enter_context(ContainerReader(p, threads=threads, limits=limits)) for p in paths]
+        readers = [stack.enter_context(ContainerReader(p, threads=threads, limits=limits, budget=budget))
+                   for p in paths]
         held: dict[str, str] = {}
         sizes: dict[str, int] = {}
         transient = 0  # a transformed tensor's parts and intermediates, one rebuild at a time
@@ -71,18 +77,20 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
             largest = max(sizes, key=sizes.get)
             what += f" (the largest, {largest!r}, is {sizes[largest]} bytes)"
         needed = sum(sizes.values()) + transient
-        reserve(needed, max_memory, what)
+        budget.take(needed, what)
         try:
-            return {name: array for reader in readers for name, array in _load_all(reader).items()}
+            return {name: array for reader in readers for name, array in _load_all(reader, budget, what).items()}
         except MemoryError:
             raise LimitExceededError(f"{what} needs {needed} bytes, more than this machine can allocate; "
                                      f"pass max_memory to refuse such files earlier") from None
 
 
-def _load_all(reader: ContainerReader) -> dict[str, np.ndarray]:
-    """Every tensor of one container, in its model order; transformed ones rebuilt."""
-    raws = reader.read_many(reader.tensors)
-    stored = {t.name: as_array(raw, t, t.shape, reader.name) for t, raw in zip(reader.tensors, raws)}
+def _load_all(reader: ContainerReader, budget: Budget, what: str) -> dict[str, np.ndarray]:
+    """Every tensor of one container, in its model order; transformed ones rebuilt. Their bytes
+    are taken from `budget` already; the decoding's working memory is taken here."""
+    out = budget.allocate(sum(t.nbytes for t in reader.tensors), what)
+    raws = reader.read_many(reader.tensors, out=out, budget=budget)
+    stored = {t.name: as_array(raw, t, reader.name) for t, raw in zip(reader.tensors, raws)}
     return {name: stored[name] if name in stored else reader.rebuild(name) for name in reader.names}
 
 

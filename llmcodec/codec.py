@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -31,9 +32,10 @@ def resolve_threads(threads: int | None) -> int:
                 raise InvalidArgumentError(f"LLMCODEC_THREADS must be a whole number, not {env!r}") from None
         else:
             threads = 0
-    if threads < 0:
-        raise InvalidArgumentError(f"threads must be >= 0 (0: every usable core), not {threads}")
-    return threads or usable_cores()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise InvalidArgumentError(f"threads must be a whole number >= 0 (0: every usable core) or None, "
+                                   f"not {threads!r}")
+    return int(threads) or usable_cores()
 
 
 def usable_cores() -> int:
@@ -47,9 +49,11 @@ def usable_cores() -> int:
 def chunk_elements(chunk_size: int | None, itemsize: int) -> int:
     """Elements per chunk for a chunk size in bytes (default 1 MiB)."""
     size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise InvalidArgumentError(f"chunk_size must be a whole number of bytes or None, not {size!r}")
     if size < itemsize:
         raise InvalidArgumentError(f"chunk size must be at least one element ({itemsize} bytes), not {size}")
-    return size // itemsize
+    return int(size) // itemsize
 
 
 def plane_geometry(entry: TensorEntry) -> tuple[np.ndarray, np.ndarray]:
@@ -68,20 +72,21 @@ def encode_chunk(raw: np.ndarray, entry: TensorEntry) -> tuple[int, list[PlaneRe
     return int(check), [PlaneRef(int(m), int(p), int(n)) for m, p, n in info], out[:total]
 
 
-def chunk_rows(entries: list[TensorEntry]) -> np.ndarray:
-    """The chunk descriptors of the tensors' chunks, in order, for kernels.decode_chunks:
-    int64[chunks, ROW_SIZE].
+def chunk_rows(spans) -> np.ndarray:
+    """The chunk descriptors of chunks [first, stop) of each (entry, first, stop) of `spans`, in
+    order, for kernels.decode_chunks: int64[chunks, ROW_SIZE].
 
     Built as one Python list and converted once: a checkpoint has thousands of small tensors, and
     numpy calls per tensor would cost more than the rows."""
     rows = []
-    for entry in entries:
+    for entry, first, stop in spans:
         planes = entry.planes
         pad = [0] * (kernels.MAX_PLANES - len(planes))
         geometry = [w for _, w in planes] + pad + [f for f, _ in planes] + pad
         shape = [len(planes), entry.layout, entry.dtype.itemsize]
         size, last = entry.chunk_elements, len(entry.chunks) - 1
-        for i, c in enumerate(entry.chunks):
+        for i in range(first, stop):
+            c = entry.chunks[i]
             check = c.checksum - (1 << 64) if c.checksum >= 1 << 63 else c.checksum
             n = size if i < last else entry.chunk_span(i)[1]
             rows.append([c.offset, check, n, *shape, *[p.method for p in c.planes], *pad,
@@ -91,18 +96,35 @@ def chunk_rows(entries: list[TensorEntry]) -> np.ndarray:
 
 def ordered_map(pool, threads: int, fn, items):
     """`fn` over `items`, results in order. With a pool, at most 2 x threads are in flight, so
-    memory stays bounded however many items there are."""
-    if pool is None or len(items) <= 1:
+    memory stays bounded however many items there are. When the caller stops early (an error, a
+    generator closed), the tasks not started are cancelled and the running ones waited for: no
+    task outlives the call."""
+    if pool is None:
         yield from map(fn, items)
         return
     window = 2 * threads
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
             yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    finally:  # a cancelled future is never "done" for wait() once its pool is shut down: skip those
+        wait([future for future in pending if not future.cancel()])
+
+
+def parallel_map(threads: int, fn, items):
+    """`fn` over the sequence `items`, results in order, on at most `threads` threads of a pool
+    that lives only as long as this call (so no thread outlives it, and none is left behind by
+    an object that is never closed)."""
+    workers = min(threads, len(items))
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield from ordered_map(pool, threads, fn, items)
 
 
 def explain_fault(data: np.ndarray, chunk: Chunk, entry: TensorEntry, n: int, where: str) -> None:

@@ -38,3 +38,11 @@ class TensorNotFoundError(LlmcodecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr of its argument
         return str(self.args[0]) if self.args else ""
+
+
+class FileChangedError(LlmcodecError):
+    """The file was truncated, rewritten, replaced or removed while it was open."""
+
+
+class InvalidIndexError(InvalidArgumentError, IndexError):
+    """An index out of a tensor's bounds, or one `get_slice` does not take."""

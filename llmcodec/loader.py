@@ -6,6 +6,7 @@ straight into its output array, and a slice decodes only the chunks that cover i
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from . import folders, transforms
-from .container import ContainerReader
-from .errors import FormatError, InvalidArgumentError, LimitExceededError, TensorNotFoundError
+from .container import Budget, ContainerReader
+from .errors import FormatError, InvalidArgumentError, InvalidIndexError, LimitExceededError, TensorNotFoundError
 from .folders import is_folder
 from .format import Limits, TensorEntry
 
@@ -29,10 +30,13 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     folder (an encoded sharded checkpoint) opens as one file holding the tensors of all its
     `*.llmc` shards (`ShardedFile`).
     `framework` is "np" (numpy arrays) or "pt" (torch tensors; needs torch installed).
-    `max_memory` caps the bytes of decoded data one call (`get_tensor`, indexing a `get_slice`)
-    may allocate: a bigger request raises `LimitExceededError` before anything is allocated. Set
-    it for files from strangers: a valid file may decode to about 3 million times its size (a
-    constant chunk of 64 MiB takes 22 header bytes).
+    `max_memory` caps the bytes one call (`open` itself, `get_tensor`, indexing a `get_slice`)
+    may allocate: its header's records, the decoded data, and the working memory of its decoding
+    threads (coded bytes read, descriptor rows, scratch); a bigger request raises
+    `LimitExceededError` before anything is allocated. Set it for files from strangers: a valid
+    file may decode to about 3 million times its size (a constant chunk of 64 MiB takes 22 header
+    bytes). A call's peak growth stays under `max_memory` plus `container.MEMORY_SLACK` (1 MiB:
+    the Python objects of the call itself, which are not counted), whatever the file holds.
 
     >>> with llmcodec.open(path) as f:
     ...     sorted(f.keys())
@@ -86,29 +90,31 @@ class LlmcodecFile(_TensorFile):
     """An open container; see `llmcodec.open`."""
 
     def __init__(self, path, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
-                 limits: Limits | None = None, max_memory: int | None = None):
+                 limits: Limits | None = None, max_memory: int | None = None, _budget: Budget | None = None):
         self.max_memory = check_max_memory(max_memory)
-        if framework not in FRAMEWORKS:
+        if not isinstance(framework, str) or framework not in FRAMEWORKS:
             raise InvalidArgumentError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
         self._torch = framework in ("pt", "torch")
         if self._torch:
-            _import_torch()
-        elif device != "cpu":
+            check_device(device)
+        elif not isinstance(device, str) or device != "cpu":
             raise InvalidArgumentError(f"numpy arrays live on the cpu, not {device!r}")
         self.device = device
         if hasattr(path, "read") and hasattr(path, "seekable") and not path.seekable():
             raise InvalidArgumentError("llmcodec files are read from the end (the header is last): "
                                        "give a seekable file, a path, or the bytes")
-        self._reader: ContainerReader | None = ContainerReader(path, limits=limits, threads=threads)
+        self._reader: ContainerReader | None = ContainerReader(
+            path, limits=limits, threads=threads, budget=_budget or Budget(self.max_memory))
         self.chunks_decoded = 0  # how many chunks were decoded so far: slices decode only their own
 
     # --- context and lifetime ---
 
     def close(self) -> None:
-        """Release the file; tensors already returned stay valid."""
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        """Release the file; tensors already returned stay valid. Calls in progress on other
+        threads end first, with their tensor or an LlmcodecError."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     @property
     def reader(self) -> ContainerReader:
@@ -123,9 +129,9 @@ class LlmcodecFile(_TensorFile):
         return list(self.reader.names)
 
     def metadata(self) -> dict[str, str]:
-        """The user metadata (safetensors' `__metadata__`); llmcodec's own record of transforms
-        is read with `transform()`."""
-        return {k: v for k, v in self.reader.metadata.items() if k != transforms.METADATA_KEY}
+        """The user metadata (safetensors' `__metadata__`), every entry as stored: format data
+        (records of transforms, read with `transform()`) lives apart since format 1.2."""
+        return dict(self.reader.metadata)
 
     def __contains__(self, name: object) -> bool:
         return name in self.reader.by_name or name in self.reader.transforms
@@ -172,17 +178,17 @@ class LlmcodecFile(_TensorFile):
             # shape (checked against the parts when the file was opened), not the record's own sizes.
             what = f"{self.reader.name}: rebuilding tensor {name!r}"
             kept, transient = rebuild_bytes(self.reader, name)
-            reserve(kept + transient, self.max_memory, what)
+            Budget(self.max_memory).take(kept + transient, what)
             try:
                 return self._convert(self.reader.rebuild(name))
             except MemoryError:
                 raise LimitExceededError(f"{what}: more memory than this machine can allocate") from None
+        reader = self.reader
         t = self.entry(name)
-        what = f"{self.reader.name}: decoding tensor {name!r}"
-        reserve(t.nbytes, self.max_memory, what)
-        raw = self.reader.read_raw(t, new_buffer(t.nbytes, what))
+        shape = array_shape(t, reader.name)
+        raw = reader.read_raw(t, budget=Budget(self.max_memory))
         self.chunks_decoded += len(t.chunks)
-        return self._convert(as_array(raw, t, t.shape, self.reader.name))
+        return self._convert(raw.view(t.dtype.numpy).reshape(shape))
 
     def get_slice(self, name: str) -> TensorSlice:
         """A lazy view: index it (`f.get_slice("w")[10:20]`) to decode only the chunks needed."""
@@ -209,11 +215,12 @@ class ShardedFile(_TensorFile):
         self.name = os.fspath(folder)
         self.shards: list[LlmcodecFile] = []
         self._where: dict[str, LlmcodecFile] = {}
+        budget = Budget(check_max_memory(max_memory))  # opening is one call: every shard's header
         try:
             held: dict[str, str] = {}
             for path in shard_paths(folder):
                 shard = LlmcodecFile(path, framework, device, threads=threads, limits=limits,
-                                     max_memory=max_memory)
+                                     max_memory=max_memory, _budget=budget)
                 self.shards.append(shard)
                 check_unique(held, shard.keys(), shard.reader.name, self.name)
                 self._where.update(dict.fromkeys(shard.keys(), shard))
@@ -267,7 +274,11 @@ class ShardedFile(_TensorFile):
 
 
 class TensorSlice:
-    """Returned by `LlmcodecFile.get_slice`; `get_shape()`, `get_dtype()`, and indexing."""
+    """Returned by `LlmcodecFile.get_slice`; `get_shape()`, `get_dtype()`, and indexing.
+
+    Indexing means what it means on the array `get_tensor` returns (a block type's as bytes, its
+    last dimension the bytes of its blocks): ints, slices (any step), `...`, `None` and bools, as
+    numpy does; only the chunks that hold the rows picked along the first axis are decoded."""
 
     def __init__(self, file: LlmcodecFile, entry: TensorEntry):
         self._file = file
@@ -280,58 +291,94 @@ class TensorSlice:
         return self._entry.dtype.name
 
     def __getitem__(self, index):
-        t = self._entry
-        if not isinstance(index, tuple):
-            index = (index,)
-        if not t.shape:
-            return self._file._convert(self._decode_rows(0, 1).reshape(())[index])
-        first, rest = index[0], index[1:]
-        rows = t.shape[0]
-        if isinstance(first, (int, np.integer)):
-            i = int(first) + rows if first < 0 else int(first)
-            if not 0 <= i < rows:
-                raise IndexError(f"index {int(first)} is out of bounds for axis 0 of size {rows}")
-            picked, drop_axis = range(i, i + 1), True
-        elif isinstance(first, slice):
-            picked, drop_axis = range(*first.indices(rows)), False
-        elif first is Ellipsis:
-            picked, drop_axis, rest = range(rows), False, index
-        else:
-            raise InvalidArgumentError(f"get_slice indexes the first axis with an int, a slice or ..., "
-                                       f"not {first!r}")
-        if not picked or t.numel == 0:  # nothing to decode (an empty tensor may have 2^62 rows)
-            count = (picked[-1] - picked[0]) // picked.step + 1 if picked else 0
-            block = as_array(np.empty(0, np.uint8), t, (count, *t.shape[1:]), self._file.reader.name)
-        else:
-            lo, hi = min(picked[0], picked[-1]), max(picked[0], picked[-1]) + 1
-            block = self._decode_rows(lo, hi)
-            if picked.step != 1:
-                block = block[np.asarray(picked) - lo]
-        block = block[(0, *rest)] if drop_axis else block[(slice(None), *rest)]
-        return self._file._convert(np.require(block, requirements="C"))
+        t, reader = self._entry, self._file.reader
+        shape = array_shape(t, reader.name)
+        items, axis = _basic_index(index if isinstance(index, tuple) else (index,), len(shape))
+        if t.numel == 0:  # nothing to decode (an empty tensor may have 2^62 rows)
+            return self._file._convert(_index(np.empty(0, t.dtype.numpy).reshape(shape), items))
+        lo, hi = 0, shape[0] if shape else 1  # rows: all, unless an item picks some
+        if axis is not None:
+            lo, hi, first = _rows_of(items[axis], shape[0])
+            items = (*items[:axis], first, *items[axis + 1:])
+        rows, span = self._rows(lo, hi, shape)
+        picked = _index(rows, items)
+        if not (isinstance(picked, np.ndarray) and picked.flags.c_contiguous
+                and (picked.base is None or picked.nbytes == span)):
+            picked = np.array(picked, order="C")  # holds its own bytes, not the whole chunks' span
+        return self._file._convert(picked)
 
-    def _decode_rows(self, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) of the tensor, decoding only the chunks that hold them."""
-        t = self._entry
-        row = 1
-        for d in t.shape[1:]:
-            row *= d
-        row //= t.dtype.block_size  # elements: a block type's rows are whole blocks
-        first, last = lo * row, hi * row  # element range
-        k = t.dtype.itemsize
-        c0, c1 = first // t.chunk_elements, (last - 1) // t.chunk_elements + 1
-        span_bytes = (min(c1 * t.chunk_elements, t.elements) - c0 * t.chunk_elements) * k if last > first else 0
-        what = f"{self._file.reader.name}: decoding rows {lo}:{hi} of tensor {t.name!r}"
-        reserve((last - first) * k + span_bytes, self._file.max_memory, what)
-        out = new_buffer((last - first) * k, what)
+    def _rows(self, lo: int, hi: int, shape: tuple) -> tuple[np.ndarray, int]:
+        """Rows [lo, hi) of the array of `shape` (the tensor as get_tensor returns it), and the
+        bytes of the chunks decoded for them (only those that hold them). The chunks and a copy of
+        the rows (what the result holds at most) are taken from max_memory."""
+        t, reader = self._entry, self._file.reader
+        row = t.dtype.numpy.itemsize * math.prod(shape[1:])  # bytes (a 1-D block tensor's rows are bytes)
+        first, last = lo * row, hi * row
+        rows, span = np.empty(0, np.uint8), 0
         if last > first:
-            span = new_buffer(span_bytes, what)
-            self._file.reader.read_chunks(t, c0, c1, span)
+            chunk = t.chunk_elements * t.dtype.itemsize
+            c0, c1 = first // chunk, -(-last // chunk)
+            budget = Budget(self._file.max_memory)
+            budget.take(last - first, f"{reader.name}: decoding rows {lo}:{hi} of tensor {t.name!r}")
+            whole = reader.read_chunks(t, c0, c1, budget=budget)
             self._file.chunks_decoded += c1 - c0
-            skip = (first - c0 * t.chunk_elements) * k
-            out[:] = span[skip:skip + out.shape[0]]
-        shape = (hi - lo, *t.shape[1:]) if t.shape else ()
-        return as_array(out, t, shape, self._file.reader.name)
+            rows, span = whole[first - c0 * chunk:last - c0 * chunk], whole.shape[0]
+        return rows.view(t.dtype.numpy).reshape((hi - lo, *shape[1:]) if shape else ()), span
+
+
+def _index(array: np.ndarray, items: tuple):
+    """numpy's array[items]; an index out of bounds is an InvalidIndexError (an IndexError too)."""
+    try:
+        return array[items]
+    except IndexError as exc:
+        raise InvalidIndexError(str(exc)) from None
+
+
+def _basic_index(items: tuple, ndim: int) -> tuple[tuple, int | None]:
+    """`items` checked to be a basic numpy index of an array of `ndim` dimensions (ints, slices,
+    one `...`, None, bools), and the position of the item that indexes the first axis (None when
+    `...` or the implicit trailing slices take it whole). The tuple keeps its `...`: numpy places
+    the axes of mixed int and bool indices by whether anything stands between them."""
+    def whole(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    for item in items:
+        if not (item is None or item is Ellipsis or isinstance(item, (slice, bool, np.bool_)) or whole(item)):
+            raise InvalidIndexError(f"get_slice takes ints, slices, ..., None and bools, not {item!r}")
+        if isinstance(item, slice) and not all(v is None or whole(v) for v in (item.start, item.stop, item.step)):
+            raise InvalidIndexError(f"get_slice takes slices of ints or None, not {item!r}")
+        if isinstance(item, slice) and item.step == 0:
+            raise InvalidIndexError("slice step cannot be zero")
+    # numpy's scalars as Python's: a bool is not an int from here on
+    items = tuple(bool(i) if isinstance(i, np.bool_) else int(i) if whole(i) else i for i in items)
+    used = sum(1 for i in items if isinstance(i, (slice, int)) and not isinstance(i, bool))
+    if used > ndim:
+        raise InvalidIndexError(f"too many indices for a tensor of {ndim} dimensions: {used}")
+    if sum(1 for i in items if i is Ellipsis) > 1:
+        raise InvalidIndexError("an index can have only one ellipsis (...)")
+    for j, item in enumerate(items):
+        if item is Ellipsis and ndim > used:
+            return items, None
+        if isinstance(item, (slice, int)) and not isinstance(item, bool):
+            return items, j
+    return items, None
+
+
+def _rows_of(item, rows: int) -> tuple[int, int, object]:
+    """(lo, hi, item'): the first axis's `item` (an int or a slice) picks rows of [lo, hi), and
+    item' picks the same ones from those rows."""
+    if not isinstance(item, slice):
+        i = int(item) + rows if item < 0 else int(item)
+        if not 0 <= i < rows:
+            raise InvalidIndexError(f"index {int(item)} is out of bounds for axis 0 of size {rows}")
+        return i, i + 1, 0
+    start, stop, step = item.indices(rows)
+    count = max(0, (stop - start + step - (1 if step > 0 else -1)) // step)  # len(range(...)), any size
+    if count == 0:
+        return 0, 0, slice(None)
+    end = start + (count - 1) * step
+    lo, hi = min(start, end), max(start, end) + 1
+    return lo, hi, slice(start - lo, None, step)  # runs to the edge of [lo, hi): exactly `count` rows
 
 
 def check_max_memory(max_memory) -> int | None:
@@ -353,26 +400,11 @@ def rebuild_bytes(reader, name: str) -> tuple[int, int]:
     return elements * transforms.FLOAT_DTYPES[t.dtype].itemsize, parts + 12 * elements
 
 
-def reserve(nbytes: int, max_memory: int | None, what: str) -> None:
-    """Refuse, before allocating, a decoding call that needs more than `max_memory` bytes."""
-    if max_memory is not None and nbytes > max_memory:
-        raise LimitExceededError(f"{what} needs {nbytes} bytes, over max_memory={max_memory}")
-
-
-def new_buffer(nbytes: int, what: str) -> np.ndarray:
-    """uint8[nbytes] for decoded data; a size this machine cannot allocate is a LimitExceededError."""
-    try:
-        return np.empty(nbytes, np.uint8)
-    except MemoryError:
-        raise LimitExceededError(f"{what} needs {nbytes} bytes, more than this machine can allocate; "
-                                 f"pass max_memory to refuse such files earlier") from None
-
-
-def as_array(raw: np.ndarray, entry: TensorEntry, shape: tuple, file: str) -> np.ndarray:
-    """`raw` viewed as the tensor's dtype and `shape` (a block type's as bytes: its last dimension
-    becomes the bytes of its blocks). numpy cannot hold a shape whose nonzero dimensions multiply
-    past 2^63 bytes, which an empty tensor may have (`[0, 2^63]`): that is a LimitExceededError."""
-    dtype = entry.dtype
+def array_shape(entry: TensorEntry, file: str) -> tuple:
+    """The shape of the array `get_tensor` returns: the tensor's, a block type's last dimension
+    the bytes of its blocks. numpy cannot hold a shape whose nonzero dimensions multiply past
+    2^63 bytes, which an empty tensor may have (`[0, 2^63]`): that is a LimitExceededError."""
+    dtype, shape = entry.dtype, entry.shape
     if dtype.is_block:
         shape = (*shape[:-1], shape[-1] // dtype.block_size * dtype.itemsize)
     size = dtype.numpy.itemsize
@@ -380,15 +412,27 @@ def as_array(raw: np.ndarray, entry: TensorEntry, shape: tuple, file: str) -> np
         size *= d or 1
     if size > np.iinfo(np.intp).max:
         raise LimitExceededError(f"{file}: tensor {entry.name!r}: numpy cannot hold an array of shape {list(shape)}")
-    return raw.view(entry.dtype.numpy).reshape(shape)
+    return shape
 
 
+def as_array(raw: np.ndarray, entry: TensorEntry, file: str) -> np.ndarray:
+    """The tensor's raw bytes viewed as the array `get_tensor` returns (array_shape)."""
+    return raw.view(entry.dtype.numpy).reshape(array_shape(entry, file))
 def _import_torch():
     try:
         import torch
     except ImportError:
         raise InvalidArgumentError("framework='pt' needs torch: pip install 'llmcodec[torch]'") from None
     return torch
+
+
+def check_device(device) -> None:
+    """`device` as torch names one ("cpu", "cuda:0", a torch.device)."""
+    torch = _import_torch()
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgumentError(f"device must name a torch device, not {device!r}: {exc}") from None
 
 
 def to_torch(array: np.ndarray, device: str = "cpu"):
@@ -403,5 +447,10 @@ def to_torch(array: np.ndarray, device: str = "cpu"):
         tensor = torch.from_numpy(array.view(base)).view(special[name])
     else:
         tensor = torch.from_numpy(array)
-    return tensor if device == "cpu" else tensor.to(device)
+    if device == "cpu":
+        return tensor
+    try:
+        return tensor.to(device)
+    except (RuntimeError, AssertionError) as exc:  # a device this torch was not built for, or absent
+        raise InvalidArgumentError(f"cannot move a tensor to device {device!r}: {exc}") from None
 

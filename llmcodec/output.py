@@ -99,8 +99,13 @@ class AtomicFile(_Output):
             fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
             raise self.named(exc) from None
-        self.file = os.fdopen(fd, "w+b")
-        os.chmod(fd, default_mode() if mode is None else mode & 0o7777)
+        try:  # from here on the temporary file exists: any failure (SIGTERM too) removes it
+            os.chmod(fd, default_mode() if mode is None else mode & 0o7777)
+            self.file = os.fdopen(fd, "w+b")
+        except BaseException:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, data) -> int:
         try:

@@ -116,7 +116,6 @@ def test_save_file_keeps_the_key_as_metadata_through_decode(tmp_path):
     assert st_load(str(out))["a"].tobytes() == tensors["a"].tobytes()
 
 
-@pytest.mark.xfail(strict=True, reason="loader.LlmcodecFile.metadata() still drops the key (outside this part)")
 def test_open_returns_the_key_as_user_metadata(tmp_path):
     llmcodec.save_file({"a": np.zeros(2, np.uint8)}, tmp_path / "s.llmc", {KEY: "x"})
     with llmcodec.open(tmp_path / "s.llmc") as f:

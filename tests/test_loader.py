@@ -165,22 +165,29 @@ def test_max_memory_refuses_a_decompression_bomb_before_allocating(bomb):
 
 
 def test_max_memory_counts_what_one_call_allocates(model):
+    """The decoded data first (refused before anything is decoded), then the decoding's working
+    memory; the header's records when the file is opened."""
     path, tensors = model
     embed = tensors["embed"].nbytes  # 300 x 64 bf16 in 1 KiB chunks (8 rows each)
-    with llmcodec.open(path, max_memory=embed) as f:
+    with llmcodec.open(path, max_memory=1 << 20) as f:
         assert f.get_tensor("embed").tobytes() == tensors["embed"].tobytes()
-        assert f.get_slice("embed")[8:16].tobytes() == tensors["embed"][8:16].tobytes()  # 1 KiB + 1 KiB
-    with llmcodec.open(path, max_memory=embed - 1) as f:
-        with pytest.raises(llmcodec.LimitExceededError, match=f"'embed' needs {embed} bytes"):
+        assert f.get_slice("embed")[8:16].tobytes() == tensors["embed"][8:16].tobytes()
+        f.max_memory = embed - 1
+        with pytest.raises(llmcodec.LimitExceededError, match=f"'embed' needs {embed} bytes, over max_memory"):
             f.get_tensor("embed")
-        assert f.get_tensor("proj").tobytes() == tensors["proj"].tobytes()
-    with llmcodec.open(path, max_memory=2047) as f:
-        with pytest.raises(llmcodec.LimitExceededError, match="rows 8:16 of tensor 'embed' needs 2048 bytes"):
-            f.get_slice("embed")[8:16]
+        f.max_memory = embed
+        with pytest.raises(llmcodec.LimitExceededError, match=f"'embed': the working memory .*took {embed} bytes"):
+            f.get_tensor("embed")
+        f.max_memory = 2047
+        with pytest.raises(llmcodec.LimitExceededError, match=r"'embed' needs 1024 bytes, .*\(this call took 1024"):
+            f.get_slice("embed")[8:16]  # the rows (1 KiB), then the chunk that holds them (1 KiB)
+    with pytest.raises(llmcodec.LimitExceededError, match="parsing its header of"):
+        llmcodec.open(path, max_memory=1000)
     total = sum(t.nbytes for t in tensors.values())
-    assert llmcodec.load_file(path, max_memory=total).keys() == tensors.keys()
-    with pytest.raises(llmcodec.LimitExceededError, match=f"needs {total} bytes, over max_memory={total - 1}"):
-        llmcodec.load_file(path, max_memory=total - 1)
+    assert llmcodec.load_file(path, max_memory=total + (1 << 20)).keys() == tensors.keys()
+    header = 48 * 1480  # container.HEADER_PARSE_BYTES per byte of its header
+    with pytest.raises(llmcodec.LimitExceededError, match=f"needs {total} bytes, over max_memory={header + total - 1}"):
+        llmcodec.load_file(path, max_memory=header + total - 1)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "1G", True])
