@@ -327,10 +327,11 @@ class TensorSlice:
 
 
 def _index(array: np.ndarray, items: tuple):
-    """numpy's array[items]; an index out of bounds is an InvalidIndexError (an IndexError too)."""
+    """numpy's array[items]; an index out of bounds (or too large for numpy's integers) is an
+    InvalidIndexError (an IndexError too)."""
     try:
         return array[items]
-    except IndexError as exc:
+    except (IndexError, OverflowError) as exc:
         raise InvalidIndexError(str(exc)) from None
 
 

@@ -220,9 +220,13 @@ def test_get_slice_matches_numpy_for_any_basic_index(arrays, name, index):
 def test_get_slice_refuses_what_it_does_not_take_clearly(arrays):
     paths, _ = arrays
     with llmcodec.open(paths["f32"]) as f:
-        for index in ([1, 2], np.array([0]), 1.5, "a", slice(0.5, 2), (Ellipsis, Ellipsis), (0, 0, 0, 0)):
+        for index in ([1, 2], np.array([0]), 1.5, "a", slice(0.5, 2), (Ellipsis, Ellipsis), (0, 0, 0, 0),
+                      2**63, -2**70, (0, 2**64)):
             with pytest.raises(llmcodec.InvalidArgumentError):
                 f.get_slice("f32")[index]
+    with llmcodec.open(paths["empty"]) as f:  # an empty tensor goes through numpy alone
+        with pytest.raises(llmcodec.InvalidArgumentError):
+            f.get_slice("empty")[2**63]
 
 
 # --- 3. a file changed while open gives the exact bytes or one LlmcodecError, never SIGBUS ---
