@@ -737,7 +737,7 @@ class ContainerReader:
                                          f"memory than this machine can allocate") from None
         if joint is not None and not scalar:  # block planes: the "above" and "plane 0" contexts say nothing
             joint[:, 1:] = 0
-            joint[:, 1:, kernels.CONTEXT_NONE] = total
+            joint[:, 1:, kernels.CONTEXT_NONE] = total[:, None, :]
         return total, joint
 
     def read_blob(self, seg: Segment) -> memoryview:

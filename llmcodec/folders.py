@@ -88,7 +88,8 @@ def model_shards(folder) -> list[Path]:
     """The containers a loader (`open`, `load_file`, the torch helpers) reads for an encoded
     folder: when it holds a safetensors index (`model.safetensors.index.json`, or the only
     `*.safetensors.index.json`), the encoded shards the index names, so an unrelated container in
-    the folder is ignored; without an index, every container (`shards`). `decode` and `verify`
+    the folder is ignored; without an index (or with one that maps no tensor), every container
+    (`shards`). `decode` and `verify`
     work on files, and take every container."""
     folder = Path(folder)
     index = _index_file(folder)
@@ -99,6 +100,8 @@ def model_shards(folder) -> list[Path]:
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FormatError(f"{index}: not a readable safetensors index ({type(exc).__name__}: {exc})") from None
+    if not names:  # an index that maps no tensor decides nothing
+        return shards(folder)
     found = []
     for name in names:
         rel = PurePosixPath(name) if isinstance(name, str) else None
@@ -108,8 +111,6 @@ def model_shards(folder) -> list[Path]:
         if not path.is_file():
             raise FormatError(f"{index}: names shard {name}, but the folder holds no {path.name}")
         found.append(path)
-    if not found:
-        raise FormatError(f"{index}: its weight_map names no shards")
     return found
 
 

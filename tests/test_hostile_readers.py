@@ -463,7 +463,6 @@ def small(tmp_path):
 
 @pytest.mark.parametrize("call,name", [
     (lambda p: llmcodec.open(p, threads="2"), "threads"),
-    (lambda p: llmcodec.open(p, threads=0), "threads"),
     (lambda p: llmcodec.open(p, threads=-1), "threads"),
     (lambda p: llmcodec.open(p, threads=1.5), "threads"),
     (lambda p: llmcodec.load_file(p, threads=True), "threads"),
