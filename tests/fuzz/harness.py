@@ -34,8 +34,7 @@ LIBRARY = str(HERE.parent.parent / "llmcodec")
 COMPILED = ["llmcodec.jit", "llmcodec.kernels", "llmcodec.transforms"]
 INSTRUMENTED = ["llmcodec.errors", "llmcodec.gguf_io", "llmcodec.dtypes", "llmcodec.format", "llmcodec.models",
                 "llmcodec.codec", "llmcodec.container", "llmcodec.loader", "llmcodec.api",
-                "llmcodec.safetensors_io", "llmcodec.files", "llmcodec.stats", "llmcodec.sources", "llmcodec.folders",
-                "llmcodec.output"]
+                "llmcodec.safetensors_io", "llmcodec.files"]
 SAVED_PER_SIGNATURE = 3  # inputs kept of each kind of finding
 
 
