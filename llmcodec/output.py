@@ -69,6 +69,10 @@ def open_output(path, *, seekable: bool = False, mode: int | None = None):
 
 class _Output:
     path: Path | str
+    file: object  # the binary file written to
+
+    def seek(self, offset: int) -> int:
+        return self.file.seek(offset)
 
     def __enter__(self):
         return self
@@ -112,9 +116,6 @@ class AtomicFile(_Output):
             return self.file.write(data)
         except OSError as exc:
             raise self.named(exc) from None
-
-    def seek(self, offset: int) -> int:
-        return self.file.seek(offset)
 
     def commit(self) -> None:
         try:
@@ -186,9 +187,6 @@ class StreamOutput(_Output):
         except OSError as exc:
             raise self.named(exc) from None
 
-    def seek(self, offset: int) -> int:
-        return self.file.seek(offset)
-
     def commit(self) -> None:
         try:
             self.file.flush()
@@ -223,9 +221,6 @@ class SpooledOutput(_Output):
         except OSError as exc:  # the spool's folder is full: say so, naming the destination
             raise OSError(exc.errno, f"{exc.strerror} (spooling to {tempfile.gettempdir()})",
                           os.fspath(self.path)) from None
-
-    def seek(self, offset: int) -> int:
-        return self.file.seek(offset)
 
     def commit(self) -> None:
         try:
