@@ -50,7 +50,7 @@ def main() -> None:
     from safetensors.numpy import load_file
 
     import llmcodec
-    from llmcodec import codec, kernels, models
+    from llmcodec import codec, kernels
     from llmcodec.container import ContainerReader
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,8 +69,10 @@ def main() -> None:
             out = np.empty(n * 2, np.uint8)
             data = reader._data
             t_chunk = median_time(lambda: kernels.decode_chunks(data, rows, np.zeros(1, np.int64), out), 30)
-            mantissa = codec.decode_planes(data, big.chunks[0], big, n, "bench")[1]
-            coded = models.encode_plane(mantissa, methods=[kernels.RANS0], min_gain=float("-inf"))
+            planes = np.empty((2, n), np.uint8)
+            kernels.split_planes(reader.read_chunks(big, 0, 1), big.layout, planes)
+            mantissa = planes[1]
+            coded = codec.encode_plane(mantissa, methods=[kernels.RANS0], min_gain=float("-inf"))
             plane, table = np.empty(n, np.uint8), np.empty(1 << 14, np.int64)
             t_mantissa = median_time(lambda: kernels._decode_plane(coded.stream, kernels.RANS0, n, plane, table), 30)
 

@@ -7,8 +7,9 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from . import dtypes
-from .container import Budget, ContainerReader, ContainerWriter, TensorSource
+from . import dtypes, transforms
+from .budget import Budget
+from .container import ContainerReader, ContainerWriter, TensorSource
 from .errors import InvalidArgumentError, LimitExceededError
 from .format import Limits
 from .loader import as_array, check_max_memory, check_unique, is_folder, rebuild_bytes, shard_paths
@@ -55,7 +56,7 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
 
     With `max_memory`, a file (or folder) whose headers, tensors and decoding working memory add
     up to more bytes raises `LimitExceededError` before they are allocated; peak growth stays under
-    `max_memory` plus `container.MEMORY_SLACK` (1 MiB), as for `llmcodec.open`.
+    `max_memory` plus `budget.MEMORY_SLACK` (1 MiB), as for `llmcodec.open`.
     """
     max_memory = check_max_memory(max_memory)
     budget = Budget(max_memory)
@@ -91,7 +92,7 @@ def _load_all(reader: ContainerReader, budget: Budget, what: str) -> dict[str, n
     out = budget.allocate(sum(t.nbytes for t in reader.tensors), what)
     raws = reader.read_many(reader.tensors, out=out, budget=budget)
     stored = {t.name: as_array(raw, t, reader.name) for t, raw in zip(reader.tensors, raws)}
-    return {name: stored[name] if name in stored else reader.rebuild(name) for name in reader.names}
+    return {name: stored[name] if name in stored else transforms.rebuild_stored(reader, name) for name in reader.names}
 
 
 def _check_metadata(metadata) -> dict[str, str]:

@@ -1,23 +1,41 @@
-"""Chunks <-> coded planes, and the thread count every parallel entry point uses.
+"""Tensors <-> chunks, both ways: chunk spans, coding tasks, the thread pools, descriptor rows,
+and the messages of the kernels' fault codes.
 
-`encode_chunk` turns a chunk's raw bytes into one coded stream per plane; `chunk_rows` describes a
-tensor's chunks to the decoding kernel, and `explain_fault` names what is wrong with a chunk that
-kernel rejected.
+Encoding: `encode_chunks` cuts tensors into chunks and codes them on worker threads
+(`kernels.encode_chunk`: one GIL-free call per chunk), results in order. Decoding: `decode_spans`
+cuts the chunks to read into tasks of bounded memory, packs each task's descriptor rows, reads the
+coded bytes it needs and decodes them in one `kernels.decode_chunks` call; a fault code from the
+kernel becomes an error that names the tensor, chunk, plane and broken check (`FAULTS`). The kernels
+are the only decoder: nothing here parses a stream.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels, models
-from .errors import ChecksumError, FormatError, InvalidArgumentError
-from .format import METHOD_CONSTANT, METHOD_RAW, Chunk, PlaneRef, TensorEntry, checksum64
+from . import kernels
+from .budget import Budget
+from .errors import ChecksumError, FormatError, InvalidArgumentError, LimitExceededError
+from .format import METHOD_RANS0, PlaneRef, TensorEntry, checksum64
 
 DEFAULT_CHUNK_SIZE = 1 << 20  # bytes of raw tensor data per chunk
+BATCH_BYTES = 1 << 20  # output (and coded) bytes per decoding task when many small chunks are read at once
+BATCH_CHUNKS = 1024  # chunks per decoding task: bounds its descriptor rows
+# Bytes a decoding task allocates per chunk besides its coded bytes and the kernel's buffers: the
+# Python list its descriptor row is built from, the row, its copy pointing into the bytes read,
+# and the chunk's output offset (measured: under 1.5 KiB).
+TASK_CHUNK_BYTES = 2048
+# The kernel's decode table (int64[2^14]) and the task's fixed overhead.
+TASK_BYTES = (1 << 17) + (16 << 10)
+
+
+# --- threads --------------------------------------------------------------------------------------
 
 
 def resolve_threads(threads: int | None) -> int:
@@ -44,54 +62,6 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity on this platform (macOS, Windows)
         return os.cpu_count() or 1
-
-
-def chunk_elements(chunk_size: int | None, itemsize: int) -> int:
-    """Elements per chunk for a chunk size in bytes (default 1 MiB)."""
-    size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise InvalidArgumentError(f"chunk_size must be a whole number of bytes or None, not {size!r}")
-    if size < itemsize:
-        raise InvalidArgumentError(f"chunk size must be at least one element ({itemsize} bytes), not {size}")
-    return int(size) // itemsize
-
-
-def plane_geometry(entry: TensorEntry) -> tuple[np.ndarray, np.ndarray]:
-    """(fields, widths) of the tensor's planes as int64 arrays, for the kernels."""
-    planes = np.array(entry.planes, np.int64).reshape(-1, 2)
-    return np.ascontiguousarray(planes[:, 0]), np.ascontiguousarray(planes[:, 1])
-
-
-def encode_chunk(raw: np.ndarray, entry: TensorEntry) -> tuple[int, list[PlaneRef], np.ndarray]:
-    """Checksum, plane records and streams (back to back) of one chunk of `entry`; `raw` is its
-    n * itemsize bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
-    fields, widths = plane_geometry(entry)
-    out = np.empty(raw.shape[0], np.uint8)
-    info = np.empty((widths.shape[0], 3), np.int64)
-    check, total = kernels.encode_chunk(raw, entry.layout, entry.dtype.itemsize, fields, widths, out, info)
-    return int(check), [PlaneRef(int(m), int(p), int(n)) for m, p, n in info], out[:total]
-
-
-def chunk_rows(spans) -> np.ndarray:
-    """The chunk descriptors of chunks [first, stop) of each (entry, first, stop) of `spans`, in
-    order, for kernels.decode_chunks: int64[chunks, ROW_SIZE].
-
-    Built as one Python list and converted once: a checkpoint has thousands of small tensors, and
-    numpy calls per tensor would cost more than the rows."""
-    rows = []
-    for entry, first, stop in spans:
-        planes = entry.planes
-        pad = [0] * (kernels.MAX_PLANES - len(planes))
-        geometry = [w for _, w in planes] + pad + [f for f, _ in planes] + pad
-        shape = [len(planes), entry.layout, entry.dtype.itemsize]
-        size, last = entry.chunk_elements, len(entry.chunks) - 1
-        for i in range(first, stop):
-            c = entry.chunks[i]
-            check = c.checksum - (1 << 64) if c.checksum >= 1 << 63 else c.checksum
-            n = size if i < last else entry.chunk_span(i)[1]
-            rows.append([c.offset, check, n, *shape, *[p.method for p in c.planes], *pad,
-                         *[p.parameter for p in c.planes], *pad, *[p.length for p in c.planes], *pad, *geometry])
-    return np.array(rows, np.int64).reshape(len(rows), kernels.ROW_SIZE)
 
 
 def ordered_map(pool, threads: int, fn, items):
@@ -127,56 +97,299 @@ def parallel_map(threads: int, fn, items):
         yield from ordered_map(pool, threads, fn, items)
 
 
-def explain_fault(data: np.ndarray, chunk: Chunk, entry: TensorEntry, n: int, where: str) -> None:
-    """Decode `chunk` (n elements of `entry`) again on the validating Python path and raise the
-    precise error: the kernel reported a fault in it."""
-    out = merge(decode_planes(data, chunk, entry, n, where), entry, n)  # raises on a bad stream
-    computed = checksum64(out)
-    if computed != chunk.checksum:
-        raise ChecksumError(f"{where}: stored checksum {chunk.checksum:#018x}, computed {computed:#018x}")
-    raise FormatError(f"{where}: the chunk's streams break spec section 6")
+# --- encoding -------------------------------------------------------------------------------------
 
 
-def decode_planes(data: np.ndarray, chunk: Chunk, entry: TensorEntry, n: int, where: str) -> list[np.ndarray]:
-    """The chunk's planes (n * width bytes each) decoded from the file bytes `data`."""
-    planes = []
-    pos = chunk.offset
-    for j, (ref, (_, width)) in enumerate(zip(chunk.planes, entry.planes)):
-        stream = data[pos:pos + ref.length]
-        pos += ref.length
-        plane = np.empty(n * width, np.uint8)
-        if ref.method == METHOD_RAW:
-            plane[:] = stream
-        elif ref.method == METHOD_CONSTANT:
-            plane[:] = ref.parameter
-        else:  # RANS0 or RANS0_PAIRS: the header parser admits no other method
-            _decode_rans(stream, ref.method, plane, f"{where} plane {j}")
-        planes.append(plane)
-    return planes
+def chunk_elements(chunk_size: int | None, itemsize: int) -> int:
+    """Elements per chunk for a chunk size in bytes (default 1 MiB)."""
+    size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise InvalidArgumentError(f"chunk_size must be a whole number of bytes or None, not {size!r}")
+    if size < itemsize:
+        raise InvalidArgumentError(f"chunk size must be at least one element ({itemsize} bytes), not {size}")
+    return int(size) // itemsize
 
 
-def merge(planes: list[np.ndarray], entry: TensorEntry, n: int) -> np.ndarray:
-    """The raw bytes of n elements of `entry` from their planes (inverse of the layout)."""
-    out = np.empty(n * entry.dtype.itemsize, np.uint8)
-    flat = np.concatenate(planes) if planes else np.empty(0, np.uint8)
-    if entry.layout == kernels.BLOCK_FIELDS:
-        kernels.merge_fields(flat, entry.dtype.itemsize, *plane_geometry(entry), out)
-    else:
-        kernels.merge_planes(flat.reshape(len(planes), n), entry.layout, out)
-    return out
+def chunk_byte_spans(entry: TensorEntry) -> list[tuple[int, int]]:
+    """[start, stop) of each chunk of `entry` in its raw bytes (none for an empty tensor)."""
+    step = entry.chunk_elements * entry.dtype.itemsize
+    return [(i, min(i + step, entry.nbytes)) for i in range(0, entry.nbytes, step)]
 
 
-def _decode_rans(stream: np.ndarray, method: int, out: np.ndarray, where: str) -> None:
-    n = out.shape[0]
-    table = models.parse_table(memoryview(stream), method, n, where)
-    if table.width == 2 and n % 2:
-        out[n - 1] = table.odd_byte
-    status = kernels.rans_decode(stream[table.size:], table.decode_table(), table.precision, table.lanes,
-                                 table.width, out[:n - n % table.width])
-    if status != kernels.DECODE_OK:
-        problem = {
-            kernels.DECODE_BAD_STATE: "an initial state is below 2^16",
-            kernels.DECODE_STREAM_SHORT: "the words run out before the last symbol",
-            kernels.DECODE_BAD_END: "the stream does not end in the encoder's start state",
-        }[status]
-        raise FormatError(f"{where}: corrupt RANS0 stream: {problem}")
+def plane_geometry(entry: TensorEntry) -> tuple[np.ndarray, np.ndarray]:
+    """(fields, widths) of the tensor's planes as int64 arrays, for the kernels."""
+    planes = np.array(entry.planes, np.int64).reshape(-1, 2)
+    return np.ascontiguousarray(planes[:, 0]), np.ascontiguousarray(planes[:, 1])
+
+
+def encode_chunk(raw: np.ndarray, entry: TensorEntry) -> tuple[int, list[PlaneRef], np.ndarray]:
+    """Checksum, plane records and streams (back to back) of one chunk of `entry`; `raw` is its
+    n * itemsize bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
+    fields, widths = plane_geometry(entry)
+    out = np.empty(raw.shape[0], np.uint8)
+    info = np.empty((widths.shape[0], 3), np.int64)
+    check, total = kernels.encode_chunk(raw, entry.layout, entry.dtype.itemsize, fields, widths, out, info)
+    return int(check), [PlaneRef(int(m), int(p), int(n)) for m, p, n in info], out[:total]
+
+
+def encode_chunks(jobs: list, pool, threads: int):
+    """Code the chunks of `jobs` on `pool` (None: this thread), results in order, at most
+    2 x threads in flight. A job is (read, entry): `read()` gives the chunk's raw bytes, `entry`
+    the tensor it belongs to (None: bytes to store as they are). Yields (raw, checksum, plane
+    records, streams), the last three None for an entry of None."""
+    def encode(job):
+        read, entry = job
+        raw = read()
+        if entry is None:
+            return raw, None, None, None
+        return raw, *encode_chunk(raw, entry)
+
+    return ordered_map(pool, threads, encode, jobs)
+
+
+@dataclass
+class CodedPlane:
+    method: int
+    parameter: int
+    stream: np.ndarray  # the plane's stream (empty for CONSTANT)
+
+    @property
+    def length(self) -> int:
+        return self.stream.shape[0]
+
+
+def encode_plane(plane: np.ndarray, methods=None, min_gain: float = kernels.MIN_GAIN) -> CodedPlane:
+    """Store `plane` (uint8[n], n >= 1) the way `encode_chunk` does (kernels.encode_plane), or by
+    one of `methods` only (method ids) when given; `min_gain=-inf` codes even a plane that grows."""
+    plane = np.ascontiguousarray(plane, np.uint8)
+    n = plane.shape[0]
+    allowed = kernels.ALL_METHODS if methods is None else sum(1 << m for m in methods)
+    out = np.empty(2 * n + 8192, np.uint8)  # room for a forced stream larger than the plane
+    ids, words = np.empty(n, np.uint16), np.empty(n + 1, np.uint16)
+    counts = np.bincount(plane, minlength=256).astype(np.int64)
+    method, parameter, length = kernels.encode_plane(plane, counts, out, 0, ids, words, allowed, float(min_gain))
+    return CodedPlane(int(method), int(parameter), out[:length].copy())
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Coded:
+    """Where the chunks' coded bytes are: the whole file in memory (`data`), or else a function
+    `read_into(buffer, offset)` that fills `buffer` with the file's bytes from `offset`."""
+
+    data: np.ndarray | None
+    read_into: Callable[[np.ndarray, int], None]
+
+
+# What each kernel fault code means (kernels.FAULT_*): the check of spec section 6 that failed.
+FAULTS = {
+    kernels.DECODE_BAD_STATE: "an initial state is below 2^16",
+    kernels.DECODE_STREAM_SHORT: "the words run out before the last symbol",
+    kernels.DECODE_BAD_END: "the stream does not end in the encoder's start state",
+    kernels.FAULT_TABLE_SHORT: "the stream is shorter than its table",
+    kernels.FAULT_PRECISION: "Precision is outside 1..{top}",
+    kernels.FAULT_LANES: f"Lanes is outside 1..{kernels.MAX_LANES}",
+    kernels.FAULT_BITMAP_EMPTY: "{bitmap} is empty",
+    kernels.FAULT_TABLE_END: "the stream ends inside its {table}",
+    kernels.FAULT_PAIRS_PLANE: "a plane of fewer than 2 bytes cannot be coded in pairs",
+    kernels.FAULT_ODD_BYTE: "Odd_Byte is not 0 for a plane of even length",
+    kernels.FAULT_PAIR_PADDING: "Pair_Bitmap has reserved padding bits set",
+    kernels.FAULT_PAIRS_EMPTY: "Pair_Bitmap is empty",
+    kernels.FAULT_PAIR_UNUSED: "Byte_Bitmap holds a byte that occurs in no pair",
+    kernels.FAULT_FREQ_END: "the stream ends inside its Frequencies",
+    kernels.FAULT_FREQ_NUMBER: "Frequencies hold a two-byte number whose second byte is not in 1..127",
+    kernels.FAULT_STATES_SHORT: "the stream ends inside its states",
+    kernels.FAULT_ODD_WORDS: "the words take an odd number of bytes",
+    kernels.FAULT_FREQ_SUM: "the frequencies do not add up to 2^Precision",
+}
+
+
+def fault_error(code: int, entry: TensorEntry, index: int, out: np.ndarray) -> Exception:
+    """The error for kernel fault `code` (kernels._decode_chunk's) in chunk `index` of `entry`;
+    `out` holds the chunk's decoded bytes (meaningful for a checksum fault only)."""
+    where = f"tensor {entry.name!r} chunk {index}"
+    if code == kernels.FAULT_CHECKSUM:
+        return ChecksumError(f"{where}: stored checksum {entry.chunks[index].checksum:#018x}, "
+                             f"computed {checksum64(out):#018x}")
+    fault, plane = code & ((1 << kernels.FAULT_PLANE_SHIFT) - 1), code >> kernels.FAULT_PLANE_SHIFT
+    method = entry.chunks[index].planes[plane].method if plane < len(entry.chunks[index].planes) else None
+    pairs = method != METHOD_RANS0
+    name = "RANS0_PAIRS" if pairs else "RANS0"
+    text = FAULTS.get(fault, f"fault {fault}").format(
+        top=kernels.MAX_PAIR_PRECISION if pairs else kernels.MAX_PRECISION,
+        bitmap="Byte_Bitmap" if pairs else "Symbol_Bitmap", table="Pair_Bitmap" if pairs else "table")
+    return FormatError(f"{where} plane {plane}: corrupt {name} stream: {text}")
+
+
+def span_bytes(spans: list) -> int:
+    """The raw bytes of chunks [first, stop) of each (entry, first, stop) of `spans`."""
+    return sum((min(stop * t.chunk_elements, t.elements) - first * t.chunk_elements) * t.dtype.itemsize
+               for t, first, stop in spans if stop > first)
+
+
+def decode_spans(spans: list, out: np.ndarray, coded: Coded, threads: int, budget: Budget, what: str) -> None:
+    """Decode chunks [first, stop) of each (entry, first, stop) of `spans` into `out`, back to
+    back, verifying their checksums.
+
+    The chunks are cut into tasks (see _plan); each builds its chunks' descriptor rows, reads
+    their coded bytes and decodes them in one kernel call. At most `threads` tasks run at once,
+    so the working memory, taken from `budget` before any task starts, is that of `threads`
+    tasks however many chunks there are."""
+    firsts, cuts, outs, fetch, working = _plan(spans, coded.data is None)
+    tasks = len(cuts) - 1
+    spare: list = []  # buffers of `fetch` bytes for coded bytes, one per running task: fresh pages cost more
+
+    def decode(b: int) -> None:
+        _decode_task(_spans_between(spans, firsts, cuts[b], cuts[b + 1]), out, outs[b], coded, spare, fetch)
+
+    try:
+        with budget.hold(min(threads, tasks) * working, f"{what}: the working memory of {tasks} tasks"):
+            for _ in parallel_map(threads, decode, range(tasks)):
+                pass
+    except MemoryError:
+        raise LimitExceededError(f"{what}: more memory than this machine can allocate") from None
+
+
+def iter_chunks(entry: TensorEntry, indices: Iterable[int], coded: Coded, threads: int):
+    """The raw bytes of chunks `indices` of `entry`, in order, decoded in parallel a few at a
+    time; each yielded array is new, so memory stays bounded by a few chunks per thread."""
+    def decode(index: int) -> np.ndarray:
+        out = np.empty(entry.chunk_span(index)[1] * entry.dtype.itemsize, np.uint8)
+        _decode_task([(entry, index, index + 1)], out, 0, coded, [], entry.chunks[index].length)
+        return out
+
+    try:
+        yield from parallel_map(threads, decode, list(indices))
+    except MemoryError:
+        raise LimitExceededError(f"decoding tensor {entry.name!r}: more memory than this machine can "
+                                 f"allocate") from None
+
+
+def _task_bytes(chunks: int, coded: int, biggest: int) -> int:
+    """The most a decoding task of `chunks` chunks allocates: their coded bytes (read from the
+    file), the kernel's scratch for the biggest chunk's planes, the descriptor rows."""
+    return coded + biggest + chunks * TASK_CHUNK_BYTES + TASK_BYTES
+
+
+def _plan(spans: list, from_file: bool) -> tuple[np.ndarray, list, list, int, int]:
+    """Cut the chunks of `spans` (numbered from 0 across them) into decoding tasks of at most
+    BATCH_BYTES of output, BATCH_BYTES of coded bytes (or one chunk), and BATCH_CHUNKS chunks.
+    Returns the number of each span's first chunk, where each task starts (and the end),
+    the output offset of each task, the most coded bytes a task reads from the file
+    (`from_file`: else none), and the most bytes one task allocates."""
+    firsts, cuts, outs = [], [0], [0]
+    flat = total = most_n = most_coded = most_raw = 0
+    n = size = coded = 0  # of the task being filled
+    for entry, first, stop in spans:
+        firsts.append(flat)
+        k = entry.dtype.itemsize
+        full, last = entry.chunk_elements * k, len(entry.chunks) - 1
+        for i in range(first, stop):
+            raw = full if i < last else entry.chunk_span(i)[1] * k
+            length = entry.chunks[i].length if from_file else 0
+            if n and (n == BATCH_CHUNKS or size + raw > BATCH_BYTES or coded + length > BATCH_BYTES):
+                cuts.append(flat)
+                outs.append(total)
+                n = size = coded = 0
+            n, size, coded = n + 1, size + raw, coded + length
+            flat, total = flat + 1, total + raw
+            most_n, most_coded, most_raw = max(most_n, n), max(most_coded, coded), max(most_raw, raw)
+    if n:
+        cuts.append(flat)
+    return np.array(firsts, np.int64), cuts, outs, most_coded, _task_bytes(most_n, most_coded, most_raw)
+
+
+def chunk_rows(spans) -> np.ndarray:
+    """The chunk descriptors of chunks [first, stop) of each (entry, first, stop) of `spans`, in
+    order, for kernels.decode_chunks: int64[chunks, ROW_SIZE].
+
+    Built as one Python list and converted once: a checkpoint has thousands of small tensors, and
+    numpy calls per tensor would cost more than the rows."""
+    rows = []
+    for entry, first, stop in spans:
+        planes = entry.planes
+        pad = [0] * (kernels.MAX_PLANES - len(planes))
+        geometry = [w for _, w in planes] + pad + [f for f, _ in planes] + pad
+        shape = [len(planes), entry.layout, entry.dtype.itemsize]
+        size, last = entry.chunk_elements, len(entry.chunks) - 1
+        for i in range(first, stop):
+            c = entry.chunks[i]
+            check = c.checksum - (1 << 64) if c.checksum >= 1 << 63 else c.checksum
+            n = size if i < last else entry.chunk_span(i)[1]
+            rows.append([c.offset, check, n, *shape, *[p.method for p in c.planes], *pad,
+                         *[p.parameter for p in c.planes], *pad, *[p.length for p in c.planes], *pad, *geometry])
+    return np.array(rows, np.int64).reshape(len(rows), kernels.ROW_SIZE)
+
+
+def _decode_task(part: list, out: np.ndarray, start: int, coded: Coded, spare: list, fetch: int) -> None:
+    """Decode the chunks of `part` ((entry, first, stop) each) into out[start:], back to back;
+    their coded bytes (at most `fetch`) are read into a buffer of `spare` or a new one."""
+    rows = chunk_rows(part)
+    sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_ITEMSIZE]
+    starts = start + np.cumsum(sizes) - sizes
+    buffer = spare.pop() if spare else np.empty(fetch, np.uint8)  # list.pop and append are atomic
+    data, rows = _fetch(rows, coded, buffer)
+    bad, code = kernels.decode_chunks(data, rows, starts, out)
+    spare.append(buffer)
+    if bad >= 0:
+        entry, index = _chunk_at(part, bad)
+        at = int(starts[bad])
+        raise fault_error(int(code), entry, index, out[at:at + int(sizes[bad])])
+
+
+def _fetch(rows: np.ndarray, coded: Coded, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes the chunks `rows` are coded in, and `rows` pointing into them: in memory, the
+    file itself; else its byte ranges read into `buffer`, ranges that touch or overlap (a chunk
+    shared by two records, spec 4.3) once."""
+    if coded.data is not None:
+        return coded.data, rows
+    starts = rows[:, kernels.ROW_OFFSET]
+    ends = starts + rows[:, kernels.ROW_LENGTHS:kernels.ROW_LENGTHS + kernels.MAX_PLANES].sum(axis=1)
+    if (starts[1:] == ends[:-1]).all():  # in order, back to back, as the writer puts them: one read
+        lo, need = int(starts[0]), int(ends[-1] - starts[0])
+        data = buffer[:need] if buffer.shape[0] >= need else np.empty(need, np.uint8)  # see below
+        coded.read_into(data, lo)
+        rows = rows.copy()
+        rows[:, kernels.ROW_OFFSET] -= lo
+        return data, rows
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    new = np.ones(s.shape[0], bool)  # where a run of touching ranges begins
+    new[1:] = s[1:] > np.maximum.accumulate(e)[:-1]
+    heads = np.flatnonzero(new)
+    lo, hi = s[heads], np.maximum.reduceat(e, heads)
+    at = np.cumsum(hi - lo) - (hi - lo)  # each run's place in the buffer
+    need = int((hi - lo).sum())  # <= the task's coded bytes <= the buffer's size (_plan)
+    data = buffer[:need] if buffer.shape[0] >= need else np.empty(need, np.uint8)
+    for a, b, p in zip(lo.tolist(), hi.tolist(), at.tolist()):
+        coded.read_into(data[p:p + b - a], a)
+    run = np.cumsum(new) - 1
+    rows = rows.copy()
+    rows[order, kernels.ROW_OFFSET] = s - lo[run] + at[run]
+    return data, rows
+
+
+def _spans_between(spans: list, firsts: np.ndarray, lo: int, hi: int) -> list:
+    """The chunks numbered [lo, hi) across `spans` (span j's first is number firsts[j]), as spans."""
+    j = int(np.searchsorted(firsts, lo, side="right")) - 1
+    part = []
+    while lo < hi:
+        entry, first, stop = spans[j]
+        a = first + lo - int(firsts[j])
+        b = min(stop, a + hi - lo)
+        if b > a:
+            part.append((entry, a, b))
+            lo += b - a
+        j += 1
+    return part
+
+
+def _chunk_at(part: list, k: int) -> tuple[TensorEntry, int]:
+    """(entry, chunk index) of chunk number k of `part` ((entry, first, stop) each)."""
+    for entry, first, stop in part:
+        if k < stop - first:
+            return entry, first + k
+        k -= stop - first
+    raise IndexError(f"chunk {k} past the end of the task")

@@ -298,7 +298,7 @@ def _write_original(reader: ContainerReader, write, progress) -> None:
         # sizes from shapes and dtypes (a record's informative sizes are derived, never trusted)
         write(safetensors_io.build_header(model_entries(reader.all_tensors, reader.transforms), reader.metadata))
         for name in reader.names:
-            pieces = ([reader.rebuild(name).reshape(-1).view(np.uint8)] if name in reader.transforms
+            pieces = ([transforms.rebuild_stored(reader, name).reshape(-1).view(np.uint8)] if name in reader.transforms
                       else reader.iter_raw(reader.by_name[name]))
             for raw in pieces:
                 write(raw)

@@ -37,6 +37,12 @@ METHOD_CONSTANT = 1
 METHOD_RANS0 = 2
 METHOD_RANS0_PAIRS = 3
 METHODS = (METHOD_RAW, METHOD_CONSTANT, METHOD_RANS0, METHOD_RANS0_PAIRS)
+# Table geometry of RANS0 (6.1) and RANS0_PAIRS (6.4): fixed table parts, Precision and Lanes ranges.
+RANS0_TABLE = 34  # Precision, Lanes, Symbol_Bitmap[32]
+PAIRS_TABLE = 35  # Precision, Lanes, Odd_Byte, Byte_Bitmap[32]
+MAX_PRECISION = 12
+MAX_PAIR_PRECISION = 14
+MAX_LANES = 64
 
 # Source kinds and segment kinds (spec section 4.2).
 SOURCE_ARRAYS = 0
@@ -628,9 +634,9 @@ def _check_plane(p: PlaneRef, n: int, where: str, *args) -> None:
         problem = f"RAW plane of {n} bytes has Length {p.length}"
     elif p.method == METHOD_CONSTANT and p.length != 0:
         problem = f"CONSTANT plane has Length {p.length}, expected 0"
-    elif p.method == METHOD_RANS0 and p.length < 34 + 2 + 4:
+    elif p.method == METHOD_RANS0 and p.length < RANS0_TABLE + 2 + 4:
         problem = f"RANS0 stream of {p.length} bytes is shorter than its smallest table"
-    elif p.method == METHOD_RANS0_PAIRS and p.length < 35 + 1 + 1 + 4:
+    elif p.method == METHOD_RANS0_PAIRS and p.length < PAIRS_TABLE + 1 + 1 + 4:
         problem = f"RANS0_PAIRS stream of {p.length} bytes is shorter than its smallest table"
     if problem:
         raise FormatError(f"{where % args}: {problem}")

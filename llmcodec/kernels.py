@@ -7,7 +7,9 @@ wraparound, which would otherwise keep LLVM from vectorising a loop.
 
 Two kernels do a chunk's whole work in one GIL-free call: `encode_chunk` (split, histograms,
 model choice, rANS, tables, checksum) and `decode_chunks` (tables, rANS, merge, checksum, for a
-batch of chunks). The rest serve them, the validating Python paths and the tests.
+batch of chunks). The rest serve them, `info`'s statistics and the tests. The decoding kernels
+are the only decoder of the package: they check every table and stream and report a FAULT_* code
+naming the failed check (codec.FAULTS holds the messages).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ PAIR_TOLERANCE = 0.01
 # Methods and layouts (spec sections 5 and 6), as format.py numbers them.
 RAW, CONSTANT, RANS0, RANS0_PAIRS = 0, 1, 2, 3
 BYTES, FIELDS16, FIELDS32, BLOCK_FIELDS = 0, 1, 2, 3
+
+# Table geometry of spec sections 6.1 and 6.4 (copies of format's: tests/test_constants.py)
+MAX_PRECISION = 12  # RANS0 Precision 1..12
+MAX_PAIR_PRECISION = 14  # RANS0_PAIRS Precision 1..14
+MAX_LANES = 64
+RANS0_TABLE = 34  # RANS0: Precision, Lanes, Symbol_Bitmap
+PAIRS_TABLE = 35  # RANS0_PAIRS: Precision, Lanes, Odd_Byte, Byte_Bitmap
 
 # rans_decode status codes
 DECODE_OK = 0
@@ -528,7 +537,7 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
     c = counts[symbols]
     freq = quantize_frequencies(c, PRECISION)
     if allowed & (1 << RANS0):
-        cost = 34 + 2 * s + ideal_bits(c, freq, PRECISION) / 8
+        cost = RANS0_TABLE + 2 * s + ideal_bits(c, freq, PRECISION) / 8
     dense = np.zeros(256, np.int64)
     for t in range(s):
         dense[symbols[t]] = t
@@ -547,7 +556,7 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
                 in_pair[cell // s] = 1
                 in_pair[cell % s] = 1
             s2 = in_pair.sum()
-            table_size = 35 + (s2 * s2 + 7) // 8 + cells.shape[0] + np.count_nonzero(pfreq > 128)
+            table_size = PAIRS_TABLE + (s2 * s2 + 7) // 8 + cells.shape[0] + np.count_nonzero(pfreq > 128)
             pair_cost = table_size + ideal_bits(pc, pfreq, PAIR_PRECISION) / 8
             pairs = pair_cost <= cost * (1 + PAIR_TOLERANCE)
             if pairs:
@@ -576,8 +585,8 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
                 bits = np.empty(cells.shape[0], np.int64)
                 for t in range(cells.shape[0]):
                     bits[t] = newer[cells[t] // s] * s2 + newer[cells[t] % s]
-                _put_bitmap(bits, (s2 * s2 + 7) // 8, out, pos + 35)
-                p = pos + 35 + (s2 * s2 + 7) // 8
+                _put_bitmap(bits, (s2 * s2 + 7) // 8, out, pos + PAIRS_TABLE)
+                p = pos + PAIRS_TABLE + (s2 * s2 + 7) // 8
                 for t in range(pfreq.shape[0]):
                     v = pfreq[t] - 1
                     if v < 0x80:
@@ -594,14 +603,14 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
             for i in range(n):
                 sym_ids[i] = dense[plane[i]]
             states, first = rans_encode(sym_ids, freq, np.cumsum(freq) - freq, PRECISION, words[:n + 1])
-            length = 34 + 2 * s + 4 * ENCODE_LANES + 2 * (n + 1 - first)
+            length = RANS0_TABLE + 2 * s + 4 * ENCODE_LANES + 2 * (n + 1 - first)
             if length < budget:
                 out[pos] = PRECISION
                 out[pos + 1] = ENCODE_LANES
                 _put_bitmap(symbols, 32, out, pos + 2)
                 for t in range(s):
-                    _put_u16(out, pos + 34 + 2 * t, freq[t] - 1)
-                _put_stream(states, words[:n + 1], first, out, pos + 34 + 2 * s)
+                    _put_u16(out, pos + RANS0_TABLE + 2 * t, freq[t] - 1)
+                _put_stream(states, words[:n + 1], first, out, pos + RANS0_TABLE + 2 * s)
                 return RANS0, 0, length
     dst = out[pos:pos + n]
     for i in range(n):
@@ -711,12 +720,28 @@ def xxh64(b):
 
 
 # --- one chunk, table parsing to checksum, in a single call without the GIL ----------------------
-# The kernels below check what they read and return CHUNK_BAD_* on any fault; the caller then
-# re-reads the chunk with the validating Python parser (models.parse_table) for a precise message.
+# The kernels below check everything they read (spec section 6) and report the first check that
+# fails as a FAULT_* code; codec.FAULTS turns a code into its message. There is no other decoder.
 
-CHUNK_OK = 0
-CHUNK_BAD_STREAM = 1  # a table or stream breaks spec section 6
-CHUNK_BAD_CHECKSUM = 2
+# Fault codes: 0 and rans_decode's DECODE_* (1-3), then the table and chunk checks.
+FAULT_OK = DECODE_OK
+FAULT_TABLE_SHORT = 4  # the stream is shorter than its table's fixed part
+FAULT_PRECISION = 5  # Precision outside 1..12 (RANS0) or 1..14 (RANS0_PAIRS)
+FAULT_LANES = 6  # Lanes outside 1..64
+FAULT_BITMAP_EMPTY = 7  # Symbol_Bitmap (RANS0) or Byte_Bitmap (RANS0_PAIRS) empty
+FAULT_TABLE_END = 8  # the stream ends inside its frequencies (RANS0) or Pair_Bitmap (RANS0_PAIRS)
+FAULT_PAIRS_PLANE = 9  # RANS0_PAIRS for a plane of fewer than 2 bytes
+FAULT_ODD_BYTE = 10  # Odd_Byte != 0 for a plane of even length
+FAULT_PAIR_PADDING = 11  # reserved padding bits of Pair_Bitmap set
+FAULT_PAIRS_EMPTY = 12  # Pair_Bitmap empty
+FAULT_PAIR_UNUSED = 13  # a byte of Byte_Bitmap in no pair
+FAULT_FREQ_END = 14  # the stream ends inside its Frequencies (RANS0_PAIRS)
+FAULT_FREQ_NUMBER = 15  # a two-byte ULEB128 frequency whose second byte is not in 1..127
+FAULT_STATES_SHORT = 16  # the stream ends inside its lane states
+FAULT_ODD_WORDS = 17  # the words take an odd number of bytes
+FAULT_FREQ_SUM = 18  # frequencies do not add up to 2^Precision
+FAULT_CHECKSUM = 19  # the decoded chunk's XXH64 is not the stored one
+FAULT_PLANE_SHIFT = 8  # _decode_chunk's code: fault | plane << FAULT_PLANE_SHIFT
 
 
 @_jit
@@ -726,102 +751,137 @@ def _bit(stream, base, i):
 
 @_jit
 def _rans0_table(stream):
-    """(ok, precision, lanes, symbols, freq, size) of a RANS0 stream (spec 6.1)."""
+    """(fault, precision, lanes, symbols, freq, size) of a RANS0 stream's table (spec 6.1)."""
     empty = np.zeros(0, np.int64)
-    if stream.shape[0] < 34:
-        return False, 0, 0, empty, empty, 0
+    if stream.shape[0] < RANS0_TABLE:
+        return FAULT_TABLE_SHORT, 0, 0, empty, empty, 0
     precision, lanes = np.int64(stream[0]), np.int64(stream[1])
+    if not 1 <= precision <= MAX_PRECISION:
+        return FAULT_PRECISION, 0, 0, empty, empty, 0
+    if not 1 <= lanes <= MAX_LANES:
+        return FAULT_LANES, 0, 0, empty, empty, 0
     k = 0
     for s in range(256):
         k += _bit(stream, 2, s)
-    size = 34 + 2 * k
-    if not (1 <= precision <= 12 and 1 <= lanes <= 64 and k > 0 and stream.shape[0] >= size):
-        return False, 0, 0, empty, empty, 0
+    size = RANS0_TABLE + 2 * k
+    if k == 0:
+        return FAULT_BITMAP_EMPTY, 0, 0, empty, empty, 0
+    if stream.shape[0] < size:
+        return FAULT_TABLE_END, 0, 0, empty, empty, 0
     symbols = np.empty(k, np.int64)
     freq = np.empty(k, np.int64)
     m = 0
     for s in range(256):
         if _bit(stream, 2, s):
             symbols[m] = s
-            freq[m] = (np.int64(stream[34 + 2 * m]) | (np.int64(stream[35 + 2 * m]) << 8)) + 1
+            at = RANS0_TABLE + 2 * m
+            freq[m] = (np.int64(stream[at]) | (np.int64(stream[at + 1]) << 8)) + 1
             m += 1
-    return True, precision, lanes, symbols, freq, size
+    return FAULT_OK, precision, lanes, symbols, freq, size
 
 
 @_jit
 def _pairs_table(stream, n):
-    """(ok, precision, lanes, symbols, freq, size) of a RANS0_PAIRS stream (spec 6.4)."""
+    """(fault, precision, lanes, symbols, freq, size) of a RANS0_PAIRS stream's table (spec 6.4)
+    for a plane of n bytes."""
     empty = np.zeros(0, np.int64)
     length = stream.shape[0]
-    if length < 35 or n < 2:
-        return False, 0, 0, empty, empty, 0
+    if length < PAIRS_TABLE:
+        return FAULT_TABLE_SHORT, 0, 0, empty, empty, 0
     precision, lanes, odd = np.int64(stream[0]), np.int64(stream[1]), np.int64(stream[2])
-    if not (1 <= precision <= 14 and 1 <= lanes <= 64) or (n % 2 == 0 and odd != 0):
-        return False, 0, 0, empty, empty, 0
+    if not 1 <= precision <= MAX_PAIR_PRECISION:
+        return FAULT_PRECISION, 0, 0, empty, empty, 0
+    if not 1 <= lanes <= MAX_LANES:
+        return FAULT_LANES, 0, 0, empty, empty, 0
+    if n < 2:
+        return FAULT_PAIRS_PLANE, 0, 0, empty, empty, 0
+    if n % 2 == 0 and odd != 0:
+        return FAULT_ODD_BYTE, 0, 0, empty, empty, 0
     used = np.empty(256, np.int64)
     s = 0
     for b in range(256):
         if _bit(stream, 3, b):
             used[s] = b
             s += 1
-    end = 35 + (s * s + 7) // 8
-    if s == 0 or length < end:
-        return False, 0, 0, empty, empty, 0
+    if s == 0:
+        return FAULT_BITMAP_EMPTY, 0, 0, empty, empty, 0
+    end = PAIRS_TABLE + (s * s + 7) // 8
+    if length < end:
+        return FAULT_TABLE_END, 0, 0, empty, empty, 0
     k = 0
     seen = np.zeros(s, np.int64)
-    for cell in range(8 * (end - 35)):
-        if _bit(stream, 35, cell):
-            if cell >= s * s:  # reserved padding bit
-                return False, 0, 0, empty, empty, 0
+    for cell in range(8 * (end - PAIRS_TABLE)):
+        if _bit(stream, PAIRS_TABLE, cell):
+            if cell >= s * s:
+                return FAULT_PAIR_PADDING, 0, 0, empty, empty, 0
             k += 1
             seen[cell // s] = 1
             seen[cell % s] = 1
-    if k == 0 or seen.sum() != s:
-        return False, 0, 0, empty, empty, 0
+    if k == 0:
+        return FAULT_PAIRS_EMPTY, 0, 0, empty, empty, 0
+    if seen.sum() != s:
+        return FAULT_PAIR_UNUSED, 0, 0, empty, empty, 0
     symbols = np.empty(k, np.int64)
     freq = np.empty(k, np.int64)
     pos = end
     m = 0
     for cell in range(s * s):
-        if _bit(stream, 35, cell):
+        if _bit(stream, PAIRS_TABLE, cell):
             symbols[m] = used[cell // s] | (used[cell % s] << 8)
             if pos >= length:
-                return False, 0, 0, empty, empty, 0
+                return FAULT_FREQ_END, 0, 0, empty, empty, 0
             v = np.int64(stream[pos])
             pos += 1
             if v >= 0x80:
-                if pos >= length or stream[pos] == 0 or stream[pos] >= 0x80:
-                    return False, 0, 0, empty, empty, 0
+                if pos >= length:
+                    return FAULT_FREQ_END, 0, 0, empty, empty, 0
+                if stream[pos] == 0 or stream[pos] >= 0x80:
+                    return FAULT_FREQ_NUMBER, 0, 0, empty, empty, 0
                 v = (v & 0x7F) | (np.int64(stream[pos]) << 7)
                 pos += 1
             freq[m] = v + 1
             m += 1
-    return True, precision, lanes, symbols, freq, pos
+    return FAULT_OK, precision, lanes, symbols, freq, pos
+
+
+@_jit
+def rans_table(stream, method, n):
+    """(fault, precision, lanes, symbols, freq, size) of the table of a RANS0 or RANS0_PAIRS
+    stream for a plane of n bytes, every check of spec sections 6.1-6.4 that needs no decoding
+    done: `size` is where the lane states begin."""
+    if method == RANS0:
+        fault, precision, lanes, symbols, freq, size = _rans0_table(stream)
+    else:
+        fault, precision, lanes, symbols, freq, size = _pairs_table(stream, n)
+    if fault != FAULT_OK:
+        return fault, precision, lanes, symbols, freq, size
+    if stream.shape[0] < size + 4 * lanes:
+        return FAULT_STATES_SHORT, precision, lanes, symbols, freq, size
+    if (stream.shape[0] - size - 4 * lanes) % 2:
+        return FAULT_ODD_WORDS, precision, lanes, symbols, freq, size
+    if freq.sum() != (np.int64(1) << precision):
+        return FAULT_FREQ_SUM, precision, lanes, symbols, freq, size
+    return FAULT_OK, precision, lanes, symbols, freq, size
 
 
 @_jit
 def _decode_plane(stream, method, n, out, table):
-    """Decode a RANS0 or RANS0_PAIRS stream into the plane `out` (n bytes); False on any fault.
-    `table` has room for 2^14 entries."""
-    if method == RANS0:
-        ok, precision, lanes, symbols, freq, size = _rans0_table(stream)
-        width = 1
-    else:
-        ok, precision, lanes, symbols, freq, size = _pairs_table(stream, n)
-        width = 2
-    if not ok or freq.sum() != (np.int64(1) << precision):
-        return False
-    if stream.shape[0] < size + 4 * lanes or (stream.shape[0] - size - 4 * lanes) % 2:
-        return False
+    """Decode a RANS0 or RANS0_PAIRS stream into the plane `out` (n bytes); a FAULT_* code.
+    `table` has room for 2^MAX_PAIR_PRECISION entries."""
+    fault, precision, lanes, symbols, freq, size = rans_table(stream, method, n)
+    if fault != FAULT_OK:
+        return fault
+    width = 1 if method == RANS0 else 2
     if width == 2 and n % 2:
         out[n - 1] = stream[2]
     fill_decode_table(symbols, freq, precision, table)
-    return rans_decode(stream[size:], table, precision, lanes, width, out[:n - n % width]) == DECODE_OK
+    return rans_decode(stream[size:], table, precision, lanes, width, out[:n - n % width])
 
 
 @_jit
 def _decode_chunk(data, row, out, scratch, table):
-    """Decode the chunk described by `row` (see ROW_*) from `data` into `out`; a CHUNK_* code."""
+    """Decode the chunk described by `row` (see ROW_*) from `data` into `out`: FAULT_OK, or the
+    first fault as fault | plane << FAULT_PLANE_SHIFT."""
     n, k, layout, itemsize = row[ROW_N], row[ROW_K], row[ROW_LAYOUT], row[ROW_ITEMSIZE]
     whole = k == 1  # one plane holds the element's bytes as they are: decode straight into out
     planes = out if whole else scratch[:n * itemsize]
@@ -839,16 +899,18 @@ def _decode_chunk(data, row, out, scratch, table):
                 plane[i] = stream[i]
         elif method == CONSTANT:
             plane[:] = row[ROW_PARAMS + j]
-        elif not _decode_plane(stream, method, size, plane, table):
-            return CHUNK_BAD_STREAM
+        else:
+            fault = _decode_plane(stream, method, size, plane, table)
+            if fault != FAULT_OK:
+                return fault | (j << FAULT_PLANE_SHIFT)
     if not whole:
         if layout == BLOCK_FIELDS:
             merge_fields(planes, itemsize, row[ROW_FIELDS:ROW_FIELDS + k], row[ROW_WIDTHS:ROW_WIDTHS + k], out)
         else:
             merge_planes(planes.reshape((k, n)), layout, out)
     if xxh64(out) != np.uint64(row[ROW_CHECKSUM]):
-        return CHUNK_BAD_CHECKSUM
-    return CHUNK_OK
+        return FAULT_CHECKSUM
+    return FAULT_OK
 
 
 @_jit
@@ -857,17 +919,19 @@ def decode_chunks(data, rows, out_starts, out):
     `data`: chunk c's n * k raw bytes go to out[out_starts[c]:], and its XXH64 is verified.
 
     The header parser has checked every row: offsets and plane lengths inside `data`, methods,
-    layouts, lengths as the methods require, n * k bytes of room in `out`. Returns -1 when all
-    chunks are right, else the index of the first faulty one (whose output is then undefined).
+    layouts, lengths as the methods require, n * k bytes of room in `out`. Returns (-1, FAULT_OK)
+    when all chunks are right, else (index, code) of the first faulty chunk, whose output is then
+    undefined; code as _decode_chunk's.
     """
     biggest = 0
     for c in range(rows.shape[0]):
         biggest = max(biggest, rows[c, ROW_N] * rows[c, ROW_ITEMSIZE])
     scratch = np.empty(biggest, np.uint8)
-    table = np.empty(1 << 14, np.int64)
+    table = np.empty(1 << MAX_PAIR_PRECISION, np.int64)
     for c in range(rows.shape[0]):
         start = out_starts[c]
         size = rows[c, ROW_N] * rows[c, ROW_ITEMSIZE]
-        if _decode_chunk(data, rows[c], out[start:start + size], scratch, table) != CHUNK_OK:
-            return c
-    return -1
+        code = _decode_chunk(data, rows[c], out[start:start + size], scratch, table)
+        if code != FAULT_OK:
+            return c, code
+    return -1, FAULT_OK

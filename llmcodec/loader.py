@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from . import folders, transforms
-from .container import Budget, ContainerReader
+from .budget import Budget
+from .container import ContainerReader
 from .errors import FormatError, InvalidArgumentError, InvalidIndexError, LimitExceededError, TensorNotFoundError
 from .folders import is_folder
 from .format import Limits, TensorEntry
@@ -35,7 +36,7 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     threads (coded bytes read, descriptor rows, scratch); a bigger request raises
     `LimitExceededError` before anything is allocated. Set it for files from strangers: a valid
     file may decode to about 3 million times its size (a constant chunk of 64 MiB takes 22 header
-    bytes). A call's peak growth stays under `max_memory` plus `container.MEMORY_SLACK` (1 MiB:
+    bytes). A call's peak growth stays under `max_memory` plus `budget.MEMORY_SLACK` (1 MiB:
     the Python objects of the call itself, which are not counted), whatever the file holds.
 
     >>> with llmcodec.open(path) as f:
@@ -166,7 +167,7 @@ class LlmcodecFile(_TensorFile):
         t = self.transform(name)
         if t is None or t.kind != kind:
             raise InvalidArgumentError(f"tensor {name!r} in {self.reader.name} was not stored by {kind}")
-        return {role: self._convert(a) for role, a in self.reader.parts(name).items()}
+        return {role: self._convert(a) for role, a in transforms.stored_parts(self.reader, name).items()}
 
     def get_tensor(self, name: str):
         """The whole tensor, decoded on all threads into a new array, checksums verified; a
@@ -180,7 +181,7 @@ class LlmcodecFile(_TensorFile):
             kept, transient = rebuild_bytes(self.reader, name)
             Budget(self.max_memory).take(kept + transient, what)
             try:
-                return self._convert(self.reader.rebuild(name))
+                return self._convert(transforms.rebuild_stored(self.reader, name))
             except MemoryError:
                 raise LimitExceededError(f"{what}: more memory than this machine can allocate") from None
         reader = self.reader

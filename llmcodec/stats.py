@@ -1,6 +1,6 @@
 """What `llmcodec info` shows: per tensor and plane, the coded size next to its entropy bounds
-(order-0, conditioned on each context tried, adaptive), from the plane counts the container
-reader takes.
+(order-0, conditioned on each context tried, adaptive), from plane counts taken here over the
+decoded chunks (`plane_statistics`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import format
+from . import codec, format, kernels
 from .container import ContainerReader
+from .errors import LimitExceededError
 
 
 CONTEXTS = ("previous", "above", "plane0")  # kernels.context_counts, in its order
@@ -91,7 +92,7 @@ def file_stats(src, *, threads: int | None = None, progress=None, limits: bool =
 def _tensor_stats(reader: ContainerReader, t, progress, limits: bool) -> TensorStats:
     stats = TensorStats(t.name, t.dtype.name, list(t.shape), _LAYOUT_NAMES[t.layout], t.nbytes,
                         t.coded_bytes, len(t.chunks))
-    counts, joint = reader.plane_statistics(t, contexts=limits)
+    counts, joint = plane_statistics(reader, t, contexts=limits)
     for j, (_, width) in enumerate(t.planes):
         symbols = t.elements * width
         methods: dict[str, int] = {}
@@ -153,3 +154,92 @@ def conditional_entropy_bits(joint: np.ndarray) -> float:
     if total == 0:
         return 0.0
     return max(0.0, entropy_bits(joint.reshape(-1)) - entropy_bits(joint.sum(axis=1)))
+
+
+BATCH_BYTES = 1 << 20  # decoded bytes counted per task
+
+
+def plane_statistics(reader: ContainerReader, entry, contexts: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Symbol counts of each plane over the whole tensor, int64[planes, 256], and with
+    `contexts` the joint counts of kernels.context_counts, int64[planes, 3, 257, 256], each
+    chunk on its own (a chunk's first element has no previous one). Contexts need planes of
+    one byte per element; a block type's planes get only the previous-byte context.
+
+    A chunk of CONSTANT planes is counted without being decoded; the bytes of the other
+    chunks, over all calls on this reader, are bounded by `Limits.work` per byte of the file
+    (spec section 9, ContainerReader.take_work), checked before anything is decoded."""
+    k = len(entry.planes)
+    scalar = entry.layout != kernels.BLOCK_FIELDS
+    cols = entry.shape[-1] if len(entry.shape) >= 2 and scalar else 0
+    fields, widths = codec.plane_geometry(entry)
+    constant = [all(p.method == format.METHOD_CONSTANT for p in c.planes) for c in entry.chunks]
+    work = sum(entry.chunk_span(i)[1] for i, const in enumerate(constant) if not const) * entry.dtype.itemsize
+    reader.take_work(work, f"plane statistics of tensor {entry.name!r}")
+    batches, size = [[]], 0  # chunks cut into tasks of about BATCH_BYTES decoded bytes each
+    for i, const in enumerate(constant):
+        batches[-1].append(i)
+        size += 0 if const else entry.chunk_span(i)[1] * entry.dtype.itemsize
+        if size >= BATCH_BYTES:
+            batches.append([])
+            size = 0
+
+    def count(batch: list) -> tuple[np.ndarray, np.ndarray | None]:
+        counts = np.zeros((k, 256), np.int64)
+        part = np.zeros((k, 3, 257, 256), np.int64) if contexts else None
+        for index in batch:
+            _, n = entry.chunk_span(index)
+            chunk = entry.chunks[index]
+            if constant[index]:
+                _constant_counts(chunk.planes, widths.tolist(), n, cols if scalar else 0, scalar, counts, part)
+                continue
+            raw = reader.read_chunks(entry, index, index + 1)
+            if scalar:  # one byte per element in each plane
+                planes = np.empty((k, n), np.uint8)
+                kernels.split_planes(raw, entry.layout, planes)
+            else:
+                flat = np.empty_like(raw)
+                kernels.split_fields(raw, entry.dtype.itemsize, fields, widths, flat)
+                planes = np.split(flat, np.cumsum(n * widths)[:-1])
+            counts += np.array([kernels.byte_histogram(p) for p in planes]).reshape(k, 256)
+            if part is None:
+                continue
+            if scalar:
+                kernels.context_counts(planes, cols, part)
+            else:  # each plane alone, of one byte per element and no rows: only "previous" means something
+                for j, p in enumerate(planes):
+                    kernels.context_counts(p.reshape(1, -1), 0, part[j:j + 1])
+        return counts, part
+
+    total = np.zeros((k, 256), np.int64)
+    joint = np.zeros((k, 3, 257, 256), np.int64) if contexts else None
+    try:
+        for counts, part in codec.parallel_map(reader.threads, count, [b for b in batches if b]):
+            total += counts
+            if part is not None:
+                joint += part
+    except MemoryError:
+        raise LimitExceededError(f"{reader.name}: counting the planes of tensor {entry.name!r}: more "
+                                 f"memory than this machine can allocate") from None
+    if joint is not None and not scalar:  # block planes: the "above" and "plane 0" contexts say nothing
+        joint[:, 1:] = 0
+        joint[:, 1:, kernels.CONTEXT_NONE] = total[:, None, :]
+    return total, joint
+
+
+def _constant_counts(planes: list, widths: list, n: int, cols: int, scalar: bool, counts: np.ndarray,
+                     part: np.ndarray | None) -> None:
+    """Add what kernels.byte_histogram and kernels.context_counts would count over a chunk of n
+    elements whose planes are all CONSTANT (plane j: n x widths[j] bytes c_j), without decoding it.
+    Block planes are counted each alone, as plane_statistics does (cols = 0, no plane-0 context)."""
+    none, c0 = kernels.CONTEXT_NONE, planes[0].parameter
+    for j, p in enumerate(planes):
+        c, m = p.parameter, n * widths[j]  # m >= 1
+        counts[j, c] += m
+        if part is None:
+            continue
+        reach = min(cols, m) if cols > 0 else m  # elements with no element `cols` before them
+        part[j, 0, none, c] += 1
+        part[j, 0, c, c] += m - 1
+        part[j, 1, none, c] += reach
+        part[j, 1, c, c] += m - reach
+        part[j, 2, c0 if scalar and j > 0 else none, c] += m

@@ -107,7 +107,7 @@ def load_model(model, path, *, strict: bool = True, threads: int | None = None) 
             # Same shape and numpy dtype: the same bytes; read_raw checks `out`'s size again.
             with torch.no_grad():
                 if rebuilt:
-                    out[...] = shard.reader.rebuild(name)
+                    out[...] = transforms.rebuild_stored(shard.reader, name)
                 else:
                     shard.reader.read_raw(entry, out=out.reshape(-1).view(np.uint8))
     return missing, unexpected

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, LimitExceededError
 from .format import LEGACY_TRANSFORMS_KEY as METADATA_KEY  # noqa: F401 (the 1.0/1.1 record's key)
 from .format import Transform
 from .jit import kernel
@@ -100,6 +100,27 @@ def rebuild(t: Transform, parts: dict[str, np.ndarray]) -> np.ndarray:
         x = _matmul(parts["u"], parts["v"])
     return x.astype(FLOAT_DTYPES[t.dtype])
 
+
+
+def stored_parts(reader, name: str, budget=None) -> dict[str, np.ndarray]:
+    """The stored parts of transformed tensor `name` of a ContainerReader, by role, bit-exact;
+    their bytes taken from `budget` (a budget.Budget) when given."""
+    t = reader.transforms[name]
+    entries = [reader.stored[p] for p in t.parts.values()]
+    raws = reader.read_many(entries, budget=budget)
+    return {role: raw.view(e.dtype.numpy).reshape(e.shape) for role, e, raw in zip(t.parts, entries, raws)}
+
+
+def rebuild_stored(reader, name: str, budget=None) -> np.ndarray:
+    """Transformed tensor `name` of a ContainerReader, rebuilt from its parts in its original
+    dtype and shape (spec section 10)."""
+    t = reader.transforms[name]
+    try:
+        return rebuild(t, stored_parts(reader, name, budget))
+    except MemoryError:
+        raise LimitExceededError(f"{reader.name}: rebuilding tensor {name!r} of shape {t.shape} "
+                                 f"({t.original_bytes} bytes) needs more memory than this machine can "
+                                 f"allocate") from None
 
 @kernel
 def _matmul(u, v):

@@ -23,3 +23,21 @@ def test_every_dtype_fits_the_kernels_descriptor_rows():
     assert kernels.ROW_FIELDS + kernels.MAX_PLANES == kernels.ROW_SIZE
     columns = [kernels.ROW_METHODS, kernels.ROW_PARAMS, kernels.ROW_LENGTHS, kernels.ROW_WIDTHS, kernels.ROW_FIELDS]
     assert all(b - a == kernels.MAX_PLANES for a, b in zip(columns, columns[1:]))
+
+
+def test_kernels_table_geometry_is_the_specs():
+    assert (kernels.RANS0_TABLE, kernels.PAIRS_TABLE, kernels.MAX_PRECISION, kernels.MAX_PAIR_PRECISION,
+            kernels.MAX_LANES) == (format.RANS0_TABLE, format.PAIRS_TABLE, format.MAX_PRECISION,
+                                   format.MAX_PAIR_PRECISION, format.MAX_LANES)
+    assert kernels.PRECISION <= format.MAX_PRECISION and kernels.PAIR_PRECISION <= format.MAX_PAIR_PRECISION
+    assert kernels.ENCODE_LANES <= format.MAX_LANES
+
+
+def test_every_fault_code_has_a_message():
+    from llmcodec import codec
+
+    codes = {v for k, v in vars(kernels).items() if k.startswith(("FAULT_", "DECODE_"))
+             and k not in ("FAULT_OK", "DECODE_OK", "FAULT_PLANE_SHIFT", "FAULT_CHECKSUM")}
+    assert codes == set(codec.FAULTS)
+    assert kernels.FAULT_CHECKSUM not in codec.FAULTS
+    assert max(codes | {kernels.FAULT_CHECKSUM}) < 1 << kernels.FAULT_PLANE_SHIFT

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llmcodec
-from llmcodec import files, models, reference
+from llmcodec import files, kernels, reference
 from llmcodec import format as fmt
 from llmcodec.container import ContainerReader
 from llmcodec.errors import ChecksumError, FormatError, TruncatedError
@@ -137,9 +137,10 @@ def _regions(data: bytes) -> dict[str, list[int]]:
                     if p.method == fmt.METHOD_RAW:
                         found["RAW planes"] += range(pos, pos + p.length)
                     elif p.method != fmt.METHOD_CONSTANT:
-                        table = models.parse_table(memoryview(data)[pos:pos + p.length], p.method,
-                                                   t.chunk_span(i)[1], "")
-                        words = pos + table.size + 4 * table.lanes
+                        fault, _, lanes, _, _, size = kernels.rans_table(
+                            np.frombuffer(data, np.uint8)[pos:pos + p.length], p.method, t.chunk_span(i)[1])
+                        assert fault == kernels.FAULT_OK
+                        words = pos + size + 4 * lanes
                         found["rANS tables and states"] += range(pos, words)
                         found["rANS words"] += range(words, pos + p.length)
                     pos += p.length
