@@ -9,7 +9,7 @@ Each is parsed with `llmcodec.gguf_io.read_layout`, checked to be header + tenso
 exactly, and compared tensor by tensor and key by key with the `gguf` package's reader.
 
 Then for every ggml type in a file, its tensors' blocks are split into the fields of
-`gguf_io.block_fields`, and each field is measured under several views, each view a set of
+`ggml.block_fields`, and each field is measured under several views, each view a set of
 symbol streams with one order-0 model each (over all tensors of that type in the file, model cost
 not counted):
 - `bytes`: the field's bytes, one model;
@@ -38,7 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, write_section  # noqa: E402
 
-from llmcodec import gguf_io  # noqa: E402
+from llmcodec import ggml  # noqa: E402
+from llmcodec.sources import gguf as gguf_io  # noqa: E402
 from llmcodec.stats import entropy_bits  # noqa: E402
 
 # module -> (pip requirement, extra pip options)
@@ -199,9 +200,9 @@ def type_bytes(path: Path, tensors: list[gguf_io.GgufTensor]) -> bytes:
 def measure_type(type_name: str, raw: bytes) -> tuple[list[list], dict[str, float]]:
     """Rows (field, bytes, view, bits per symbol, ideal ratio) and the type's ideal bytes under
     `block` (whole blocks as bytes), `byte fields` (best byte view per field), `best`."""
-    t = gguf_io.GGML_TYPES[gguf_io.GGML_TYPE_IDS[type_name]]
+    t = ggml.GGML_TYPES[ggml.GGML_TYPE_IDS[type_name]]
     blocks = np.frombuffer(raw, np.uint8).reshape(-1, t.type_size)
-    fields = {f.name: blocks[:, f.offset:f.offset + f.length] for f in gguf_io.block_fields(type_name)}
+    fields = {f.name: blocks[:, f.offset:f.offset + f.length] for f in ggml.block_fields(type_name)}
     rows, best_byte, best_any = [], {}, {}
     for name, data in fields.items():
         for view, streams in field_views(type_name, name, data).items():

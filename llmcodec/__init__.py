@@ -1,7 +1,9 @@
 """llmcodec: lossless compression of neural-network weights (spec/FORMAT.md).
 
 `import llmcodec` loads only the error classes; numpy and the numba kernels are imported on first
-use of a function below, so the command line and `import llmcodec` start fast.
+use of a function below, so the command line and `import llmcodec` start fast. The names below are
+the public surface; the modules (`llmcodec.codec`, `llmcodec.container`, ...) are internals, and
+`llmcodec.torch`, `llmcodec.hf` and `llmcodec.dcp` are imported by name.
 """
 
 import importlib
@@ -25,9 +27,6 @@ __version__ = "0.1.0"
 _LAZY = {"load_file": "api", "save_file": "api", "decode_file": "files", "encode_file": "files",
          "verify_file": "files", "Limits": "format", "LlmcodecFile": "loader", "ShardedFile": "loader",
          "open": "loader"}
-# Reachable as attributes without an import of their own; `llmcodec.torch` needs `import llmcodec.torch`.
-_SUBMODULES = {"api", "codec", "container", "dtypes", "files", "format", "kernels", "loader", "models",
-               "safetensors_io"}
 
 __all__ = [
     "ChecksumError", "FileChangedError", "FormatError", "InvalidArgumentError", "InvalidIndexError",
@@ -38,8 +37,6 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
@@ -48,4 +45,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, *_SUBMODULES})
+    return sorted({*globals(), *_LAZY})

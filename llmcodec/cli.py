@@ -149,7 +149,8 @@ def _compile_kernels() -> None:
 
     import numpy as np
 
-    from . import files, safetensors_io
+    from . import files
+    from .sources import safetensors as safetensors_file
 
     with tempfile.TemporaryDirectory(prefix="llmcodec-compile-") as tmp:
         src, dst = Path(tmp, "k.safetensors"), Path(tmp, "k.llmc")
@@ -157,7 +158,7 @@ def _compile_kernels() -> None:
         arrays = {"F32": values, "BF16": (values.view(np.uint32) >> 16).astype(np.uint16),
                   "F16": values.astype(np.float16), "U8": np.arange(4096, dtype=np.uint8)}
         entries = [(name, name, (4096,), a.nbytes) for name, a in arrays.items()]
-        src.write_bytes(safetensors_io.build_header(entries, {}) + b"".join(a.tobytes() for a in arrays.values()))
+        src.write_bytes(safetensors_file.build_header(entries, {}) + b"".join(a.tobytes() for a in arrays.values()))
         files.encode_file(src, dst, threads=1)
         files.verify_file(dst, threads=1)
 

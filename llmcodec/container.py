@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import codec, dtypes, format, safetensors_io
+from . import codec, dtypes, format
+from .sources import safetensors as safetensors_file
 from .budget import Budget
 from .errors import (ChecksumError, FileChangedError, InvalidArgumentError, LimitExceededError, LlmcodecError,
                      TruncatedError)
@@ -208,7 +209,7 @@ class ContainerWriter:
         format.check_metadata(header.metadata, self.limits)
         format.check_transforms(header.transforms, header.tensors, header.source, self.limits)
         if header.source.kind == format.SOURCE_ARRAYS:
-            safetensors_io.build_header(model_entries(header.tensors, header.transforms), header.metadata)
+            safetensors_file.build_header(model_entries(header.tensors, header.transforms), header.metadata)
         raw = format.serialize_header(header)
         format.check_count("Header_Length", len(raw), self.limits.header_size)
         format.check_declared(header, self._pos + len(raw), self.limits)

@@ -8,7 +8,7 @@ from functools import cache
 import ml_dtypes
 import numpy as np
 
-from . import gguf_io
+from . import ggml
 from .errors import InvalidArgumentError, UnsupportedFeatureError
 
 # Layout ids (spec section 5).
@@ -18,6 +18,7 @@ LAYOUT_FIELDS32 = 2
 LAYOUT_BLOCK_FIELDS = 3
 LAYOUT_ITEMSIZE = {LAYOUT_BYTES: None, LAYOUT_FIELDS16: 2, LAYOUT_FIELDS32: 4, LAYOUT_BLOCK_FIELDS: None}
 GGML_BASE = 64  # dtype id of a GGUF block type: GGML_BASE + its ggml type id (spec section 4.4)
+MAX_PLANES = 8  # planes of any dtype: the kernels' chunk descriptors have this many columns per plane
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,9 @@ def _scalar(dtype_id: int, name: str, numpy, layout: int) -> Dtype:
 
 def _block(ggml_id: int) -> Dtype:
     """A GGUF block type; its 2-byte fields (fp16 scales) are cut into their two bytes."""
-    t = gguf_io.GGML_TYPES[ggml_id]
+    t = ggml.GGML_TYPES[ggml_id]
     fields = []
-    for f in gguf_io.block_fields(t.name):
+    for f in ggml.block_fields(t.name):
         fields += [(f.offset, 1), (f.offset + 1, 1)] if f.length == 2 else [(f.offset, f.length)]
     return Dtype(GGML_BASE + ggml_id, f"GGML_{t.name}", np.dtype(np.uint8), LAYOUT_BLOCK_FIELDS, t.type_size,
                  t.block_size, tuple(fields))
@@ -65,7 +66,10 @@ _TABLE = [
     _scalar(13, "I64", "<i8", LAYOUT_BYTES),
     _scalar(14, "U64", "<u8", LAYOUT_BYTES),
     _scalar(15, "F64", "<f8", LAYOUT_BYTES),
-] + [_block(t) for t, info in gguf_io.GGML_TYPES.items() if info.block_size > 1]
+] + [_block(t) for t, info in ggml.GGML_TYPES.items() if info.block_size > 1]
+_WIDE = [d.name for d in _TABLE if len(d.fields or range(d.itemsize)) > MAX_PLANES]
+if _WIDE:  # the kernels' descriptor rows (kernels.MAX_PLANES, a copy) hold no more planes
+    raise RuntimeError(f"dtypes {_WIDE} have more than MAX_PLANES = {MAX_PLANES} planes")
 BY_ID = {d.id: d for d in _TABLE}
 BY_NAME = {d.name: d for d in _TABLE}
 _BY_NUMPY = {d.numpy: d for d in _TABLE if not d.is_block}

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dtypes, folders, format, output, safetensors_io, sources, transforms
+from . import dtypes, folders, format, output, sources, transforms
+from .sources import safetensors as safetensors_file
 from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource, model_entries
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
 from .format import Limits
@@ -170,7 +171,7 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
     items = []
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        layout = safetensors_io.read_layout(f, size, str(src))
+        layout = safetensors_file.read_layout(f, size, str(src))
         names = {t.name for t in layout.tensors}
         for t in sorted(layout.tensors, key=lambda t: t.begin):
             if t.dtype is None:
@@ -296,7 +297,7 @@ def _write_original(reader: ContainerReader, write, progress) -> None:
     source = reader.source
     if source.kind == format.SOURCE_ARRAYS:  # a safetensors file of the tensors, transformed ones rebuilt
         # sizes from shapes and dtypes (a record's informative sizes are derived, never trusted)
-        write(safetensors_io.build_header(model_entries(reader.all_tensors, reader.transforms), reader.metadata))
+        write(safetensors_file.build_header(model_entries(reader.all_tensors, reader.transforms), reader.metadata))
         for name in reader.names:
             pieces = ([transforms.rebuild_stored(reader, name).reshape(-1).view(np.uint8)] if name in reader.transforms
                       else reader.iter_raw(reader.by_name[name]))

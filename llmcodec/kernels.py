@@ -56,7 +56,7 @@ DECODE_BAD_END = 3
 ROW_OFFSET, ROW_CHECKSUM, ROW_N, ROW_K, ROW_LAYOUT, ROW_ITEMSIZE = 0, 1, 2, 3, 4, 5
 ROW_METHODS, ROW_PARAMS, ROW_LENGTHS, ROW_WIDTHS, ROW_FIELDS = 6, 14, 22, 30, 38  # 8 columns each: plane j at + j
 ROW_SIZE = 46
-MAX_PLANES = 8
+MAX_PLANES = 8  # dtypes.MAX_PLANES, checked there for every dtype
 
 _jit = kernel
 _inline = kernel(inline="always")

@@ -20,6 +20,7 @@ def test_every_dtype_fits_the_kernels_descriptor_rows():
     """A chunk descriptor has MAX_PLANES columns per plane field: no dtype may have more planes."""
     for d in dtypes.BY_ID.values():
         assert len(dtypes.plane_fields(d, d.default_layout)) <= kernels.MAX_PLANES, d.name
+    assert kernels.MAX_PLANES == dtypes.MAX_PLANES
     assert kernels.ROW_FIELDS + kernels.MAX_PLANES == kernels.ROW_SIZE
     columns = [kernels.ROW_METHODS, kernels.ROW_PARAMS, kernels.ROW_LENGTHS, kernels.ROW_WIDTHS, kernels.ROW_FIELDS]
     assert all(b - a == kernels.MAX_PLANES for a, b in zip(columns, columns[1:]))

@@ -13,6 +13,7 @@ from safetensors.numpy import save_file as st_save
 
 import llmcodec
 from llmcodec import files, reference, stats
+from llmcodec.container import ContainerReader
 from llmcodec.errors import ChecksumError, FormatError
 
 
@@ -45,7 +46,7 @@ def test_safetensors_file_round_trips_byte_identical(tmp_path):
     st_save(weights(), src, metadata={"format": "pt", "author": "me"})
     enc = round_trip(tmp_path, src, chunk_size=1000)
     assert enc.stat().st_size < src.stat().st_size
-    with llmcodec.container.ContainerReader(enc) as r:
+    with ContainerReader(enc) as r:
         assert r.metadata == {"format": "pt", "author": "me"}
 
 

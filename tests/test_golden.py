@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llmcodec
-from llmcodec import errors, files, reference
+from llmcodec import dtypes, errors, files, reference
 from llmcodec import format as fmt
 from llmcodec.container import ContainerReader
 
@@ -58,7 +58,7 @@ def test_transform_vectors_rebuild_recorded_tensors_in_both_decoders(name):
     with ContainerReader(GOLDEN / name) as r:
         assert r.metadata == want["metadata"]
     fast = llmcodec.load_file(GOLDEN / name)
-    assert {k: (llmcodec.dtypes.from_numpy(a.dtype).name, list(a.shape), sha(a.tobytes()))
+    assert {k: (dtypes.from_numpy(a.dtype).name, list(a.shape), sha(a.tobytes()))
             for k, a in fast.items()} == expected
     ref = reference.decode((GOLDEN / name).read_bytes())
     assert ref.metadata == want["metadata"]

@@ -15,7 +15,9 @@ from safetensors.numpy import load_file as st_load
 from safetensors.numpy import save_file as st_save
 
 import llmcodec
-from llmcodec import codec, dtypes, files, gguf_io, kernels, reference, safetensors_io, stats
+from llmcodec import codec, dtypes, files, kernels, reference, stats
+from llmcodec.sources import gguf as gguf_io
+from llmcodec.sources import safetensors as safetensors_io
 from llmcodec import format as fmt
 from llmcodec.container import ContainerReader, ContainerWriter, TensorSource
 from llmcodec.errors import FormatError, InvalidArgumentError, LimitExceededError, LlmcodecError

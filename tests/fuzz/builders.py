@@ -12,7 +12,7 @@ import numpy as np
 
 from harness import Draw
 
-from llmcodec import dtypes, gguf_io
+from llmcodec import dtypes, ggml
 
 # --- safetensors ---------------------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ def safetensors_reads(data: bytes):
 
 # --- GGUF ----------------------------------------------------------------------------------------
 
-GGML_IDS = sorted(gguf_io.GGML_TYPES)
+GGML_IDS = sorted(ggml.GGML_TYPES)
 # value type id -> struct format of a scalar
 GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
 GGUF_KEYS = ["general.architecture", "general.name", "general.alignment", "tokenizer.ggml.tokens", "a", "",
@@ -176,7 +176,7 @@ def gguf_array(draw: Draw, depth: int) -> bytes:
 
 def gguf_tensor_shape(draw: Draw, type_id: int) -> tuple[int, ...]:
     """dims (ggml order: dims[0] the row length) of `type_id`: whole blocks per row, mostly."""
-    block = gguf_io.GGML_TYPES[type_id].block_size
+    block = ggml.GGML_TYPES[type_id].block_size
     n_dims = draw.int(0, 4) if not draw.chance(64) else 5
     dims = []
     for j in range(n_dims):
@@ -204,8 +204,8 @@ def gguf_file(draw: Draw) -> bytes:
     align = alignment if alignment and not alignment & (alignment - 1) else 32
     for _ in range(draw.int(0, 4)):
         type_id = draw.pick(GGML_IDS) if not draw.chance(64) else draw.pick([4, 36, 42, 1 << 31])
-        t = gguf_io.GGML_TYPES.get(type_id, gguf_io.GgmlType("?", 1, 1))
-        dims = gguf_tensor_shape(draw, type_id) if type_id in gguf_io.GGML_TYPES else (4,)
+        t = ggml.GGML_TYPES.get(type_id, ggml.GgmlType("?", 1, 1))
+        dims = gguf_tensor_shape(draw, type_id) if type_id in ggml.GGML_TYPES else (4,)
         nbytes = math.prod(dims) // t.block_size * t.type_size
         offset += -offset % align
         at = offset if not draw.chance(32) else draw.pick([offset + 1, 0, 1 << 62])

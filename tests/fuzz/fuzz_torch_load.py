@@ -39,7 +39,7 @@ from harness import Draw, Finding, gist  # noqa: E402
 
 import llmcodec  # noqa: E402
 import llmcodec.torch  # noqa: E402
-from llmcodec import LlmcodecError, files, gguf_io  # noqa: E402
+from llmcodec import LlmcodecError, files, ggml  # noqa: E402
 
 SCRATCH = harness.scratch_dir()
 NAMES = ["w", "b", "emb", "layers.0.w", "layers.0.b", "layers.1.w", "norm.weight"]
@@ -66,7 +66,7 @@ def gguf_container(draw: Draw, path: Path) -> None:
     writer = gguf.GGUFWriter(src, "llama")
     for name in NAMES[:draw.int(1, 4)]:
         type_id = draw.pick(sorted(gguf.GGML_QUANT_SIZES))
-        t = gguf_io.GGML_TYPES[type_id]
+        t = ggml.GGML_TYPES[type_id]
         row = t.block_size * draw.int(1, 2)
         rows = draw.int(1, 3)
         shape = (rows, row // t.block_size * t.type_size) if draw.bool() else (row // t.block_size * t.type_size,)

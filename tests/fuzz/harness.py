@@ -32,9 +32,9 @@ HERE = Path(__file__).resolve().parent
 LIBRARY = str(HERE.parent.parent / "llmcodec")
 # numba compiles these modules' functions from their bytecode: they are imported uninstrumented.
 COMPILED = ["llmcodec.jit", "llmcodec.kernels", "llmcodec.transforms"]
-INSTRUMENTED = ["llmcodec.errors", "llmcodec.gguf_io", "llmcodec.dtypes", "llmcodec.format", "llmcodec.budget",
-                "llmcodec.codec", "llmcodec.container", "llmcodec.loader", "llmcodec.api",
-                "llmcodec.safetensors_io", "llmcodec.files"]
+INSTRUMENTED = ["llmcodec.errors", "llmcodec.ggml", "llmcodec.sources.gguf", "llmcodec.dtypes", "llmcodec.format",
+                "llmcodec.budget", "llmcodec.codec", "llmcodec.container", "llmcodec.loader", "llmcodec.api",
+                "llmcodec.sources", "llmcodec.sources.safetensors", "llmcodec.files"]
 SAVED_PER_SIGNATURE = 3  # inputs kept of each kind of finding
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 import llmcodec
 from llmcodec import format as fmt
-from llmcodec import transforms
+from llmcodec import dtypes, transforms
 from llmcodec.container import ContainerWriter, TensorSource
 
 HERE = Path(__file__).parent
@@ -113,7 +113,7 @@ def set_field(obj, name: str, value) -> None:
 def bomb(header: fmt.Header) -> bytes:
     """A last tensor of 2^40 bytes (16384 chunks of 64 MiB) whose chunk records are missing: the
     header declares a tensor far larger than the file."""
-    header.tensors.append(fmt.TensorEntry("bomb", llmcodec.dtypes.from_numpy(np.dtype(np.uint8)), (1 << 40,),
+    header.tensors.append(fmt.TensorEntry("bomb", dtypes.from_numpy(np.dtype(np.uint8)), (1 << 40,),
                                           0, 1 << 26))
     return fmt.serialize_header(header)[:-8] + struct.pack("<Q", 1 << 14)  # its Chunk_Count
 
@@ -121,7 +121,7 @@ def bomb(header: fmt.Header) -> bytes:
 def tensors_entry(tensors: dict, metadata: dict) -> dict:
     return {
         "metadata": metadata,
-        "tensors": {k: {"dtype": llmcodec.dtypes.from_numpy(v.dtype).name, "shape": list(v.shape),
+        "tensors": {k: {"dtype": dtypes.from_numpy(v.dtype).name, "shape": list(v.shape),
                         "sha256": hashlib.sha256(v.tobytes()).hexdigest()} for k, v in tensors.items()},
     }
 
@@ -149,7 +149,7 @@ def write_transforms() -> dict:
     stored, records = transformed()
     metadata = {"llmcodec.transforms": "user data, not a transform record"}
     with ContainerWriter(HERE / "transforms.llmc") as writer:
-        writer.add_many([TensorSource(n, llmcodec.dtypes.from_numpy(a.dtype), a.shape, a) for n, a in stored.items()])
+        writer.add_many([TensorSource(n, dtypes.from_numpy(a.dtype), a.shape, a) for n, a in stored.items()])
         writer.finish(metadata, transforms=records)
     return model_entry(HERE / "transforms.llmc", metadata)
 

@@ -16,8 +16,8 @@ from json.decoder import scanstring
 
 import numpy as np
 
-from . import dtypes, format
-from .errors import FormatError, InvalidArgumentError, LimitExceededError, UnsupportedFeatureError
+from .. import dtypes, format
+from ..errors import FormatError, InvalidArgumentError, LimitExceededError, UnsupportedFeatureError
 
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header (MAX_HEADER_SIZE)
 _STRUCTURE = np.zeros(256, bool)  # the bytes of JSON's structure that _check_structure looks at

@@ -1,17 +1,18 @@
 """Source formats: the checkpoint files llmcodec encodes, each registered once with its Source_Kind
 (spec 4.2), file suffix, how it is recognised, and how its layout is read into typed records.
 
-Adding a source format means adding its reader module, an adapter to `SourceLayout` and one
-`SourceFormat` below; `files`
-(encode/decode), `folders` (which files of a folder are checkpoints) and default output names all
-ask this registry. The readers are imported when a file is read, not when this module is.
+One module per format beside this one (`safetensors.py`, `gguf.py`) reads and checks a file's
+layout. Adding a source format means adding its reader module here, an adapter to `SourceLayout`
+and one `SourceFormat` below; `files` (encode/decode), `folders` (which files of a folder are
+checkpoints) and default output names all ask this registry. The readers are imported when a file
+is read, not when this package is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import format
+from .. import format
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,9 @@ class SourceFormat:
 
 
 def _safetensors_layout(f, size: int, name: str) -> SourceLayout:
-    from . import safetensors_io
+    from . import safetensors
 
-    layout = safetensors_io.read_layout(f, size, name)
+    layout = safetensors.read_layout(f, size, name)
     return SourceLayout(format.SOURCE_SAFETENSORS, layout.metadata,
                         [TensorRecord(t.name, t.dtype, tuple(t.shape), t.begin, t.end) for t in layout.tensors])
 
@@ -55,9 +56,10 @@ _GGML_SCALARS = {"F32": "F32", "F16": "F16", "BF16": "BF16", "I8": "I8", "I16": 
 
 
 def _gguf_layout(f, size: int, name: str) -> SourceLayout:
-    from . import dtypes, gguf_io
+    from .. import dtypes
+    from . import gguf
 
-    layout = gguf_io.read_layout(f, size, name)
+    layout = gguf.read_layout(f, size, name)
     tensors = []
     for t in layout.tensors:
         scalar = _GGML_SCALARS.get(t.type_name)

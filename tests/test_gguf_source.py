@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcodec import gguf_io
+from llmcodec import ggml
+from llmcodec.sources import gguf as gguf_io
 from llmcodec.errors import (
     FormatError,
     LimitExceededError,
@@ -222,8 +223,8 @@ def test_custom_alignment_pads_the_header():
 
 def test_type_table_matches_the_gguf_package():
     for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
-        assert gguf_io.GGML_TYPES[int(qtype)] == (qtype.name, block, size)
-    assert {i: gguf_io.GGML_TYPES[i] for i in (31, 32, 33)} == {
+        assert ggml.GGML_TYPES[int(qtype)] == (qtype.name, block, size)
+    assert {i: ggml.GGML_TYPES[i] for i in (31, 32, 33)} == {
         31: ("Q4_0_4_4", 32, 18), 32: ("Q4_0_4_8", 32, 18), 33: ("Q4_0_8_8", 32, 18)}
 
 
@@ -231,14 +232,14 @@ def test_type_table_matches_the_gguf_package():
                                        "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS", "I64"])
 def test_block_fields_tile_the_block(type_name):
     pos = 0
-    for field in gguf_io.block_fields(type_name):
+    for field in ggml.block_fields(type_name):
         assert field.offset == pos and field.length > 0
         pos += field.length
-    assert pos == gguf_io.GGML_TYPES[gguf_io.GGML_TYPE_IDS[type_name]].type_size
+    assert pos == ggml.GGML_TYPES[ggml.GGML_TYPE_IDS[type_name]].type_size
 
 
 def test_block_fields_follow_ggml_structs():
-    fields = lambda name: [tuple(f) for f in gguf_io.block_fields(name)]
+    fields = lambda name: [tuple(f) for f in ggml.block_fields(name)]
     assert fields("Q8_0") == [("d", 0, 2), ("qs", 2, 32)]
     assert fields("Q4_1") == [("d", 0, 2), ("m", 2, 2), ("qs", 4, 16)]
     assert fields("Q5_1") == [("d", 0, 2), ("m", 2, 2), ("qh", 4, 4), ("qs", 8, 16)]
@@ -251,7 +252,7 @@ def test_block_fields_follow_ggml_structs():
 
 def test_block_fields_of_an_unknown_type():
     with pytest.raises(UnsupportedFeatureError, match="Q9_9"):
-        gguf_io.block_fields("Q9_9")
+        ggml.block_fields("Q9_9")
 
 
 # --- errors: one test each -----------------------------------------------------------------------
