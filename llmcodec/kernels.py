@@ -523,6 +523,8 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
     most PAIR_TOLERANCE more than RANS0), RAW; entropy coding only if it saves `min_gain` of the
     plane (with RAW allowed). Returns (method, parameter, length).
 
+    Pricing (the models' estimated sizes) comes first, then one stream writer runs; a coded
+    stream that turns out no smaller than the budget falls back to RAW.
     Assumes room for n bytes at out[pos:] (more if RAW is not allowed), and scratch
     ids: uint16[>= n], words: uint16[>= n + 1].
     """
@@ -532,90 +534,120 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
     if s == 1 and allowed & (1 << CONSTANT):
         return CONSTANT, symbols[0], 0
     budget = n * (1.0 - min_gain) if allowed & (1 << RAW) else np.inf
-    if not allowed & (1 << RANS0):
-        cost = np.inf
     c = counts[symbols]
     freq = quantize_frequencies(c, PRECISION)
-    if allowed & (1 << RANS0):
-        cost = RANS0_TABLE + 2 * s + ideal_bits(c, freq, PRECISION) / 8
+    cost = RANS0_TABLE + 2 * s + ideal_bits(c, freq, PRECISION) / 8 if allowed & (1 << RANS0) else np.inf
     dense = np.zeros(256, np.int64)
     for t in range(s):
         dense[symbols[t]] = t
-    n2 = n // 2
     pairs = False
-    cells, pfreq, in_pair, s2, table_size = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0
     if allowed & (1 << RANS0_PAIRS) and n >= 2 and s <= MAX_PAIR_BYTES:
-        cell_counts = _pair_cells(plane, dense, s, ids)
-        cells = np.flatnonzero(cell_counts)
-        if cells.shape[0] <= MAX_PAIRS:
-            pc = cell_counts[cells]
-            pfreq = quantize_frequencies(pc, PAIR_PRECISION)
-            # Byte set S: the bytes of present pairs (with n odd, the last byte may be in none).
-            in_pair = np.zeros(s, np.int64)
-            for cell in cells:
-                in_pair[cell // s] = 1
-                in_pair[cell % s] = 1
-            s2 = in_pair.sum()
-            table_size = PAIRS_TABLE + (s2 * s2 + 7) // 8 + cells.shape[0] + np.count_nonzero(pfreq > 128)
-            pair_cost = table_size + ideal_bits(pc, pfreq, PAIR_PRECISION) / 8
-            pairs = pair_cost <= cost * (1 + PAIR_TOLERANCE)
-            if pairs:
-                cost = pair_cost
+        ok, cells, pfreq, in_pair, table_size, pair_cost = _price_pairs(plane, dense, s, ids)
+        pairs = ok and pair_cost <= cost * (1 + PAIR_TOLERANCE)
+        if pairs:
+            cost = pair_cost
     # the estimate is within a few bytes of the coded size
     if cost + 4 * ENCODE_LANES < budget and (pairs or allowed & (1 << RANS0)):
         if pairs:
-            rank = np.zeros(s * s, np.int64)
-            for t in range(cells.shape[0]):
-                rank[cells[t]] = t
-            sym_ids = ids[:n2]
-            for i in range(n2):
-                sym_ids[i] = rank[sym_ids[i]]
-            states, first = rans_encode(sym_ids, pfreq, np.cumsum(pfreq) - pfreq, PAIR_PRECISION, words[:n2 + 1])
-            length = table_size + 4 * ENCODE_LANES + 2 * (n2 + 1 - first)
-            if length < budget:
-                newer = np.cumsum(in_pair) - 1  # index in S of a byte's index among the symbols
-                used = np.empty(s2, np.int64)
-                for t in range(s):
-                    if in_pair[t]:
-                        used[newer[t]] = symbols[t]
-                out[pos] = PAIR_PRECISION
-                out[pos + 1] = ENCODE_LANES
-                out[pos + 2] = plane[n - 1] if n % 2 else 0
-                _put_bitmap(used, 32, out, pos + 3)
-                bits = np.empty(cells.shape[0], np.int64)
-                for t in range(cells.shape[0]):
-                    bits[t] = newer[cells[t] // s] * s2 + newer[cells[t] % s]
-                _put_bitmap(bits, (s2 * s2 + 7) // 8, out, pos + PAIRS_TABLE)
-                p = pos + PAIRS_TABLE + (s2 * s2 + 7) // 8
-                for t in range(pfreq.shape[0]):
-                    v = pfreq[t] - 1
-                    if v < 0x80:
-                        out[p] = v
-                        p += 1
-                    else:
-                        out[p] = (v & 0x7F) | 0x80
-                        out[p + 1] = v >> 7
-                        p += 2
-                _put_stream(states, words[:n2 + 1], first, out, p)
+            length = _write_pairs(plane, symbols, cells, pfreq, in_pair, table_size, ids, words, out, pos, budget)
+            if length >= 0:
                 return RANS0_PAIRS, 0, length
         else:
-            sym_ids = ids[:n]
-            for i in range(n):
-                sym_ids[i] = dense[plane[i]]
-            states, first = rans_encode(sym_ids, freq, np.cumsum(freq) - freq, PRECISION, words[:n + 1])
-            length = RANS0_TABLE + 2 * s + 4 * ENCODE_LANES + 2 * (n + 1 - first)
-            if length < budget:
-                out[pos] = PRECISION
-                out[pos + 1] = ENCODE_LANES
-                _put_bitmap(symbols, 32, out, pos + 2)
-                for t in range(s):
-                    _put_u16(out, pos + RANS0_TABLE + 2 * t, freq[t] - 1)
-                _put_stream(states, words[:n + 1], first, out, pos + RANS0_TABLE + 2 * s)
+            length = _write_rans0(plane, symbols, dense, freq, ids, words, out, pos, budget)
+            if length >= 0:
                 return RANS0, 0, length
     dst = out[pos:pos + n]
     for i in range(n):
         dst[i] = plane[i]
     return RAW, 0, n
+
+
+@_jit
+def _price_pairs(plane, dense, s, ids):
+    """The RANS0_PAIRS model of `plane` (s distinct bytes, `dense`: a byte's index among them):
+    (ok, cells, freq, in_pair, table_size, cost in bytes); ok is False with more than MAX_PAIRS
+    pairs. Leaves ids[:n // 2] holding each pair's cell (first * s + second), for _write_pairs."""
+    cell_counts = _pair_cells(plane, dense, s, ids)
+    cells = np.flatnonzero(cell_counts)
+    if cells.shape[0] > MAX_PAIRS:
+        return False, cells, np.zeros(0, np.int64), np.zeros(0, np.int64), 0, np.inf
+    pc = cell_counts[cells]
+    pfreq = quantize_frequencies(pc, PAIR_PRECISION)
+    # Byte set S: the bytes of present pairs (with n odd, the last byte may be in none).
+    in_pair = np.zeros(s, np.int64)
+    for cell in cells:
+        in_pair[cell // s] = 1
+        in_pair[cell % s] = 1
+    s2 = in_pair.sum()
+    table_size = PAIRS_TABLE + (s2 * s2 + 7) // 8 + cells.shape[0] + np.count_nonzero(pfreq > 128)
+    return True, cells, pfreq, in_pair, table_size, table_size + ideal_bits(pc, pfreq, PAIR_PRECISION) / 8
+
+
+@_jit
+def _write_pairs(plane, symbols, cells, pfreq, in_pair, table_size, ids, words, out, pos, budget):
+    """Write the RANS0_PAIRS stream (spec 6.4) priced by _price_pairs at out[pos:]; its length,
+    or -1 (nothing written) when it is not below `budget`."""
+    n = plane.shape[0]
+    n2 = n // 2
+    s = symbols.shape[0]
+    s2 = in_pair.sum()
+    rank = np.zeros(s * s, np.int64)
+    for t in range(cells.shape[0]):
+        rank[cells[t]] = t
+    sym_ids = ids[:n2]
+    for i in range(n2):
+        sym_ids[i] = rank[sym_ids[i]]
+    states, first = rans_encode(sym_ids, pfreq, np.cumsum(pfreq) - pfreq, PAIR_PRECISION, words[:n2 + 1])
+    length = table_size + 4 * ENCODE_LANES + 2 * (n2 + 1 - first)
+    if length >= budget:
+        return -1
+    newer = np.cumsum(in_pair) - 1  # index in S of a byte's index among the symbols
+    used = np.empty(s2, np.int64)
+    for t in range(s):
+        if in_pair[t]:
+            used[newer[t]] = symbols[t]
+    out[pos] = PAIR_PRECISION
+    out[pos + 1] = ENCODE_LANES
+    out[pos + 2] = plane[n - 1] if n % 2 else 0
+    _put_bitmap(used, 32, out, pos + 3)
+    bits = np.empty(cells.shape[0], np.int64)
+    for t in range(cells.shape[0]):
+        bits[t] = newer[cells[t] // s] * s2 + newer[cells[t] % s]
+    _put_bitmap(bits, (s2 * s2 + 7) // 8, out, pos + PAIRS_TABLE)
+    p = pos + PAIRS_TABLE + (s2 * s2 + 7) // 8
+    for t in range(pfreq.shape[0]):
+        v = pfreq[t] - 1
+        if v < 0x80:
+            out[p] = v
+            p += 1
+        else:
+            out[p] = (v & 0x7F) | 0x80
+            out[p + 1] = v >> 7
+            p += 2
+    _put_stream(states, words[:n2 + 1], first, out, p)
+    return length
+
+
+@_jit
+def _write_rans0(plane, symbols, dense, freq, ids, words, out, pos, budget):
+    """Write the RANS0 stream (spec 6.1) of `plane` under `freq` at out[pos:]; its length, or -1
+    (nothing written) when it is not below `budget`."""
+    n = plane.shape[0]
+    s = symbols.shape[0]
+    sym_ids = ids[:n]
+    for i in range(n):
+        sym_ids[i] = dense[plane[i]]
+    states, first = rans_encode(sym_ids, freq, np.cumsum(freq) - freq, PRECISION, words[:n + 1])
+    length = RANS0_TABLE + 2 * s + 4 * ENCODE_LANES + 2 * (n + 1 - first)
+    if length >= budget:
+        return -1
+    out[pos] = PRECISION
+    out[pos + 1] = ENCODE_LANES
+    _put_bitmap(symbols, 32, out, pos + 2)
+    for t in range(s):
+        _put_u16(out, pos + RANS0_TABLE + 2 * t, freq[t] - 1)
+    _put_stream(states, words[:n + 1], first, out, pos + RANS0_TABLE + 2 * s)
+    return length
 
 
 @_jit

@@ -27,7 +27,6 @@ tensors (header, padding) are not described here: the encoder keeps them as blob
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 
@@ -75,10 +74,6 @@ class GgufTensor:
     dims: tuple[int, ...]  # as in the file: dims[0] is the row length (ggml's ne[0])
     begin: int  # absolute offsets in the file
     end: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.dims)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ class StTensor:
 
 @dataclass(frozen=True)
 class StLayout:
-    data_start: int
     metadata: dict[str, str]
     tensors: list[StTensor]  # by position in the file
 
@@ -71,7 +70,7 @@ def read_layout(f, file_size: int, name: str) -> StLayout:
     for prev, cur in zip(tensors, tensors[1:]):
         if cur.begin < prev.end:
             raise FormatError(f"{name}: tensors {prev.name!r} and {cur.name!r} overlap")
-    return StLayout(data_start, metadata, tensors)
+    return StLayout(metadata, tensors)
 
 
 def _check_structure(raw: bytes, name: str) -> np.ndarray:
