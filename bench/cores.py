@@ -107,14 +107,15 @@ def main() -> None:
             llmcodec.encode_file(path, blob, threads=2)
             data = blob.read_bytes()
             reader = ContainerReader(data, threads=2)
+            coded = np.frombuffer(data, np.uint8)  # the kernel reads the file's bytes in memory
             rows = codec.chunk_rows([(t, 0, len(t.chunks)) for t in reader.tensors])
             sizes = rows[:, kernels.ROW_N] * rows[:, kernels.ROW_ITEMSIZE]
             starts = np.cumsum(sizes) - sizes
             outs = [np.ones(int(sizes.sum()), np.uint8) for _ in range(2)]
             readers = {t: ContainerReader(data, threads=t) for t in (1, 2)}
             work[f"llmcodec decode, {label}: two copies"] = (
-                lambda d=reader._data, r=rows, s=starts, o=outs: kernels.decode_chunks(d, r, s, o[0]),
-                lambda d=reader._data, r=rows, s=starts, o=outs: _both(pool, kernels.decode_chunks, (d, r, s, o[0]),
+                lambda d=coded, r=rows, s=starts, o=outs: kernels.decode_chunks(d, r, s, o[0]),
+                lambda d=coded, r=rows, s=starts, o=outs: _both(pool, kernels.decode_chunks, (d, r, s, o[0]),
                                                                        (d, r, s, o[1])))
             work[f"llmcodec decode, {label}: split (read_many)"] = (
                 lambda rs=readers, o=outs: rs[1].read_many(rs[1].tensors, out=o[0]),

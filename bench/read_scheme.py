@@ -28,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import llmcodec  # noqa: E402
 from bench.common import markdown_table, write_section  # noqa: E402
+# Internals on purpose: this compares two schemes of feeding the decoding kernel, below the public API.
 from llmcodec import codec, kernels  # noqa: E402
-from llmcodec.container import BATCH_BYTES, ContainerReader  # noqa: E402
+from llmcodec.codec import BATCH_BYTES  # noqa: E402
+from llmcodec.container import ContainerReader  # noqa: E402
 
 SIZE = 48 << 20  # raw bytes of each tensor
 
@@ -61,7 +63,7 @@ def mapped(path: Path, threads: int):
     out = np.empty(t.nbytes, np.uint8)
 
     def decode(lo: int) -> None:
-        assert kernels.decode_chunks(data, rows[lo:lo + per_task], starts[lo:lo + per_task], out) < 0
+        assert kernels.decode_chunks(data, rows[lo:lo + per_task], starts[lo:lo + per_task], out)[0] < 0
 
     return lambda: list(codec.parallel_map(threads, decode, tasks))
 

@@ -562,7 +562,7 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
     return RAW, 0, n
 
 
-@_jit
+@_inline
 def _price_pairs(plane, dense, s, ids):
     """The RANS0_PAIRS model of `plane` (s distinct bytes, `dense`: a byte's index among them):
     (ok, cells, freq, in_pair, table_size, cost in bytes); ok is False with more than MAX_PAIRS
@@ -583,7 +583,7 @@ def _price_pairs(plane, dense, s, ids):
     return True, cells, pfreq, in_pair, table_size, table_size + ideal_bits(pc, pfreq, PAIR_PRECISION) / 8
 
 
-@_jit
+@_inline
 def _write_pairs(plane, symbols, cells, pfreq, in_pair, table_size, ids, words, out, pos, budget):
     """Write the RANS0_PAIRS stream (spec 6.4) priced by _price_pairs at out[pos:]; its length,
     or -1 (nothing written) when it is not below `budget`."""
@@ -628,7 +628,7 @@ def _write_pairs(plane, symbols, cells, pfreq, in_pair, table_size, ids, words, 
     return length
 
 
-@_jit
+@_inline
 def _write_rans0(plane, symbols, dense, freq, ids, words, out, pos, budget):
     """Write the RANS0 stream (spec 6.1) of `plane` under `freq` at out[pos:]; its length, or -1
     (nothing written) when it is not below `budget`."""
