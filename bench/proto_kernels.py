@@ -1,0 +1,557 @@
+"""Prototype order-0 rANS kernels for the planes coded one step per byte (issue 17), on real planes.
+
+    python bench/proto_kernels.py [--rounds 7]
+
+The planes: the bf16 sign + mantissa byte (FIELDS16 plane 1), fp16's high byte (sign, 5 exponent
+bits, 2 mantissa bits; BYTES plane 1) and GGUF Q8_0 quants (`qs`), cut into the planes of 1 MiB
+chunks of the real files of bench/speed.py. Every kernel's output is checked against the plane.
+
+Decoders, all single-threaded, timed in CPU time, alternating round after round (medians):
+- `current`: llmcodec's own decoder (`kernels.rans_decode`) on llmcodec's own RANS0 stream of the
+  plane (8 lanes, precision 12, an int64 decode table of 32 KiB);
+- `locals32`: the same stream format, states in local variables, a uint32 decode table (16 KiB),
+  width fixed at one byte: a drop-in replacement that changes no byte of the format;
+- `locals32 P11` / `P10`: the same with a coarser table (8 / 4 KiB): a writer's choice, no format
+  change (Precision is a field), at the ratio cost reported;
+- `lanes32`: 32 lanes, each with a stream of its own (a format change), states and stream
+  positions in arrays so the lane loop has no dependence between lanes;
+- `fused merge`: `locals32` writing fp16's high byte straight into the element bytes and copying
+  the raw low byte in the same loop, against `locals32` into a plane + a separate merge pass.
+Encode side: the split of bf16 / fp16 elements into planes and the planes' histograms in one pass,
+against today's split then one histogram per plane.
+
+llmcodec internals are used only in the functions named `current_*` (the kernel under test).
+Writes its section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import markdown_table, write_section  # noqa: E402
+
+RANS_L = 1 << 16  # a state lives in [RANS_L, 2^32) between symbols
+CHUNK = 1 << 20  # raw bytes per chunk, as llmcodec's default
+LANES = 8
+
+
+# --- real planes ---------------------------------------------------------------------------------
+
+
+def _raw(path: Path, dtype) -> np.ndarray:
+    """The tensor bytes of a safetensors file's tensors of `dtype`, back to back."""
+    from safetensors.numpy import load_file
+
+    parts = [np.ascontiguousarray(t).view(np.uint8).ravel() for t in load_file(str(path)).values() if t.dtype == dtype]
+    return np.concatenate(parts)
+
+
+def chunk_planes(raw: np.ndarray, itemsize: int, which: str) -> list[np.ndarray]:
+    """Plane `which` of each 1 MiB chunk of the element bytes `raw`."""
+    planes = []
+    for start in range(0, raw.shape[0] - itemsize + 1, CHUNK):
+        e = raw[start:start + CHUNK]
+        e = e[:e.shape[0] - e.shape[0] % itemsize].reshape(-1, itemsize)
+        if which == "bf16 sign+mantissa":
+            planes.append(np.ascontiguousarray((e[:, 1] & 0x80) | (e[:, 0] & 0x7F)))
+        elif which == "fp16 high byte":
+            planes.append(np.ascontiguousarray(e[:, 1]))
+    return [p for p in planes if p.shape[0] >= 4096]
+
+
+def real_planes(tmp: Path) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
+    """name -> (planes, raw chunks of their elements or []), from the real files."""
+    import ml_dtypes
+
+    from gguf_fields import gguf_files
+    from real_weights import real_files
+    from weights import minilm_files
+
+    files = {f"MiniLM {d}": p for d, p in minilm_files(tmp).items()}
+    files.update({label.split(" (")[0] + " " + d: p for label, (p, d) in real_files().items()})
+    out = {}
+    for stem in ("MiniLM", "speech", "vision"):
+        bf = _raw(files[f"{stem} bf16"], ml_dtypes.bfloat16)
+        out[f"{stem} bf16 sign+mantissa"] = (chunk_planes(bf, 2, "bf16 sign+mantissa"), [])
+        fp = _raw(files[f"{stem} fp16"], np.float16)
+        raws = [fp[s:s + CHUNK] for s in range(0, fp.shape[0] - 8192 + 1, CHUNK)]
+        out[f"{stem} fp16 high byte"] = (chunk_planes(fp, 2, "fp16 high byte"), raws)
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_files(tmp)["Gemma-3-270M Q4_K_M"]))
+    qs = np.concatenate([np.asarray(t.data).view(np.uint8).reshape(-1, 34)[:, 2:].ravel()
+                         for t in reader.tensors if t.tensor_type.name == "Q8_0"])
+    out["Gemma-3-270M Q8_0 qs"] = ([qs[s:s + CHUNK] for s in range(0, qs.shape[0] - CHUNK + 1, CHUNK)][:24], [])
+    return out
+
+
+# --- frequency tables ----------------------------------------------------------------------------
+
+
+def frequencies(plane: np.ndarray, precision: int) -> np.ndarray:
+    """int64[256] frequencies summing to 2^precision, >= 1 for every present byte (llmcodec's
+    quantisation, a pure function of the counts)."""
+    from llmcodec.models import quantize_frequencies
+
+    counts = np.bincount(plane, minlength=256)
+    symbols = np.flatnonzero(counts)
+    freq = np.zeros(256, np.int64)
+    freq[symbols] = quantize_frequencies(counts[symbols], precision)
+    return freq
+
+
+def coded_bits(plane: np.ndarray, freq: np.ndarray, precision: int) -> float:
+    counts = np.bincount(plane, minlength=256)
+    present = counts > 0
+    return float(np.sum(counts[present] * (precision - np.log2(freq[present]))))
+
+
+def table32(freq: np.ndarray, precision: int) -> np.ndarray:
+    """uint32[2^P]: symbol | freq << 8 | (slot - cum) << 20. Needs P <= 12 and every freq < 4096
+    (a plane of one symbol is a CONSTANT, never coded)."""
+    table = np.empty(1 << precision, np.uint32)
+    slot = 0
+    for s in np.flatnonzero(freq):
+        f = int(freq[s])
+        table[slot:slot + f] = s | (f << 8) | (np.arange(f, dtype=np.uint32) << 20)
+        slot += f
+    return table
+
+
+# --- encoders (the prototype formats) ------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def encode_interleaved(plane, freq, precision, lanes, words):
+    """RANS0 words as llmcodec lays them out (symbol i in lane i mod lanes, one word stream read in
+    symbol order). Returns (states, first): the stream is words[first:]."""
+    n = plane.shape[0]
+    cum = np.zeros(256, np.int64)
+    for s in range(1, 256):
+        cum[s] = cum[s - 1] + freq[s - 1]
+    states = np.full(lanes, RANS_L, np.int64)
+    wp = words.shape[0]
+    for i in range(n - 1, -1, -1):
+        j = i % lanes
+        s = plane[i]
+        f = freq[s]
+        x = states[j]
+        if x >= (f << (32 - precision)):
+            wp -= 1
+            words[wp] = x & 0xFFFF
+            x >>= 16
+        states[j] = ((x // f) << precision) + x % f + cum[s]
+    return states, wp
+
+
+@njit(cache=True, nogil=True)
+def encode_lanes(plane, freq, precision, lanes, words, starts, ends):
+    """One word stream per lane (lane j: symbols j, j + lanes, ...), lane j's words at
+    words[starts[j]:ends[j]] in the order its decoder reads them. Assumes len(plane) % lanes == 0
+    and room for n / lanes + 1 words per lane. Returns the states."""
+    n = plane.shape[0]
+    per = n // lanes + 1
+    cum = np.zeros(256, np.int64)
+    for s in range(1, 256):
+        cum[s] = cum[s - 1] + freq[s - 1]
+    states = np.full(lanes, RANS_L, np.int64)
+    for j in range(lanes):
+        ends[j] = (j + 1) * per
+        starts[j] = ends[j]
+    for i in range(n - 1, -1, -1):
+        j = i % lanes
+        s = plane[i]
+        f = freq[s]
+        x = states[j]
+        if x >= (f << (32 - precision)):
+            starts[j] -= 1
+            words[starts[j]] = x & 0xFFFF
+            x >>= 16
+        states[j] = ((x // f) << precision) + x % f + cum[s]
+    return states
+
+
+# --- decoders ------------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _step(x, table, mask, precision, words, wpos):
+    """One symbol of a lane: (state after, symbol, next word position). Branchless refill: the
+    word at wpos is read whether or not it is taken (the caller guarantees it exists)."""
+    e = np.int64(table[x & mask])
+    x = ((e >> 8) & 0xFFF) * (x >> precision) + (e >> 20)
+    take = np.int64(x < RANS_L)
+    x = (x << (take << 4)) | (np.int64(words[wpos]) & -take)
+    return x, e & 0xFF, wpos + take
+
+
+@njit(cache=True, nogil=True)
+def decode_locals32(states, words, table, precision, out):
+    """8 interleaved lanes (llmcodec's RANS0 layout) into out; states in locals, uint32 table.
+    `words`: the stream's u16 words. Returns the number of words read (must be all of them)."""
+    n = out.shape[0]
+    mask = (np.int64(1) << precision) - 1
+    x0, x1, x2, x3 = np.int64(states[0]), np.int64(states[1]), np.int64(states[2]), np.int64(states[3])
+    x4, x5, x6, x7 = np.int64(states[4]), np.int64(states[5]), np.int64(states[6]), np.int64(states[7])
+    w = np.int64(0)
+    nw = words.shape[0]
+    i = 0
+    while i + 8 <= n and w + 8 <= nw:  # a word for every lane surely left: branchless refills
+        x0, s, w = _step(x0, table, mask, precision, words, w)
+        out[i] = s
+        x1, s, w = _step(x1, table, mask, precision, words, w)
+        out[i + 1] = s
+        x2, s, w = _step(x2, table, mask, precision, words, w)
+        out[i + 2] = s
+        x3, s, w = _step(x3, table, mask, precision, words, w)
+        out[i + 3] = s
+        x4, s, w = _step(x4, table, mask, precision, words, w)
+        out[i + 4] = s
+        x5, s, w = _step(x5, table, mask, precision, words, w)
+        out[i + 5] = s
+        x6, s, w = _step(x6, table, mask, precision, words, w)
+        out[i + 6] = s
+        x7, s, w = _step(x7, table, mask, precision, words, w)
+        out[i + 7] = s
+        i += 8
+    st = np.array([x0, x1, x2, x3, x4, x5, x6, x7])
+    while i < n:  # the tail, with a checked refill
+        j = i % 8
+        x = st[j]
+        e = np.int64(table[x & mask])
+        out[i] = e & 0xFF
+        x = ((e >> 8) & 0xFFF) * (x >> precision) + (e >> 20)
+        if x < RANS_L and w < nw:
+            x = (x << 16) | np.int64(words[w])
+            w += 1
+        st[j] = x
+        i += 1
+    return w
+
+
+@njit(cache=True, nogil=True)
+def decode_locals32_fused(states, words, table, precision, low, out):
+    """decode_locals32 for fp16's high byte, writing element i's bytes out[2i] = low[i] (the raw
+    low-byte plane) and out[2i + 1] = the decoded byte: the merge in the decoder's loop."""
+    n = low.shape[0]
+    mask = (np.int64(1) << precision) - 1
+    x0, x1, x2, x3 = np.int64(states[0]), np.int64(states[1]), np.int64(states[2]), np.int64(states[3])
+    x4, x5, x6, x7 = np.int64(states[4]), np.int64(states[5]), np.int64(states[6]), np.int64(states[7])
+    w = np.int64(0)
+    nw = words.shape[0]
+    i = 0
+    while i + 8 <= n and w + 8 <= nw:
+        x0, s, w = _step(x0, table, mask, precision, words, w)
+        out[2 * i], out[2 * i + 1] = low[i], s
+        x1, s, w = _step(x1, table, mask, precision, words, w)
+        out[2 * i + 2], out[2 * i + 3] = low[i + 1], s
+        x2, s, w = _step(x2, table, mask, precision, words, w)
+        out[2 * i + 4], out[2 * i + 5] = low[i + 2], s
+        x3, s, w = _step(x3, table, mask, precision, words, w)
+        out[2 * i + 6], out[2 * i + 7] = low[i + 3], s
+        x4, s, w = _step(x4, table, mask, precision, words, w)
+        out[2 * i + 8], out[2 * i + 9] = low[i + 4], s
+        x5, s, w = _step(x5, table, mask, precision, words, w)
+        out[2 * i + 10], out[2 * i + 11] = low[i + 5], s
+        x6, s, w = _step(x6, table, mask, precision, words, w)
+        out[2 * i + 12], out[2 * i + 13] = low[i + 6], s
+        x7, s, w = _step(x7, table, mask, precision, words, w)
+        out[2 * i + 14], out[2 * i + 15] = low[i + 7], s
+        i += 8
+    st = np.array([x0, x1, x2, x3, x4, x5, x6, x7])
+    while i < n:
+        j = i % 8
+        x = st[j]
+        e = np.int64(table[x & mask])
+        out[2 * i], out[2 * i + 1] = low[i], e & 0xFF
+        x = ((e >> 8) & 0xFFF) * (x >> precision) + (e >> 20)
+        if x < RANS_L and w < nw:
+            x = (x << 16) | np.int64(words[w])
+            w += 1
+        st[j] = x
+        i += 1
+    return w
+
+
+@njit(cache=True, nogil=True)
+def merge_bytes2(low, high, out):
+    """The separate merge pass: out[2i] = low[i], out[2i + 1] = high[i]."""
+    for i in range(low.shape[0]):
+        out[2 * i] = low[i]
+        out[2 * i + 1] = high[i]
+
+
+@njit(cache=True, nogil=True)
+def decode_lanes(states, words, starts, ends, table, precision, out):
+    """`lanes` lanes, each with its own word stream words[starts[j]:ends[j]]. Lane loop without
+    dependences between lanes. Assumes len(out) % lanes == 0; returns False on a fault."""
+    lanes = states.shape[0]
+    n = out.shape[0]
+    mask = np.uint32((1 << precision) - 1)
+    x = states.astype(np.uint32)
+    pos = starts.astype(np.uint32)
+    limit = ends.astype(np.uint32)
+    for g in range(n // lanes):
+        o = out[g * lanes:(g + 1) * lanes]
+        # a group's refills are safe when every lane has a word left; else check each
+        safe = True
+        for j in range(lanes):
+            safe &= pos[j] < limit[j]
+        if safe:
+            for j in range(lanes):
+                e = table[x[j] & mask]
+                o[j] = e & np.uint32(0xFF)
+                y = ((e >> np.uint32(8)) & np.uint32(0xFFF)) * (x[j] >> np.uint32(precision)) + (e >> np.uint32(20))
+                take = y < np.uint32(RANS_L)
+                wv = np.uint32(words[pos[j]])
+                x[j] = (y << np.uint32(16)) | wv if take else y
+                pos[j] += np.uint32(take)
+        else:
+            for j in range(lanes):
+                e = table[x[j] & mask]
+                o[j] = e & np.uint32(0xFF)
+                y = ((e >> np.uint32(8)) & np.uint32(0xFFF)) * (x[j] >> np.uint32(precision)) + (e >> np.uint32(20))
+                if y < np.uint32(RANS_L) and pos[j] < limit[j]:
+                    y = (y << np.uint32(16)) | np.uint32(words[pos[j]])
+                    pos[j] += np.uint32(1)
+                x[j] = y
+    for j in range(lanes):
+        if x[j] != RANS_L or pos[j] != limit[j]:
+            return False
+    return True
+
+
+# --- encode side: split + histograms --------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def split16_histograms(raw, fields16, p0, p1):
+    """Split 2-byte elements into two planes (FIELDS16 when fields16, else BYTES) and count both
+    planes' bytes in the same pass: int64[2, 256]."""
+    n = p0.shape[0]
+    h = np.zeros((2, 2, 256), np.int64)  # two sub-counts per plane: no wait on one's own increment
+    for i in range(n):
+        lo = np.int64(raw[2 * i])
+        hi = np.int64(raw[2 * i + 1])
+        if fields16:
+            a = ((hi & 0x7F) << 1) | (lo >> 7)
+            b = (hi & 0x80) | (lo & 0x7F)
+        else:
+            a = lo
+            b = hi
+        p0[i] = a
+        p1[i] = b
+        h[0, i & 1, a] += 1
+        h[1, i & 1, b] += 1
+    return h[:, 0] + h[:, 1]
+
+
+def current_split_histograms(raw: np.ndarray, layout: int, planes: np.ndarray) -> list:
+    """Today's encode front end (llmcodec internals): split_planes, then byte_histogram per plane."""
+    from llmcodec import kernels
+
+    kernels.split_planes(raw, layout, planes)
+    return [kernels.byte_histogram(planes[0]), kernels.byte_histogram(planes[1])]
+
+
+# --- today's decoder, for the baseline ------------------------------------------------------------
+
+
+def current_stream(plane: np.ndarray):
+    """llmcodec's RANS0 stream of `plane` and what its decoder needs (llmcodec internals)."""
+    from llmcodec import kernels, models
+
+    coded = models.encode_plane(plane, methods=[kernels.RANS0])
+    table = models.parse_table(memoryview(coded.stream), kernels.RANS0, plane.shape[0], "proto")
+    return coded.stream[table.size:], table.decode_table(), table.precision, table.lanes, coded.length
+
+
+def current_decode(body, table, precision, lanes, out) -> None:
+    """llmcodec's rANS decoder (kernels.rans_decode), one plane."""
+    from llmcodec import kernels
+
+    assert kernels.rans_decode(body, table, precision, lanes, 1, out) == kernels.DECODE_OK
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def cpu(fn) -> float:
+    t = time.process_time()
+    fn()
+    return time.process_time() - t
+
+
+def prepare(planes: list[np.ndarray], raws: list[np.ndarray]) -> dict:
+    """For every chunk plane: today's stream, the prototype streams, ratio figures."""
+    cases = []
+    bits = {12: 0.0, 11: 0.0, 10: 0.0}
+    sizes = {"current": 0, "raw": 0}
+    for plane, raw in zip(planes, raws or [None] * len(planes)):
+        n = plane.shape[0] - plane.shape[0] % 32
+        plane = plane[:n]
+        c = {"plane": plane, "current": current_stream(plane)}
+        sizes["current"] += c["current"][4]
+        sizes["raw"] += n
+        c["v"] = {}
+        for p in (12, 11, 10):
+            freq = frequencies(plane, p)
+            bits[p] += coded_bits(plane, freq, p)
+            words = np.empty(n + 1, np.uint16)
+            states, first = encode_interleaved(plane, freq, p, LANES, words)
+            c["v"][p] = (states, words[first:].copy(), table32(freq, p))
+            if p == 12:
+                lw = np.empty(32 * (n // 32 + 1), np.uint16)
+                starts, ends = np.empty(32, np.int64), np.empty(32, np.int64)
+                lstates = encode_lanes(plane, freq, p, 32, lw, starts, ends)
+                c["lanes"] = (lstates, lw, starts, ends)
+        if raw is not None:
+            c["low"] = np.ascontiguousarray(raw[:2 * n].reshape(-1, 2)[:, 0])
+            c["raw"] = raw[:2 * n]
+        cases.append(c)
+    return {"cases": cases, "bits": bits, "sizes": sizes}
+
+
+def decoders(prep: dict) -> dict:
+    """name -> function decoding every chunk plane of the case once (and checked once, first)."""
+    cases = prep["cases"]
+    outs = [np.empty(c["plane"].shape[0], np.uint8) for c in cases]
+
+    def current():
+        for c, o in zip(cases, outs):
+            body, table, p, lanes, _ = c["current"]
+            current_decode(body, table, p, lanes, o)
+
+    def locals32(p):
+        def run():
+            for c, o in zip(cases, outs):
+                states, words, table = c["v"][p]
+                decode_locals32(states, words, table, p, o)
+        return run
+
+    def lanes32():
+        for c, o in zip(cases, outs):
+            states, words, starts, ends = c["lanes"]
+            decode_lanes(states, words, starts, ends, c["v"][12][2], 12, o)
+
+    fns = {"current": current, "locals32": locals32(12), "locals32 P11": locals32(11),
+           "locals32 P10": locals32(10), "lanes32": lanes32}
+    for name, fn in fns.items():  # correctness, and the JIT out of the timings
+        for o in outs:
+            o[:] = 0
+        fn()
+        assert all(np.array_equal(o, c["plane"]) for o, c in zip(outs, cases)), name
+    if "raw" in cases[0]:
+        elems = [np.empty(2 * c["plane"].shape[0], np.uint8) for c in cases]
+
+        def separate():
+            for c, o, e in zip(cases, outs, elems):
+                states, words, table = c["v"][12]
+                decode_locals32(states, words, table, 12, o)
+                merge_bytes2(c["low"], o, e)
+
+        def fused():
+            for c, e in zip(cases, elems):
+                states, words, table = c["v"][12]
+                decode_locals32_fused(states, words, table, 12, c["low"], e)
+
+        for name, fn in (("locals32 + merge pass", separate), ("fused merge", fused)):
+            fn()
+            assert all(np.array_equal(e, c["raw"]) for e, c in zip(elems, cases)), name
+            fns[name] = fn
+    return fns
+
+
+def time_alternating(fns: dict, rounds: int, nbytes: int) -> dict:
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(cpu(fn))
+    return {name: nbytes / statistics.median(t) / 1e6 for name, t in times.items()}
+
+
+def encode_front(raws: list[np.ndarray], fields16: bool, rounds: int) -> tuple[float, float]:
+    """MB/s of split + histograms, today's against the fused pass."""
+    from llmcodec import kernels
+
+    layout = kernels.FIELDS16 if fields16 else kernels.BYTES
+    bufs = [np.empty((2, r.shape[0] // 2), np.uint8) for r in raws]
+
+    def today():
+        for r, b in zip(raws, bufs):
+            current_split_histograms(r, layout, b)
+
+    def fused():
+        for r, b in zip(raws, bufs):
+            split16_histograms(r, fields16, b[0], b[1])
+
+    for r, b in zip(raws, bufs):
+        h = split16_histograms(r, fields16, b[0], b[1])
+        ref = current_split_histograms(r, layout, b.copy())
+        assert np.array_equal(h[0], ref[0]) and np.array_equal(h[1], ref[1])
+    mb = sum(r.shape[0] for r in raws)
+    res = time_alternating({"today": today, "fused": fused}, rounds, mb)
+    return res["today"], res["fused"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    rows, enc_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = real_planes(Path(tmp))
+    for name, (planes, raws) in sources.items():
+        prep = prepare(planes, raws)
+        nbytes = prep["sizes"]["raw"]
+        speeds = time_alternating(decoders(prep), args.rounds, nbytes)
+        bits = prep["bits"]
+        cost = {p: (bits[p] - bits[12]) / 8 / nbytes for p in (11, 10)}
+        base = speeds["current"]
+        row = [f"{name} ({len(planes)} chunks)", f"{prep['sizes']['current'] / nbytes:.4f}", f"{base:.0f}"]
+        for k in ("locals32", "locals32 P11", "locals32 P10", "lanes32"):
+            row.append(f"{speeds[k]:.0f} ({speeds[k] / base:.2f}x)")
+        row.append(f"+{cost[11] * 100:.3f}% / +{cost[10] * 100:.3f}%")
+        if "fused merge" in speeds:
+            row.append(f"{speeds['locals32 + merge pass']:.0f} -> {speeds['fused merge']:.0f} "
+                       f"({speeds['fused merge'] / speeds['locals32 + merge pass']:.2f}x)")
+        else:
+            row.append("")
+        rows.append(row)
+        print(*row, sep="\t", flush=True)
+    for name, fields16 in (("MiniLM bf16", True), ("MiniLM fp16", False)):
+        import ml_dtypes
+
+        from weights import minilm_files
+        with tempfile.TemporaryDirectory() as tmp:
+            path = minilm_files(Path(tmp))[name.split()[1]]
+            raw = _raw(path, ml_dtypes.bfloat16 if fields16 else np.float16)
+        raws = [raw[s:s + CHUNK] for s in range(0, raw.shape[0] - CHUNK + 1, CHUNK)]
+        today, fused = encode_front(raws, fields16, args.rounds)
+        enc_rows.append([name, f"{today:.0f}", f"{fused:.0f}", f"{fused / today:.2f}x"])
+        print(*enc_rows[-1], sep="\t", flush=True)
+    header = ["plane (real, 1 MiB chunks)", "RANS0 size / plane", "current MB/s", "locals32 (same format)",
+              "locals32 P11", "locals32 P10", "lanes32 (own streams)", "size cost of P11 / P10",
+              "fp16: decode + merge pass -> fused, MB/s of plane"]
+    table = markdown_table(header, rows)
+    enc_table = markdown_table(["elements (1 MiB chunks)", "split, then histograms MB/s", "fused MB/s",
+                                "speed-up"], enc_rows)
+    body = (f"Single thread, CPU time, medians of {args.rounds} alternating rounds; MB/s of plane bytes "
+            f"decoded. See the module docstring for each kernel.\n\n{table}\n\nEncode front end (split into "
+            f"planes + byte histograms), MB/s of element bytes:\n\n{enc_table}")
+    write_section("rANS kernel prototypes (issue 17)", f"python bench/proto_kernels.py --rounds {args.rounds}", body)
+    print(table)
+    print(enc_table)
+
+
+if __name__ == "__main__":
+    main()
