@@ -187,10 +187,10 @@ def encode_lanes(plane, freq, precision, lanes, words, starts, ends):
 def _step(x, table, mask, precision, words, wpos):
     """One symbol of a lane: (state after, symbol, next word position). Branchless refill: the
     word at wpos is read whether or not it is taken (the caller guarantees it exists)."""
-    e = np.int64(table[x & mask])
+    e = np.int64(table[np.uint64(x & mask)])  # unsigned indices: no negative-index wraparound code
     x = ((e >> 8) & 0xFFF) * (x >> precision) + (e >> 20)
     take = np.int64(x < RANS_L)
-    x = (x << (take << 4)) | (np.int64(words[wpos]) & -take)
+    x = (x << (take << 4)) | (np.int64(words[np.uint64(wpos)]) & -take)
     return x, e & 0xFF, wpos + take
 
 
@@ -225,6 +225,140 @@ def decode_locals32(states, words, table, precision, out):
         i += 8
     st = np.array([x0, x1, x2, x3, x4, x5, x6, x7])
     while i < n:  # the tail, with a checked refill
+        j = i % 8
+        x = st[j]
+        e = np.int64(table[x & mask])
+        out[i] = e & 0xFF
+        x = ((e >> 8) & 0xFFF) * (x >> precision) + (e >> 20)
+        if x < RANS_L and w < nw:
+            x = (x << 16) | np.int64(words[w])
+            w += 1
+        st[j] = x
+        i += 1
+    return w
+
+
+@njit(inline="always")
+def _own_step(x, table, mask, precision, words, p):
+    """One symbol of a lane with a word stream of its own, positioned at p."""
+    e = np.int64(table[np.uint64(x & mask)])
+    x = ((e >> 8) & 0xFFF) * (x >> precision) + (e >> 20)
+    take = np.int64(x < RANS_L)
+    x = (x << (take << 4)) | (np.int64(words[np.uint64(p)]) & -take)
+    return x, e & 0xFF, p + take
+
+
+@njit(cache=True, nogil=True)
+def decode_own8(states, words, starts, ends, table, precision, out):
+    """8 lanes, lane j with its own word stream words[starts[j]:ends[j]] (lane streams back to back
+    in lane order), states and positions in locals: no lane waits for another's refill. Reading
+    one word past a lane's end reads the next lane's first word (never used); only the last lane
+    can run off the array, so the fast loop runs while it has a word left. Returns False on a fault."""
+    n = out.shape[0]
+    mask = (np.int64(1) << precision) - 1
+    x0, x1, x2, x3 = np.int64(states[0]), np.int64(states[1]), np.int64(states[2]), np.int64(states[3])
+    x4, x5, x6, x7 = np.int64(states[4]), np.int64(states[5]), np.int64(states[6]), np.int64(states[7])
+    p0, p1, p2, p3 = starts[0], starts[1], starts[2], starts[3]
+    p4, p5, p6, p7 = starts[4], starts[5], starts[6], starts[7]
+    last = words.shape[0]
+    i = 0
+    while i + 8 <= n and p7 < last:
+        x0, s, p0 = _own_step(x0, table, mask, precision, words, p0)
+        out[i] = s
+        x1, s, p1 = _own_step(x1, table, mask, precision, words, p1)
+        out[i + 1] = s
+        x2, s, p2 = _own_step(x2, table, mask, precision, words, p2)
+        out[i + 2] = s
+        x3, s, p3 = _own_step(x3, table, mask, precision, words, p3)
+        out[i + 3] = s
+        x4, s, p4 = _own_step(x4, table, mask, precision, words, p4)
+        out[i + 4] = s
+        x5, s, p5 = _own_step(x5, table, mask, precision, words, p5)
+        out[i + 5] = s
+        x6, s, p6 = _own_step(x6, table, mask, precision, words, p6)
+        out[i + 6] = s
+        x7, s, p7 = _own_step(x7, table, mask, precision, words, p7)
+        out[i + 7] = s
+        i += 8
+    st = np.array([x0, x1, x2, x3, x4, x5, x6, x7])
+    ps = np.array([p0, p1, p2, p3, p4, p5, p6, p7])
+    while i < n:
+        j = i % 8
+        x = st[j]
+        e = np.int64(table[x & mask])
+        out[i] = e & 0xFF
+        x = ((e >> 8) & 0xFFF) * (x >> precision) + (e >> 20)
+        if x < RANS_L:
+            if ps[j] >= ends[j]:
+                return False
+            x = (x << 16) | np.int64(words[ps[j]])
+            ps[j] += 1
+        st[j] = x
+        i += 1
+    for j in range(8):
+        if st[j] != RANS_L or ps[j] != ends[j]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def decode_locals32_x2(sa, wa, ta, oa, sb, wb, tb, ob, precision):
+    """Two planes' RANS0 streams (llmcodec's layout) decoded in one loop, 16 states in flight:
+    two independent refill chains. Assumes len(oa) == len(ob)."""
+    n = oa.shape[0]
+    mask = (np.int64(1) << precision) - 1
+    a0, a1, a2, a3 = np.int64(sa[0]), np.int64(sa[1]), np.int64(sa[2]), np.int64(sa[3])
+    a4, a5, a6, a7 = np.int64(sa[4]), np.int64(sa[5]), np.int64(sa[6]), np.int64(sa[7])
+    b0, b1, b2, b3 = np.int64(sb[0]), np.int64(sb[1]), np.int64(sb[2]), np.int64(sb[3])
+    b4, b5, b6, b7 = np.int64(sb[4]), np.int64(sb[5]), np.int64(sb[6]), np.int64(sb[7])
+    u = np.int64(0)
+    v = np.int64(0)
+    i = 0
+    while i + 8 <= n and u + 8 <= wa.shape[0] and v + 8 <= wb.shape[0]:
+        a0, s, u = _step(a0, ta, mask, precision, wa, u)
+        oa[i] = s
+        b0, s, v = _step(b0, tb, mask, precision, wb, v)
+        ob[i] = s
+        a1, s, u = _step(a1, ta, mask, precision, wa, u)
+        oa[i + 1] = s
+        b1, s, v = _step(b1, tb, mask, precision, wb, v)
+        ob[i + 1] = s
+        a2, s, u = _step(a2, ta, mask, precision, wa, u)
+        oa[i + 2] = s
+        b2, s, v = _step(b2, tb, mask, precision, wb, v)
+        ob[i + 2] = s
+        a3, s, u = _step(a3, ta, mask, precision, wa, u)
+        oa[i + 3] = s
+        b3, s, v = _step(b3, tb, mask, precision, wb, v)
+        ob[i + 3] = s
+        a4, s, u = _step(a4, ta, mask, precision, wa, u)
+        oa[i + 4] = s
+        b4, s, v = _step(b4, tb, mask, precision, wb, v)
+        ob[i + 4] = s
+        a5, s, u = _step(a5, ta, mask, precision, wa, u)
+        oa[i + 5] = s
+        b5, s, v = _step(b5, tb, mask, precision, wb, v)
+        ob[i + 5] = s
+        a6, s, u = _step(a6, ta, mask, precision, wa, u)
+        oa[i + 6] = s
+        b6, s, v = _step(b6, tb, mask, precision, wb, v)
+        ob[i + 6] = s
+        a7, s, u = _step(a7, ta, mask, precision, wa, u)
+        oa[i + 7] = s
+        b7, s, v = _step(b7, tb, mask, precision, wb, v)
+        ob[i + 7] = s
+        i += 8
+    _tail(np.array([a0, a1, a2, a3, a4, a5, a6, a7]), u, wa, ta, precision, oa, i)
+    _tail(np.array([b0, b1, b2, b3, b4, b5, b6, b7]), v, wb, tb, precision, ob, i)
+
+
+@njit(cache=True, nogil=True)
+def _tail(st, w, words, table, precision, out, i):
+    """Symbols i.. of an 8-lane RANS0 stream with checked refills; returns words read."""
+    mask = (np.int64(1) << precision) - 1
+    nw = words.shape[0]
+    n = out.shape[0]
+    while i < n:
         j = i % 8
         x = st[j]
         e = np.int64(table[x & mask])
@@ -414,11 +548,23 @@ def prepare(planes: list[np.ndarray], raws: list[np.ndarray]) -> dict:
                 starts, ends = np.empty(32, np.int64), np.empty(32, np.int64)
                 lstates = encode_lanes(plane, freq, p, 32, lw, starts, ends)
                 c["lanes"] = (lstates, lw, starts, ends)
+                ow = np.empty(8 * (n // 8 + 1), np.uint16)
+                os_, oe = np.empty(8, np.int64), np.empty(8, np.int64)
+                ostates = encode_lanes(plane, freq, p, 8, ow, os_, oe)
+                c["own8"] = pack_lanes(ostates, ow, os_, oe)
         if raw is not None:
             c["low"] = np.ascontiguousarray(raw[:2 * n].reshape(-1, 2)[:, 0])
             c["raw"] = raw[:2 * n]
         cases.append(c)
     return {"cases": cases, "bits": bits, "sizes": sizes}
+
+
+def pack_lanes(states, words, starts, ends):
+    """Lane streams back to back (as a file would hold them), with their new starts and ends."""
+    lengths = ends - starts
+    packed = np.concatenate([words[a:b] for a, b in zip(starts, ends)])
+    new_ends = np.cumsum(lengths)
+    return states, packed, new_ends - lengths, new_ends
 
 
 def decoders(prep: dict) -> dict:
@@ -443,8 +589,26 @@ def decoders(prep: dict) -> dict:
             states, words, starts, ends = c["lanes"]
             decode_lanes(states, words, starts, ends, c["v"][12][2], 12, o)
 
+    def own8():
+        for c, o in zip(cases, outs):
+            states, words, starts, ends = c["own8"]
+            assert decode_own8(states, words, starts, ends, c["v"][12][2], 12, o)
+
+    def x2():
+        for k in range(0, len(cases) - 1, 2):
+            a, b = cases[k], cases[k + 1]
+            (sa, wa, ta), (sb, wb, tb) = a["v"][12], b["v"][12]
+            if a["plane"].shape[0] == b["plane"].shape[0]:
+                decode_locals32_x2(sa, wa, ta, outs[k], sb, wb, tb, outs[k + 1], 12)
+            else:  # a last, shorter chunk: one at a time
+                decode_locals32(sa, wa, ta, 12, outs[k])
+                decode_locals32(sb, wb, tb, 12, outs[k + 1])
+        if len(cases) % 2:
+            s_, w_, t_ = cases[-1]["v"][12]
+            decode_locals32(s_, w_, t_, 12, outs[-1])
+
     fns = {"current": current, "locals32": locals32(12), "locals32 P11": locals32(11),
-           "locals32 P10": locals32(10), "lanes32": lanes32}
+           "locals32 P10": locals32(10), "lanes32": lanes32, "own8": own8, "x2 (two planes)": x2}
     for name, fn in fns.items():  # correctness, and the JIT out of the timings
         for o in outs:
             o[:] = 0
@@ -518,7 +682,7 @@ def main() -> None:
         cost = {p: (bits[p] - bits[12]) / 8 / nbytes for p in (11, 10)}
         base = speeds["current"]
         row = [f"{name} ({len(planes)} chunks)", f"{prep['sizes']['current'] / nbytes:.4f}", f"{base:.0f}"]
-        for k in ("locals32", "locals32 P11", "locals32 P10", "lanes32"):
+        for k in ("locals32", "locals32 P11", "locals32 P10", "lanes32", "own8", "x2 (two planes)"):
             row.append(f"{speeds[k]:.0f} ({speeds[k] / base:.2f}x)")
         row.append(f"+{cost[11] * 100:.3f}% / +{cost[10] * 100:.3f}%")
         if "fused merge" in speeds:
@@ -540,7 +704,8 @@ def main() -> None:
         enc_rows.append([name, f"{today:.0f}", f"{fused:.0f}", f"{fused / today:.2f}x"])
         print(*enc_rows[-1], sep="\t", flush=True)
     header = ["plane (real, 1 MiB chunks)", "RANS0 size / plane", "current MB/s", "locals32 (same format)",
-              "locals32 P11", "locals32 P10", "lanes32 (own streams)", "size cost of P11 / P10",
+              "locals32 P11", "locals32 P10", "lanes32 (own streams)", "own8 (own streams, locals)",
+              "x2: two planes at once (same format)", "size cost of P11 / P10",
               "fp16: decode + merge pass -> fused, MB/s of plane"]
     table = markdown_table(header, rows)
     enc_table = markdown_table(["elements (1 MiB chunks)", "split, then histograms MB/s", "fused MB/s",
