@@ -667,6 +667,52 @@ def encode_front(raws: list[np.ndarray], fields16: bool, rounds: int) -> tuple[f
     return res["today"], res["fused"]
 
 
+# The reading of the 2026-12-02 run and the porting recipe, kept with the tables they explain.
+FINDINGS = """What this says (2026-12-02, a machine whose other tenants kept both vCPUs busy: single figures move by
+±20% between runs, so only differences that hold across all seven planes count):
+- **The decoder is bound by instructions per symbol, not by the refill chain.** Giving each lane its own
+  word stream (own8) or decoding two planes at once (x2) removes the chain that today's shared word
+  stream creates between lanes. Across the seven planes that gained 0.95–1.37x, with no steady lead over
+  plain `locals32`. 32 lanes in arrays (lanes32) are slower (0.66–0.91x): LLVM does not vectorize the
+  lane loop (AVX2 gathers are not emitted), so the states go through memory.
+- **`locals32` is the one that wins, and it changes no byte of the format:** 1.02–1.15x on every plane in
+  the final run. It keeps the 8 states in locals, uses a uint32 decode table (symbol | freq << 8 |
+  bias << 20, 16 KiB at P12), reads the words as u16 and indexes the table and the words with *unsigned*
+  values. Without that last point numba emits negative-index wrap-around code on every lookup, and the
+  same kernel measured 0.80–1.01x.
+- **A coarser table buys nothing.** P11 and P10 ran at the speed of P12 within the noise. They cost
+  +0.01% (bf16 sign+mantissa) to +0.74% (fp16 high byte) of the plane, so keep P12.
+- **Pairs for fp16's high byte do not pay per chunk.** A 1 MiB chunk has 8.2–9.2 K distinct pairs, so
+  the table is about 4% of the plane, against a 0.04–0.09 bit/byte (≈0.6%) entropy gain. They would pay
+  only with one table shared by all of a tensor's chunks.
+- **Fused merge (fp16): inconclusive.** It measured 1.02–1.22x in one run and 0.76–1.01x in the final
+  one.
+- **Encode: a fused split + histogram is slower (0.61–0.74x)** than today's split, which vectorizes, plus
+  the 4-way histogram. Keep today's.
+- **The bf16 sign+mantissa plane codes to 0.997–0.998 of its size on all three real checkpoints,** so
+  with MIN_GAIN = 2% it is stored raw. The one-step-per-byte cases that remain on float files are fp16's
+  high byte and GGUF's quant bytes.
+
+Porting recipe (no format change):
+1. In `kernels.rans_decode`, replace the width-1 fast path with `decode_locals32` from
+   bench/proto_kernels.py. Call it with `table32`'s uint32 table: build it in `fill_decode_table` for
+   RANS0 (P <= 12, every freq <= 4095: a one-symbol plane is CONSTANT, so this always holds).
+   - View the words as `stream[size + 4*lanes:]` reinterpreted as `<u2`, or keep two byte loads if
+     numba will not take an unaligned view.
+   - Use unsigned indices for the table, the words and the output.
+   - Run the fast loop while `w + 8 <= n_words`. Finish with `_tail`, whose refill is checked, then
+     check the end states == 2^16 and every word read, as today.
+2. Keep the int64 table and the `width == 2` path for RANS0_PAIRS: its table (P <= 14, 16-bit
+   symbols) does not fit 32 bits that way.
+3. Port nothing else from the prototypes: own streams, 32 lanes, P10/P11, the fused split+histogram.
+   The fused merge waits for a steadier measurement.
+
+The larger gaps are outside the kernel, and bench/speed.py shows them. On small files with many tensors,
+`load_file` spends about 60 µs of Python per tensor parsing the header: YOLOv8n has 151 tensors, and
+9.5 ms of its 23 ms decode goes there, while ZipNN decodes the same 6 MB in about 5 ms. The cold-start
+figures are in the start-up section."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
@@ -712,7 +758,7 @@ def main() -> None:
                                 "speed-up"], enc_rows)
     body = (f"Single thread, CPU time, medians of {args.rounds} alternating rounds; MB/s of plane bytes "
             f"decoded. See the module docstring for each kernel.\n\n{table}\n\nEncode front end (split into "
-            f"planes + byte histograms), MB/s of element bytes:\n\n{enc_table}")
+            f"planes + byte histograms), MB/s of element bytes:\n\n{enc_table}\n\n{FINDINGS}")
     write_section("rANS kernel prototypes (issue 17)", f"python bench/proto_kernels.py --rounds {args.rounds}", body)
     print(table)
     print(enc_table)
