@@ -33,7 +33,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} vCPUs (a VM shared with other work: noisy), Python {platform.python_version()}"
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
