@@ -156,6 +156,13 @@ def load_model(model, path, strict: bool = True, device="cpu", *, assign: bool =
     decoded: in place, without a second copy, when the model's tensor is a contiguous CPU tensor
     of the file's dtype and shape; else decoded alone and copied in. Only the tensors that
     `load_state_dict` must see (tied ones, other shapes, `assign`) are held until it runs.
+
+    >>> llmcodec.torch.load_model(model.to(torch.bfloat16), "model.llmc")   # an fp32 file: cast
+    ([], [])
+    >>> with torch.device("meta"):
+    ...     empty = type(model)(config)
+    >>> llmcodec.torch.load_model(empty, "model.llmc", assign=True)
+    ([], [])
     """
     _check_model(model)
     check_device(device)
