@@ -1,9 +1,11 @@
-"""Public functions in the idiom of `safetensors.numpy`: `save_file`, `load_file`."""
+"""Public functions in the idiom of `safetensors.numpy`: `save_file`, `load_file`, `save`, `load`."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 
@@ -84,6 +86,34 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
         except MemoryError:
             raise LimitExceededError(f"{what} needs {needed} bytes, more than this machine can allocate; "
                                      f"pass max_memory to refuse such files earlier") from None
+
+
+def save(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None, *,
+         threads: int | None = None, chunk_size: int | None = None) -> bytes:
+    """The bytes of the `.llmc` file `save_file` writes (like `safetensors.numpy.save`).
+
+    >>> data = llmcodec.api.save({"w": np.arange(3, dtype=np.float32)})
+    >>> llmcodec.api.load(data)["w"].tolist()
+    [0.0, 1.0, 2.0]
+    """
+    # The container writer takes a path (it seeks back to write its preamble last), so the file
+    # is written into a private temporary folder, read back, and removed.
+    with tempfile.TemporaryDirectory(prefix="llmcodec-") as folder:
+        path = Path(folder) / "tensors.llmc"
+        save_file(tensors, path, metadata, threads=threads, chunk_size=chunk_size)
+        return path.read_bytes()
+
+
+def load(data, *, threads: int | None = None, limits: Limits | None = None,
+         max_memory: int | None = None) -> dict[str, np.ndarray]:
+    """Every tensor of the `.llmc` file held in `data` (bytes, bytearray or memoryview), as
+    `load_file` reads a file (like `safetensors.numpy.load`). The arrays own their memory.
+    Bytes that are not a valid container raise an `LlmcodecError`; `max_memory` bounds what a
+    valid one may decode to (a few bytes may describe gigabytes of constant data)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidArgumentError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__} "
+                                   f"(load_file reads a path)")
+    return load_file(data, threads=threads, limits=limits, max_memory=max_memory)
 
 
 def _load_all(reader: ContainerReader, budget: Budget, what: str) -> dict[str, np.ndarray]:

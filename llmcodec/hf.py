@@ -135,10 +135,9 @@ def _safe_open(filename, framework, device="cpu", **options):
 def _load_bytes(data):
     if bytes(data[:len(_MAGIC)]) != _MAGIC:
         return _originals["load"](data)
-    from .loader import open as open_llmc
+    from .torch import load
 
-    with open_llmc(bytes(data), "pt") as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
+    return load(data)
 
 
 class SafeOpen:
@@ -154,20 +153,20 @@ class SafeOpen:
         self._file.close()
 
     def keys(self) -> list[str]:
-        return sorted(self._file.keys())  # safetensors lists names sorted
+        return self._file.keys()  # sorted, as safetensors lists them
 
     def offset_keys(self) -> list[str]:
-        return list(self._file.keys())  # in file order
+        return self._file.offset_keys()  # in file order
 
     def metadata(self) -> dict[str, str] | None:
-        return self._file.metadata() or None  # safetensors: None without __metadata__
+        return self._file.metadata()  # None without __metadata__, as in safetensors
 
     def get_tensor(self, name: str):
         return self._file.get_tensor(name)
 
     def get_tensors(self) -> dict:
         """Every tensor, in file order."""
-        return {name: self._file.get_tensor(name) for name in self._file.keys()}
+        return {name: self._file.get_tensor(name) for name in self._file.offset_keys()}
 
     def get_slice(self, name: str):
         return self._file.get_slice(name)

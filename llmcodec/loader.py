@@ -39,8 +39,11 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     bytes). A call's peak growth stays under `max_memory` plus `budget.MEMORY_SLACK` (1 MiB:
     the Python objects of the call itself, which are not counted), whatever the file holds.
 
+    As in safetensors, `keys()` lists the names sorted and `metadata()` is None when the file has
+    none; `offset_keys()` lists them in file order.
+
     >>> with llmcodec.open(path) as f:
-    ...     sorted(f.keys())
+    ...     f.keys()
     ...     f.get_tensor("w").shape
     ...     f.get_slice("w")[1:3].tolist()
     ['w']
@@ -67,7 +70,8 @@ def check_unique(where: dict, names, shard: str, folder) -> None:
 
 
 class _TensorFile:
-    """What `LlmcodecFile` and `ShardedFile` share, on top of their `keys`, `get_tensor` and `close`."""
+    """What `LlmcodecFile` and `ShardedFile` share, on top of their `offset_keys`, `_metadata`,
+    `get_tensor` and `close`."""
 
     def __enter__(self):
         return self
@@ -81,9 +85,17 @@ class _TensorFile:
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
+    def keys(self) -> list[str]:
+        """Tensor names, sorted (as `safetensors.safe_open` lists them); `offset_keys()` in file order."""
+        return sorted(self.offset_keys())
+
+    def metadata(self) -> dict[str, str] | None:
+        """The user metadata (safetensors' `__metadata__`), None when there is none (as in safetensors)."""
+        return self._metadata() or None
+
     def items(self) -> Iterator[tuple[str, object]]:
-        """(name, tensor) in order, one tensor decoded at a time."""
-        for name in self.keys():
+        """(name, tensor) in file order, one tensor decoded at a time."""
+        for name in self.offset_keys():
             yield name, self.get_tensor(name)
 
 
@@ -125,13 +137,13 @@ class LlmcodecFile(_TensorFile):
 
     # --- the safe_open interface ---
 
-    def keys(self) -> list[str]:
+    def offset_keys(self) -> list[str]:
         """Tensor names, in file order."""
         return list(self.reader.names)
 
-    def metadata(self) -> dict[str, str]:
-        """The user metadata (safetensors' `__metadata__`), every entry as stored: format data
-        (records of transforms, read with `transform()`) lives apart since format 1.2."""
+    def _metadata(self) -> dict[str, str]:
+        # every entry as stored: format data (records of transforms, read with `transform()`)
+        # lives apart since format 1.2
         return dict(self.reader.metadata)
 
     def __contains__(self, name: object) -> bool:
@@ -206,10 +218,10 @@ class LlmcodecFile(_TensorFile):
 
 class ShardedFile(_TensorFile):
     """An encoded checkpoint folder opened as one file (see `llmcodec.open`): the tensors of all
-    its `*.llmc` shards (subfolders included: `llmcodec.folders`), in shard order then file order,
-    each read from its own shard. A tensor name found in two shards is a `FormatError`.
-    `metadata()` holds the entries every shard has with the same value (a sharded checkpoint
-    repeats its metadata in each shard)."""
+    its `*.llmc` shards (subfolders included: `llmcodec.folders`), each read from its own shard;
+    `offset_keys()` lists them in shard order then file order. A tensor name found in two shards
+    is a `FormatError`. `metadata()` holds the entries every shard has with the same value (a
+    sharded checkpoint repeats its metadata in each shard)."""
 
     def __init__(self, folder, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
                  limits: Limits | None = None, max_memory: int | None = None):
@@ -223,8 +235,8 @@ class ShardedFile(_TensorFile):
                 shard = LlmcodecFile(path, framework, device, threads=threads, limits=limits,
                                      max_memory=max_memory, _budget=budget)
                 self.shards.append(shard)
-                check_unique(held, shard.keys(), shard.reader.name, self.name)
-                self._where.update(dict.fromkeys(shard.keys(), shard))
+                check_unique(held, shard.offset_keys(), shard.reader.name, self.name)
+                self._where.update(dict.fromkeys(shard.offset_keys(), shard))
         except BaseException:
             self.close()
             raise
@@ -238,11 +250,12 @@ class ShardedFile(_TensorFile):
     def chunks_decoded(self) -> int:
         return sum(shard.chunks_decoded for shard in self.shards)
 
-    def keys(self) -> list[str]:
+    def offset_keys(self) -> list[str]:
+        """Tensor names, in shard order then file order."""
         return list(self._where)
 
-    def metadata(self) -> dict[str, str]:
-        first, *rest = [shard.metadata() for shard in self.shards]
+    def _metadata(self) -> dict[str, str]:
+        first, *rest = [shard._metadata() for shard in self.shards]
         return {k: v for k, v in first.items() if all(other.get(k) == v for other in rest)}
 
     def __contains__(self, name: object) -> bool:

@@ -48,7 +48,7 @@ def test_quantize_rebuilds_within_error_and_reads_back_bit_exact(checkpoint, tmp
     done = files.transform_file(path, dst, "quantize", bits=bits, scheme=scheme, group_size=group)
     assert set(done) == {"attn.weight", "mlp.weight", "low.weight"}  # matrices only
     with llmcodec.open(dst) as f:
-        assert sorted(f.keys()) == sorted(tensors) and f.metadata() == {}
+        assert f.keys() == sorted(tensors) and f.metadata() is None
         for name, w in tensors.items():
             got = f.get_tensor(name)
             assert got.dtype == w.dtype and got.shape == w.shape

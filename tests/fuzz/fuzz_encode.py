@@ -118,7 +118,7 @@ def read_back(dst: Path, raw: bytes, reference, is_gguf: bool) -> None:
                           f"{name!r}: {got[name][:2]} vs {tensors[name][:2]}, same bytes: {same}")
     if set(got) - coded:
         raise Finding("tensor that safetensors does not read", f"tensors {sorted(set(got) - coded)!r}")
-    if metadata != metadata_want:
+    if (metadata or {}) != metadata_want:  # None for none, as safe_open; the reference reads {} for both
         raise Finding("metadata differs from what safetensors reads", f"{metadata!r:.200} vs {metadata_want!r:.200}")
 
 

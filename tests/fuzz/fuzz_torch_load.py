@@ -11,8 +11,9 @@ or another shape or dtype, not contiguous, or none at all; now and then one the 
 Each parameter lives at the start of a bigger buffer, the rest of it a guard pattern.
 
 The property: `load_model` raises an `LlmcodecError`, or it returns and
-- every parameter it loaded holds exactly the bytes `get_tensor` gives, in the same dtype and
-  shape;
+- every parameter it loaded holds exactly what `load_state_dict` would put there from the tensor
+  `get_tensor` gives: its bytes for the same dtype, else torch's cast (`copy_`), compared where
+  the cast is defined (no NaN or infinity into integers, no float out of an integer's range);
 - missing and unexpected names are right, and with strict=True there are none;
 and a model that matches the file (every parameter as `get_tensor` gives it) loads. Whether it
 returns or raises, no byte of any guard changed (a write past a parameter: a heap overflow).
@@ -200,16 +201,37 @@ def load(draw: Draw, path: Path) -> None:
     if strict and (missing or unexpected):
         raise Finding("load_model strict=True returns with missing or unexpected tensors", f"{missing} {unexpected}")
     for name in set(params) & set(want):
-        got, expected = bases[name][:params[name].numel() * params[name].element_size()], want[name]
-        if expected is None:
+        if want[name] is None:
             raise Finding("load_model loads a tensor get_tensor refuses", name)
-        shape = tuple(params[name].shape)
-        if llmcodec.torch.to_numpy(params[name]).dtype != expected.dtype or shape != expected.shape:
-            raise Finding(f"load_model loads into another shape or dtype than get_tensor's ({kind(entries[name])})",
-                          f"{name}: model {params[name].dtype}{list(shape)}, "
-                          f"get_tensor {expected.dtype}{list(expected.shape)}")
-        if got.tobytes() != expected.tobytes():
-            raise Finding(f"load_model loads other bytes than get_tensor's ({kind(entries[name])})", name)
+        param, value = params[name], llmcodec.torch.to_torch(want[name])
+        if param.ndim == 0 and value.shape == (1,):
+            value = value[0]  # load_state_dict's rule for checkpoints of torch 0.3
+        if tuple(param.shape) != tuple(value.shape):
+            raise Finding(f"load_model loads into another shape than get_tensor's ({kind(entries[name])})",
+                          f"{name}: model {list(param.shape)}, get_tensor {list(value.shape)}")
+        if not defined_cast(value, param.dtype):
+            continue
+        expected = torch.empty(param.shape, dtype=param.dtype)
+        expected.copy_(value)
+        if raw(param) != raw(expected):
+            raise Finding(f"load_model loads other bytes than get_tensor's ({kind(entries[name])}, "
+                          f"{value.dtype} into {param.dtype})", name)
+
+
+def raw(t) -> bytes:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def defined_cast(value, dtype) -> bool:
+    """Whether torch's cast of `value` to `dtype` has one answer (not NaN or infinity into an
+    integer, not a float out of an integer's range)."""
+    if value.dtype == dtype or value.numel() == 0:
+        return True
+    if dtype.is_floating_point or dtype == torch.bool or not value.dtype.is_floating_point:
+        return True
+    v = value.double()
+    info = torch.iinfo(dtype)
+    return bool(torch.isfinite(v).all()) and bool(((v > float(info.min) - 1) & (v < float(info.max) + 1)).all())
 
 
 def check_guards(params: dict, bases: dict, entries: dict, then: str) -> None:
