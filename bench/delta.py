@@ -35,9 +35,10 @@ the file; llmcodec files include their headers):
   planes are dense and zstd -19 codes them at ~1 MB/s here; the estimate was within 1% of the exact
   size on the bf16 pairs);
 - identical tensors and the fraction of identical words;
-- the granularity of the choice, from the coded chunks of the files above: per tensor the smaller of
-  standalone and zigzag difference (DIFF), or the smallest of standalone, DIFF and XOR; per chunk the
-  smallest of the three (plus a byte per chunk for its id); and the size of format 1.3's Base section;
+- the granularity of the choice, from the coded chunks of the files above: per tensor the smallest of
+  standalone and the zigzag difference (format 1.3's DIFF), of those and the plain difference (SUB),
+  and of those and XOR; per chunk the smallest of the four (plus a byte per chunk for its id); and
+  the size of format 1.3's Base section;
 - speed, one thread, alternate rounds, wall and CPU time: the prototypes' encode (XOR or zigzag
   difference in numpy, then `save_file` into RAM) and decode (`load_file`, then the inverse with
   the base, which is held in memory) next to standalone `save_file` / `load_file` of the
@@ -479,19 +480,23 @@ def save(tensors: dict, path: Path) -> tuple[int, dict[str, int], dict[str, list
 
 
 def granularity(chunks: dict[str, dict[str, list[int]]]) -> dict[str, int]:
-    """Coded chunk bytes (headers excluded) of three ways to choose among standalone and the spec's
-    transforms (DIFF = zigzag difference, XOR), from the chunks of the files that store every tensor
-    each way (same chunking): per tensor, standalone or DIFF; per tensor, the smallest of the three;
-    per chunk, the smallest of the three plus the byte a per-chunk transform id would take; and the
-    Base section of format 1.3 for the per-tensor choice (7 bytes + name + 8 per chunk per delta)."""
+    """Coded chunk bytes (headers excluded) of ways to choose among standalone and the delta
+    transforms (format 1.3's DIFF = zigzag difference and SUB = plain difference; and XOR), from the
+    chunks of the files that store every tensor each way (same chunking): per tensor, the smallest of
+    standalone and DIFF, of those and SUB (1.3), of those and XOR; per chunk, the smallest of the four
+    plus the byte a per-chunk transform id would take; and the Base section of format 1.3 for the
+    per-tensor choice (7 bytes + name + 8 per chunk per delta tensor)."""
     names = chunks["standalone"]
-    tensor = {k: {c: sum(chunks[c][k]) for c in ("standalone", "zigzag", "xor")} for k in names}
-    out = {"DIFF or standalone": sum(min(t["standalone"], t["zigzag"]) for t in tensor.values()),
-           "per tensor": sum(min(t.values()) for t in tensor.values()),
-           "per chunk": sum(min(x) + 1 for k in names for x in zip(*(chunks[c][k] for c in tensor[k])))}
+    kinds = ("standalone", "zigzag", "diff", "xor")
+    tensor = {k: {c: sum(chunks[c][k]) for c in kinds} for k in names}
+    smallest = lambda *cs: sum(min(t[c] for c in cs) for t in tensor.values())  # noqa: E731
+    out = {"DIFF": smallest("standalone", "zigzag"), "DIFF SUB": smallest("standalone", "zigzag", "diff"),
+           "DIFF SUB XOR": smallest(*kinds),
+           "per chunk": sum(min(x) + 1 for k in names for x in zip(*(chunks[c][k] for c in kinds)))}
     out["base section"] = sum(7 + len(k.encode()) + 8 * len(names[k]) for k, t in tensor.items()
-                              if min(t["zigzag"], t["xor"]) < t["standalone"])
-    out["XOR tensors"] = sum(t["xor"] < min(t["zigzag"], t["standalone"]) for t in tensor.values())
+                              if min(t["zigzag"], t["diff"]) < t["standalone"])
+    out["SUB tensors"] = sum(t["diff"] < min(t["zigzag"], t["standalone"]) for t in tensor.values())
+    out["XOR tensors"] = sum(t["xor"] < min(t["zigzag"], t["diff"], t["standalone"]) for t in tensor.values())
     return out
 
 
@@ -690,13 +695,17 @@ def summary(results: list[dict]) -> str:
     speeds.append(("XOR pass alone MB/s", speed("XOR pass"), both, True))
     g = lambda key: lambda m, raw: m["total"]["granularity"][key] / raw  # noqa: E731
     gain = lambda a, b: lambda m, raw: 1 - m["total"]["granularity"][a] / m["total"]["granularity"][b]  # noqa: E731
+    count = lambda key: lambda m, raw: m["total"]["granularity"][key]  # noqa: E731
     choices = [
-        ("per tensor: DIFF or standalone", g("DIFF or standalone"), "{:.4f}", False),
-        ("per tensor: DIFF, XOR or standalone", g("per tensor"), "{:.4f}", False),
-        ("per chunk: DIFF, XOR or standalone", g("per chunk"), "{:.4f}", False),
-        ("XOR as a choice saves", gain("per tensor", "DIFF or standalone"), "{:+.2%}", True),
-        ("per chunk saves over per tensor", gain("per chunk", "per tensor"), "{:+.2%}", True),
-        ("tensors where XOR is smallest", lambda m, raw: m["total"]["granularity"]["XOR tensors"], "{:.0f}", True),
+        ("per tensor: standalone or DIFF", g("DIFF"), "{:.4f}", False),
+        ("per tensor: standalone, DIFF or SUB (1.3)", g("DIFF SUB"), "{:.4f}", False),
+        ("per tensor: standalone, DIFF, SUB or XOR", g("DIFF SUB XOR"), "{:.4f}", False),
+        ("per chunk: standalone, DIFF, SUB or XOR", g("per chunk"), "{:.4f}", False),
+        ("SUB as a choice saves", gain("DIFF SUB", "DIFF"), "{:+.2%}", True),
+        ("XOR as a further choice saves", gain("DIFF SUB XOR", "DIFF SUB"), "{:+.2%}", True),
+        ("per chunk saves over per tensor", gain("per chunk", "DIFF SUB XOR"), "{:+.2%}", True),
+        ("tensors where SUB is smallest", count("SUB tensors"), "{:.0f}", True),
+        ("tensors where XOR is smallest", count("XOR tensors"), "{:.0f}", True),
         ("Base section (1.3)", g("base section"), "{:.5f}", False),
     ]
     tables = []
@@ -716,10 +725,11 @@ def summary(results: list[dict]) -> str:
     return (f"Sizes as fractions of the fine-tune's raw bytes:\n\n{tables[0]}\n\nSpeeds: MB/s of the fine-tune's "
             f"raw bytes by wall clock (by CPU time), one thread, medians of {ROUNDS} alternating rounds; decode "
             f"includes the inverse transform with the base already in memory:\n\n{tables[1]}\n\nChoosing among "
-            f"standalone and the transforms of format 1.3 (DIFF: the zigzag difference; XOR), per tensor or per chunk "
-            f"(one byte more per chunk for its transform id): coded chunk bytes as fractions of the fine-tune's raw "
-            f"bytes, headers excluded; the last column is the 1.3 Base section the per-tensor choice needs (7 bytes, "
-            f"the name and 8 bytes per chunk per delta tensor):\n\n{tables[2]}\n")
+            f"standalone and the delta transforms (format 1.3's DIFF, the zigzag difference, and SUB, the plain "
+            f"difference; and XOR), per tensor or per chunk (one byte more per chunk for its transform id): coded "
+            f"chunk bytes as fractions of the fine-tune's raw bytes, headers excluded; the last column is the 1.3 "
+            f"Base section the per-tensor choice needs (7 bytes, the name and 8 bytes per chunk per delta "
+            f"tensor):\n\n{tables[2]}\n")
 
 
 def main() -> None:

@@ -22,8 +22,9 @@ Porting note for the fused numba kernel (the chunk's merge writes the words d, t
 with `u` the unsigned integer type of w bits, all arithmetic wrapping modulo 2^w):
 
     DIFF  inverse: s = (d >> 1) ^ (u(0) - (d & 1));  ft = base + s
-          forward: d = ft - base;  z = (d << 1) ^ (u(0) - (d >> (w - 1)))
-    XOR   both:    ft = d ^ base
+          forward: x = ft - base;  d = (x << 1) ^ (u(0) - (x >> (w - 1)))
+    SUB   inverse: ft = base + d
+          forward: d = ft - base
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
-DIFF = 1  # spec section 11.2: zigzag of the difference of the words, modulo 2^w
-XOR = 2  # spec section 11.2: XOR of the words
-TRANSFORMS = {DIFF: "DIFF", XOR: "XOR"}
+DIFF = 1  # spec section 11.1: zigzag of the difference of the words, modulo 2^w
+SUB = 2  # spec section 11.1: the difference of the words, modulo 2^w
+TRANSFORMS = {DIFF: "DIFF", SUB: "SUB"}
 _WORDS = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
 
@@ -55,12 +56,12 @@ def forward(transform: int, ft, base, word: int, out: np.ndarray | None = None) 
     """The delta of the fine-tune's bytes `ft` against the base's bytes `base` (same length, a
     multiple of `word`), as a new uint8 array (or into `out`, which may be `ft` or `base`).
 
-    >>> forward(XOR, np.array([5], np.uint8), np.array([3], np.uint8), 1)
-    array([6], dtype=uint8)
+    >>> forward(SUB, np.array([3], np.uint8), np.array([5], np.uint8), 1)
+    array([254], dtype=uint8)
     """
     f, b, o = _views(ft, base, word, out)
-    if transform == XOR:
-        np.bitwise_xor(f, b, out=o)
+    if transform == SUB:
+        np.subtract(f, b, out=o)
     elif transform == DIFF:
         t = o.dtype.type
         np.subtract(f, b, out=o)  # d, wrapping modulo 2^w
@@ -77,12 +78,12 @@ def inverse(transform: int, delta, base, word: int, out: np.ndarray | None = Non
     """The fine-tune's bytes from the `delta` bytes and the base's bytes `base` (same length, a
     multiple of `word`), as a new uint8 array (or into `out`, which may be `delta` or `base`).
 
-    >>> inverse(XOR, np.array([6], np.uint8), np.array([3], np.uint8), 1)
-    array([5], dtype=uint8)
+    >>> inverse(SUB, np.array([254], np.uint8), np.array([5], np.uint8), 1)
+    array([3], dtype=uint8)
     """
     d, b, o = _views(delta, base, word, out)
-    if transform == XOR:
-        np.bitwise_xor(d, b, out=o)
+    if transform == SUB:
+        np.add(d, b, out=o)
     elif transform == DIFF:
         t = o.dtype.type
         s = np.bitwise_and(d, t(1))
@@ -95,7 +96,7 @@ def inverse(transform: int, delta, base, word: int, out: np.ndarray | None = Non
 
 
 def chunk_checksums(base, chunk_bytes: int) -> np.ndarray:
-    """Base_Checksums of section 11.1: XXH64 (seed 0) of each range of `chunk_bytes` bytes of the
+    """Base_Checksums of section 4.6: XXH64 (seed 0) of each range of `chunk_bytes` bytes of the
     base tensor's bytes `base`, the last one shorter; a uint64 array, empty for empty bytes.
 
     >>> sums = chunk_checksums(b"abcdef", 4)

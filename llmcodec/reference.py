@@ -83,7 +83,7 @@ TRANSFORM_KINDS = {0: ("quantize", "symmetric", ("q", "scale")), 1: ("quantize",
                    2: ("factorize", "", ("u", "v"))}
 TRANSFORM_DTYPES = {8: "F16", 9: "BF16", 12: "F32"}
 LEGACY_KEY = "llmcodec.transforms"  # section 10.2
-DELTA_TRANSFORMS = {1: "DIFF", 2: "XOR"}  # section 11.1
+DELTA_TRANSFORMS = {1: "DIFF", 2: "SUB"}  # section 11.1
 
 
 @dataclass
@@ -110,7 +110,7 @@ class RefTransform:  # section 4.5 (or 10.2), checked
 @dataclass
 class RefDelta:  # section 4.6: one Delta record, checked
     base_tensor: str  # the Name of the base tensor it needs
-    transform: str  # DIFF or XOR (section 11.1)
+    transform: str  # DIFF or SUB (section 11.1)
     base_checksums: list[int]  # one per chunk (section 11.2)
 
 
@@ -687,8 +687,8 @@ def _undelta(transform: str, d: bytes, b: bytes, word: int) -> bytes:
     m, out = 1 << (8 * word), bytearray()
     for k in range(0, len(d), word):
         dk, bk = int.from_bytes(d[k:k + word], "little"), int.from_bytes(b[k:k + word], "little")
-        if transform == "XOR":
-            f = dk ^ bk
+        if transform == "SUB":  # f = (b + d) mod 2^w
+            f = (bk + dk) % m
         else:  # DIFF: f = (b + unzigzag(d)) mod 2^w
             f = (bk + (dk // 2 if dk % 2 == 0 else m - (dk + 1) // 2)) % m
         out += f.to_bytes(word, "little")
