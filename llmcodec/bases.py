@@ -56,15 +56,27 @@ class Base:
         not code)."""
         return self._tensors.get(name)
 
-    def read(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Bytes [start, stop) of tensor `name`'s raw bytes, as a new uint8 array."""
+    def read(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Bytes [start, stop) of tensor `name`'s raw bytes, into `out` (a writable contiguous
+        uint8 array of stop - start bytes: the decoder's buffer, so no copy is made) or a new
+        uint8 array (read-only, for a base held in memory or a file)."""
         t = self._tensors.get(name)
         if t is None:
             raise TensorNotFoundError(f"{self.name}: the base has no tensor {name!r}")
         if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= t.nbytes):
             raise InvalidArgumentError(f"{self.name}: bytes {start}:{stop} of base tensor {name!r}, "
                                        f"which has {t.nbytes}")
-        return self._read(t, start, stop)
+        if out is None:
+            return self._read(t, start, stop)
+        if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (stop - start,)
+                and out.flags.c_contiguous and out.flags.writeable):
+            raise InvalidArgumentError(f"{self.name}: out must be a writable contiguous uint8 array of "
+                                       f"{stop - start} bytes")
+        self._read_into(t, start, out)
+        return out
+
+    def _read_into(self, t: BaseTensor, start: int, out: np.ndarray) -> None:
+        out[:] = self._read(t, start, start + out.shape[0])
 
     def checksum(self, name: str) -> int:
         """XXH64 of tensor `name`'s raw bytes, read piece by piece."""
@@ -140,11 +152,18 @@ class SourceBase(Base):
             raise
 
     def _read(self, t: BaseTensor, start: int, stop: int) -> np.ndarray:
+        out = np.empty(stop - start, np.uint8)
+        self._read_into(t, start, out)
+        return out
+
+    def _read_into(self, t: BaseTensor, start: int, out: np.ndarray) -> None:
         index, begin, file = self._where[t.name]
-        data = os.pread(self._files[index].fileno(), stop - start, begin + start)
-        if len(data) != stop - start:
-            raise FormatError(f"{file}: the base file is shorter than its header says (it changed?)")
-        return np.frombuffer(data, np.uint8).copy()
+        view, done = memoryview(out), 0
+        while done < out.shape[0]:  # one copy, from the page cache into the decoder's buffer
+            n = os.preadv(self._files[index].fileno(), [view[done:]], begin + start + done)
+            if n == 0:
+                raise FormatError(f"{file}: the base file is shorter than its header says (it changed?)")
+            done += n
 
     def _make_record(self) -> format.BaseRecord:
         files = []
@@ -219,6 +238,16 @@ class EncodedBase(Base):
         name = self._path.with_suffix(sources.decoded_suffix(source.kind)).name
         return name, bytes(source.original_sha256)
 
+    def _read_into(self, t: BaseTensor, start: int, out: np.ndarray) -> None:
+        shard = self._file.file_of(t.name)
+        entry = shard.entry(t.name)
+        step = entry.chunk_elements * entry.dtype.itemsize
+        stop = start + out.shape[0]
+        if out.shape[0] and start % step == 0 and (stop % step == 0 or stop == entry.nbytes):
+            shard.reader.read_chunks(entry, start // step, -(-stop // step), out)  # whole chunks: no copy
+        else:
+            out[:] = self._read(t, start, stop)
+
     @classmethod
     def of(cls, file) -> EncodedBase:
         """An open llmcodec file (LlmcodecFile or ShardedFile) as a base; closing it is its owner's."""
@@ -247,7 +276,9 @@ class MemoryBase(Base):
             self._tensors[key] = BaseTensor(key, dtype, tuple(array.shape), array.nbytes)
 
     def _read(self, t: BaseTensor, start: int, stop: int) -> np.ndarray:
-        return self._arrays[t.name][start:stop].copy()
+        view = self._arrays[t.name][start:stop]
+        view.flags.writeable = False  # the caller's arrays are theirs: hand out a read-only view
+        return view
 
     def _make_record(self) -> format.BaseRecord:
         return format.BaseRecord(self.name, [])

@@ -223,8 +223,9 @@ class Coded:
 
     data: np.ndarray | None
     read_into: Callable[[np.ndarray, int], None]
-    # Bytes [start, stop) of a base tensor by name, for delta tensors (spec 11.2); None: no base.
-    read_base: Callable[[str, int, int], np.ndarray] | None = None
+    # read_base(name, start, stop, out): bytes [start, stop) of a base tensor into `out`, for delta
+    # tensors (spec 11.2, bases.Base.read); None: no base.
+    read_base: Callable | None = None
 
 
 # What each kernel fault code means (kernels.FAULT_*): the check of spec section 6 that failed.
@@ -398,28 +399,27 @@ def _decode_task(part: list, out: np.ndarray, start: int, coded: Coded, spare: l
 
 
 def _base_bytes(part: list, rows: np.ndarray, coded: Coded) -> np.ndarray:
-    """The base bytes the delta chunks of `part` need (spec 11.2), back to back; sets their rows'
-    ROW_BASE (rows is the task's own copy). Only those ranges of the base tensors are read."""
-    deltas = [(entry, first, stop) for entry, first, stop in part if entry.delta is not None]
-    if not deltas:
-        return np.empty(0, np.uint8)
-    pieces, row, at = [], 0, 0
+    """The base bytes the delta chunks of `part` need (spec 11.2), back to back in one buffer the
+    base reads into; sets their rows' ROW_BASE (rows is the task's own copy). Only those ranges
+    of the base tensors are read."""
+    spans, row, at = [], 0, 0
     for entry, first, stop in part:
-        if entry.delta is None:
-            row += stop - first
-            continue
         k = entry.dtype.itemsize
         for i in range(first, stop):
-            e, n = entry.chunk_span(i)
-            piece = coded.read_base(entry.delta.base_tensor, e * k, (e + n) * k)
-            if not (isinstance(piece, np.ndarray) and piece.dtype == np.uint8 and piece.shape == (n * k,)):
-                raise BaseError(f"tensor {entry.name!r} chunk {i}: the base gave no {n * k} bytes of base tensor "
-                                f"{entry.delta.base_tensor!r}")
-            rows[row, kernels.ROW_BASE] = at
-            pieces.append(piece)
-            at += piece.shape[0]
+            if entry.delta is not None:
+                e, n = entry.chunk_span(i)
+                spans.append((entry, i, e * k, n * k, at))
+                rows[row, kernels.ROW_BASE] = at
+                at += n * k
             row += 1
-    return np.concatenate(pieces)
+    buffer = np.empty(at, np.uint8)
+    for entry, i, start, size, at in spans:
+        piece = buffer[at:at + size]
+        got = coded.read_base(entry.delta.base_tensor, start, start + size, piece)
+        if got is not piece:
+            raise BaseError(f"tensor {entry.name!r} chunk {i}: the base gave no {size} bytes of base tensor "
+                            f"{entry.delta.base_tensor!r}")
+    return buffer
 
 
 def _fetch(rows: np.ndarray, coded: Coded, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

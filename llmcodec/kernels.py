@@ -940,16 +940,52 @@ def _undo_words(transform, word, out, base):
 
 @_jit
 def undo_delta(transform, word, out, base):
-    """Undo a delta transform in place (see _undo_words); the word size is a literal in each call,
-    so LLVM unrolls the byte loops."""
-    if word == 1:
-        _undo_words(transform, 1, out, base)
-    elif word == 2:
-        _undo_words(transform, 2, out, base)
+    """Undo a delta transform (spec 11.1) in place: out's words become the fine-tune's, from the
+    delta words in out and the base words in base (len(out) == len(base), a multiple of word).
+    Words of 2, 4 and 8 bytes are read through views of their width (unaligned loads are fine on
+    the CPUs numba targets); the generic byte loop (_undo_words) serves 1-byte words."""
+    if word == 2:
+        _undo16(transform, out.view(np.uint16), base.view(np.uint16))
     elif word == 4:
-        _undo_words(transform, 4, out, base)
+        _undo32(transform, out.view(np.uint32), base.view(np.uint32))
+    elif word == 8:
+        _undo64(transform, out.view(np.uint64), base.view(np.uint64))
     else:
-        _undo_words(transform, 8, out, base)
+        _undo_words(transform, 1, out, base)
+
+
+@_inline
+def _undo16(transform, o, b):
+    if transform == DELTA_DIFF:
+        for i in range(o.shape[0]):
+            d = np.int64(o[i])
+            o[i] = (np.int64(b[i]) + ((d >> 1) ^ -(d & 1))) & 0xFFFF
+    else:
+        for i in range(o.shape[0]):
+            o[i] = (np.int64(b[i]) + np.int64(o[i])) & 0xFFFF
+
+
+@_inline
+def _undo32(transform, o, b):
+    if transform == DELTA_DIFF:
+        for i in range(o.shape[0]):
+            d = np.int64(o[i])
+            o[i] = (np.int64(b[i]) + ((d >> 1) ^ -(d & 1))) & 0xFFFFFFFF
+    else:
+        for i in range(o.shape[0]):
+            o[i] = (np.int64(b[i]) + np.int64(o[i])) & 0xFFFFFFFF
+
+
+@_inline
+def _undo64(transform, o, b):
+    one, zero = np.uint64(1), np.uint64(0)
+    if transform == DELTA_DIFF:
+        for i in range(o.shape[0]):
+            d = o[i]
+            o[i] = b[i] + ((d >> one) ^ (zero - (d & one)))  # uint64: wraps modulo 2^64
+    else:
+        for i in range(o.shape[0]):
+            o[i] = b[i] + o[i]
 
 
 @_jit

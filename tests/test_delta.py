@@ -10,6 +10,8 @@ import sys
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file as st_save
 
 import llmcodec
@@ -274,3 +276,36 @@ def test_command_line_with_a_base(tmp_path):
     assert {t["name"]: t.get("delta") for t in stats["tensors"]}["w"] == "DIFF against 'w'"
     table = _cli("info", "ft.llmc", "--base", "base.safetensors", "-q", cwd=tmp_path)
     assert table.returncode == 0 and "deltas against the base model 'base.safetensors'" in table.stdout
+
+
+DTYPES = [np.float32, np.float16, BF16, np.int8, np.uint8, np.int16, np.int32, np.int64, np.float64,
+          ml_dtypes.float8_e4m3fn]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_dtype_base_and_fine_tune_round_trip(tmp_path_factory, data):
+    dtype = np.dtype(data.draw(st.sampled_from(DTYPES)))
+    n = data.draw(st.integers(0, 3000))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    words = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[dtype.itemsize]
+    base = rng.integers(0, np.iinfo(words).max, n, dtype=words, endpoint=True)
+    how = data.draw(st.sampled_from(["near", "random", "same", "edge"]))
+    if how == "near":
+        ft = base + rng.integers(-3, 4, n).astype(words)  # wraps modulo 2^w, as the transforms do
+    elif how == "random":
+        ft = rng.integers(0, np.iinfo(words).max, n, dtype=words, endpoint=True)
+    elif how == "same":
+        ft = base.copy()
+    else:  # words at the edges: 0, the sign bit, the maximum
+        edges = np.array([0, 1, np.iinfo(words).max, 1 << (8 * dtype.itemsize - 1)], words)
+        ft, base = rng.choice(edges, n), rng.choice(edges, n)
+    chunk = data.draw(st.sampled_from([None, dtype.itemsize, 64, 1000]))
+    path = tmp_path_factory.mktemp("h") / "f.llmc"
+    b, f = {"t": base.view(dtype)}, {"t": ft.view(dtype)}
+    llmcodec.save_file(f, path, base=b, chunk_size=chunk)
+    assert llmcodec.load_file(path, base=b)["t"].tobytes() == ft.tobytes()
+    with llmcodec.open(path, base=b) as opened:
+        lo, hi = sorted(data.draw(st.tuples(st.integers(0, n), st.integers(0, n))))
+        assert opened.get_slice("t")[lo:hi].tobytes() == ft[lo:hi].tobytes()
