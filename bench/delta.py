@@ -35,6 +35,10 @@ the file; llmcodec files include their headers):
   planes are dense and zstd -19 codes them at ~1 MB/s here; the estimate was within 1% of the exact
   size on the bf16 pairs);
 - identical tensors and the fraction of identical words;
+- the granularity of the choice, from the coded chunks of the files above: per tensor the smallest of
+  standalone and the zigzag difference (format 1.3's DIFF), of those and the plain difference (SUB),
+  and of those and XOR; per chunk the smallest of the four (plus a byte per chunk for its id); and
+  the size of format 1.3's Base section;
 - speed, one thread, alternate rounds, wall and CPU time: the prototypes' encode (XOR or zigzag
   difference in numpy, then `save_file` into RAM) and decode (`load_file`, then the inverse with
   the base, which is held in memory) next to standalone `save_file` / `load_file` of the
@@ -458,19 +462,42 @@ def zstd_planes(xor: np.ndarray, every: int) -> float:
     return size
 
 
-def coded_bytes(path: Path) -> dict[str, int]:
-    """Per tensor, the bytes of its coded chunks in an .llmc file (tables included, header not)."""
+def coded_chunks(path: Path) -> dict[str, list[int]]:
+    """Per tensor, the bytes of each of its coded chunks in an .llmc file (tables included, header not)."""
     from llmcodec.container import ContainerReader
 
     with ContainerReader(path, threads=1) as reader:
-        return {t.name: sum(c.length for c in t.chunks) for t in reader.tensors}
+        return {t.name: [c.length for c in t.chunks] for t in reader.tensors}
 
 
-def save(tensors: dict, path: Path) -> tuple[int, dict[str, int]]:
+def save(tensors: dict, path: Path) -> tuple[int, dict[str, int], dict[str, list[int]]]:
+    """The file's size, and per tensor the bytes of its coded chunks, in all and chunk by chunk."""
     import llmcodec
 
     llmcodec.save_file(tensors, path, threads=1)
-    return path.stat().st_size, coded_bytes(path)
+    chunks = coded_chunks(path)
+    return path.stat().st_size, {k: sum(v) for k, v in chunks.items()}, chunks
+
+
+def granularity(chunks: dict[str, dict[str, list[int]]]) -> dict[str, int]:
+    """Coded chunk bytes (headers excluded) of ways to choose among standalone and the delta
+    transforms (format 1.3's DIFF = zigzag difference and SUB = plain difference; and XOR), from the
+    chunks of the files that store every tensor each way (same chunking): per tensor, the smallest of
+    standalone and DIFF, of those and SUB (1.3), of those and XOR; per chunk, the smallest of the four
+    plus the byte a per-chunk transform id would take; and the Base section of format 1.3 for the
+    per-tensor choice (7 bytes + name + 8 per chunk per delta tensor)."""
+    names = chunks["standalone"]
+    kinds = ("standalone", "zigzag", "diff", "xor")
+    tensor = {k: {c: sum(chunks[c][k]) for c in kinds} for k in names}
+    smallest = lambda *cs: sum(min(t[c] for c in cs) for t in tensor.values())  # noqa: E731
+    out = {"DIFF": smallest("standalone", "zigzag"), "DIFF SUB": smallest("standalone", "zigzag", "diff"),
+           "DIFF SUB XOR": smallest(*kinds),
+           "per chunk": sum(min(x) + 1 for k in names for x in zip(*(chunks[c][k] for c in kinds)))}
+    out["base section"] = sum(7 + len(k.encode()) + 8 * len(names[k]) for k, t in tensor.items()
+                              if min(t["zigzag"], t["diff"]) < t["standalone"])
+    out["SUB tensors"] = sum(t["diff"] < min(t["zigzag"], t["standalone"]) for t in tensor.values())
+    out["XOR tensors"] = sum(t["xor"] < min(t["zigzag"], t["diff"], t["standalone"]) for t in tensor.values())
+    return out
 
 
 def as_dtype(w: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -558,16 +585,17 @@ def measure(label: str, base: dict, ft: dict, work: Path) -> dict:
     xor = xor_delta(ft, base)
     diff = {k: as_dtype(words(v) - words(base[k]), v) for k, v in ft.items()}
     files = {"standalone": ft, "xor": xor, "diff": diff, "zigzag": {k: zigzag(v) for k, v in diff.items()}}
-    total = {}
+    total, chunks = {}, {}
     for key, content in files.items():
-        total[key], per_tensor = save(content, work / f"{key}.llmc")
+        total[key], per_tensor, chunks[key] = save(content, work / f"{key}.llmc")
         for name, size in per_tensor.items():
             tensors[name][key] = size
+    total["granularity"] = granularity(chunks)
     smaller = {k: xor[k] if tensors[k]["xor"] < tensors[k]["standalone"] else v for k, v in ft.items()}
-    total["smaller"], _ = save(smaller, work / "smaller.llmc")
+    total["smaller"], _, _ = save(smaller, work / "smaller.llmc")
     choices = ("standalone", "xor", "diff", "zigzag")
     best = {k: min(choices, key=lambda c: tensors[k][c]) for k in ft}
-    total["best"], _ = save({k: files[c][k] for k, c in best.items()}, work / "best.llmc")
+    total["best"], _, _ = save({k: files[c][k] for k, c in best.items()}, work / "best.llmc")
     total["best choices"] = {c: sum(ft[k].nbytes for k in ft if best[k] == c) for c in choices}
     total["zipnn"] = zipnn_bytes(ft, dtype)
     total["zipnn xor"] = zipnn_bytes(xor, dtype)
@@ -665,8 +693,23 @@ def summary(results: list[dict]) -> str:
     speeds = [(f"{what} MB/s {kind}", speed(f"{kind} {what}"), both, True)
               for what in ("encode", "decode") for kind in ("standalone", "XOR", "zigzag")]
     speeds.append(("XOR pass alone MB/s", speed("XOR pass"), both, True))
+    g = lambda key: lambda m, raw: m["total"]["granularity"][key] / raw  # noqa: E731
+    gain = lambda a, b: lambda m, raw: 1 - m["total"]["granularity"][a] / m["total"]["granularity"][b]  # noqa: E731
+    count = lambda key: lambda m, raw: m["total"]["granularity"][key]  # noqa: E731
+    choices = [
+        ("per tensor: standalone or DIFF", g("DIFF"), "{:.4f}", False),
+        ("per tensor: standalone, DIFF or SUB (1.3)", g("DIFF SUB"), "{:.4f}", False),
+        ("per tensor: standalone, DIFF, SUB or XOR", g("DIFF SUB XOR"), "{:.4f}", False),
+        ("per chunk: standalone, DIFF, SUB or XOR", g("per chunk"), "{:.4f}", False),
+        ("SUB as a choice saves", gain("DIFF SUB", "DIFF"), "{:+.2%}", True),
+        ("XOR as a further choice saves", gain("DIFF SUB XOR", "DIFF SUB"), "{:+.2%}", True),
+        ("per chunk saves over per tensor", gain("per chunk", "DIFF SUB XOR"), "{:+.2%}", True),
+        ("tensors where SUB is smallest", count("SUB tensors"), "{:.0f}", True),
+        ("tensors where XOR is smallest", count("XOR tensors"), "{:.0f}", True),
+        ("Base section (1.3)", g("base section"), "{:.5f}", False),
+    ]
     tables = []
-    for columns in (sizes, speeds):
+    for columns in (sizes, speeds, choices):
         values = [[f(m, sum(t["raw"] for t in m["tensors"].values())) for _, f, _, _ in columns] for m in results]
         rows = [[m["label"], *(fmt.format(x) for (_, _, fmt, _), x in zip(columns, v))]
                 for m, v in zip(results, values)]
@@ -681,7 +724,12 @@ def summary(results: list[dict]) -> str:
         tables.append(markdown_table(["pair", *(c[0] for c in columns)], rows))
     return (f"Sizes as fractions of the fine-tune's raw bytes:\n\n{tables[0]}\n\nSpeeds: MB/s of the fine-tune's "
             f"raw bytes by wall clock (by CPU time), one thread, medians of {ROUNDS} alternating rounds; decode "
-            f"includes the inverse transform with the base already in memory:\n\n{tables[1]}\n")
+            f"includes the inverse transform with the base already in memory:\n\n{tables[1]}\n\nChoosing among "
+            f"standalone and the delta transforms (format 1.3's DIFF, the zigzag difference, and SUB, the plain "
+            f"difference; and XOR), per tensor or per chunk (one byte more per chunk for its transform id): coded "
+            f"chunk bytes as fractions of the fine-tune's raw bytes, headers excluded; the last column is the 1.3 "
+            f"Base section the per-tensor choice needs (7 bytes, the name and 8 bytes per chunk per delta "
+            f"tensor):\n\n{tables[2]}\n")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dtypes, transforms
+from . import bases, dtypes, transforms
 from .budget import Budget
 from .container import ContainerReader, ContainerWriter, TensorSource
 from .errors import InvalidArgumentError, LimitExceededError
@@ -18,11 +18,14 @@ from .loader import as_array, check_max_memory, check_unique, is_folder, rebuild
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, str] | None = None, *,
-              threads: int | None = None, chunk_size: int | None = None) -> None:
+              threads: int | None = None, chunk_size: int | None = None, base=None) -> None:
     """Write numpy arrays to an `.llmc` file, losslessly; the write is atomic.
 
     `threads` defaults to $LLMCODEC_THREADS, else every core; `chunk_size` is the bytes of raw data
-    per independently decodable chunk (default 1 MiB).
+    per independently decodable chunk (default 1 MiB). With `base` (a path to a base model, an open
+    llmcodec file or a mapping of arrays), each tensor the base holds with the same name, dtype and
+    shape is stored as a delta against it where that is smaller (spec 11); reading the file then
+    needs the base.
 
     >>> import numpy as np, llmcodec
     >>> llmcodec.save_file({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)
@@ -46,15 +49,21 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
             raise InvalidArgumentError(f"tensor {name!r}: {exc}") from None
         shape = array.shape  # np.ascontiguousarray would turn a 0-d array into 1-d
         items.append(TensorSource(name, dtype, shape, np.ascontiguousarray(array, dtype=dtype.numpy)))
-    with ContainerWriter(path, threads=threads, chunk_size=chunk_size) as writer:
+    with ExitStack() as stack:
+        writer = stack.enter_context(ContainerWriter(path, threads=threads, chunk_size=chunk_size))
+        base, owned = bases.as_base(base)
+        if owned:
+            stack.callback(base.close)
+        if base is not None:
+            bases.plan_deltas(items, base, chunk_size, writer.threads)
         writer.add_many(items)
-        writer.finish(metadata)
+        writer.finish(metadata, base=None if base is None else base.record())
 
 
 def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
-              max_memory: int | None = None) -> dict[str, np.ndarray]:
+              max_memory: int | None = None, base=None) -> dict[str, np.ndarray]:
     """Read every tensor of an `.llmc` file, or of every shard of an encoded checkpoint folder,
-    into numpy arrays, bit-exact, checksums verified.
+    into numpy arrays, bit-exact, checksums verified; `base` as for `llmcodec.open`.
 
     With `max_memory`, a file (or folder) whose headers, tensors and decoding working memory add
     up to more bytes raises `LimitExceededError` before they are allocated; peak growth stays under
@@ -64,8 +73,14 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
     budget = Budget(max_memory)
     paths = shard_paths(path) if is_folder(path) else [path]
     with ExitStack() as stack:
-        readers = [stack.enter_context(ContainerReader(p, threads=threads, limits=limits, budget=budget))
-                   for p in paths]
+        base, owned = bases.as_base(base)
+        if owned:
+            stack.callback(base.close)
+        read_base = None if base is None else base.read
+        readers = [stack.enter_context(ContainerReader(p, threads=threads, limits=limits, budget=budget,
+                                                       read_base=read_base)) for p in paths]
+        for reader in readers if base is not None else []:
+            bases.check_fits(base, reader.all_tensors, reader.name)
         held: dict[str, str] = {}
         sizes: dict[str, int] = {}
         transient = 0  # a transformed tensor's parts and intermediates, one rebuild at a time

@@ -3,8 +3,10 @@ be held by a safetensors or GGUF file, a folder of them, an `.llmc` file or an e
 
 `open_base(path)` gives a `Base` whatever holds it: the base's tensors by name (dtype, shape,
 bytes), a byte range of one tensor read without reading the rest (an encoded base decodes only the
-chunks that cover the range), the XXH64 of a tensor's bytes (to name a wrong base before decoding
-anything), and the base's identity (its file name and SHA-256, where it is one file).
+chunks that cover the range), the XXH64 of a tensor's bytes, and the base's identity as the Base
+section records it (spec 11.3: its files' paths, sizes and SHA-256s). `MemoryBase` holds arrays
+given in memory. `plan_deltas` picks which tensors to store as deltas (spec 11: the cheapest of
+standalone, DIFF and SUB per tensor); `check_fits` is check 51 of a file against a base.
 
 Invariants: every range is checked against the tensor's size before it is read; a read that comes
 back short (the file changed) is an error, never zeros; a tensor name held by two files of a folder
@@ -22,7 +24,7 @@ import numpy as np
 import xxhash
 
 from . import folders, format, sources
-from .errors import FormatError, InvalidArgumentError, TensorNotFoundError
+from .errors import BaseError, FormatError, InvalidArgumentError, TensorNotFoundError
 
 HASH_PIECE = 16 << 20  # bytes hashed at a time
 
@@ -54,15 +56,27 @@ class Base:
         not code)."""
         return self._tensors.get(name)
 
-    def read(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Bytes [start, stop) of tensor `name`'s raw bytes, as a new uint8 array."""
+    def read(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Bytes [start, stop) of tensor `name`'s raw bytes, into `out` (a writable contiguous
+        uint8 array of stop - start bytes: the decoder's buffer, so no copy is made) or a new
+        uint8 array (read-only, for a base held in memory or a file)."""
         t = self._tensors.get(name)
         if t is None:
             raise TensorNotFoundError(f"{self.name}: the base has no tensor {name!r}")
         if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= t.nbytes):
             raise InvalidArgumentError(f"{self.name}: bytes {start}:{stop} of base tensor {name!r}, "
                                        f"which has {t.nbytes}")
-        return self._read(t, start, stop)
+        if out is None:
+            return self._read(t, start, stop)
+        if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (stop - start,)
+                and out.flags.c_contiguous and out.flags.writeable):
+            raise InvalidArgumentError(f"{self.name}: out must be a writable contiguous uint8 array of "
+                                       f"{stop - start} bytes")
+        self._read_into(t, start, out)
+        return out
+
+    def _read_into(self, t: BaseTensor, start: int, out: np.ndarray) -> None:
+        out[:] = self._read(t, start, start + out.shape[0])
 
     def checksum(self, name: str) -> int:
         """XXH64 of tensor `name`'s raw bytes, read piece by piece."""
@@ -77,6 +91,16 @@ class Base:
     def identity(self) -> tuple[str, bytes | None]:
         """(file name, SHA-256 of the file) of a one-file base; a folder's SHA-256 is None (its
         tensors' checksums identify it)."""
+        raise NotImplementedError
+
+    def record(self) -> format.BaseRecord:
+        """The base as a Base section names it (spec 11.3): its name and its checkpoint files
+        (their SHA-256s computed once per Base)."""
+        if getattr(self, "_record", None) is None:
+            self._record = self._make_record()
+        return self._record
+
+    def _make_record(self) -> format.BaseRecord:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -128,11 +152,26 @@ class SourceBase(Base):
             raise
 
     def _read(self, t: BaseTensor, start: int, stop: int) -> np.ndarray:
+        out = np.empty(stop - start, np.uint8)
+        self._read_into(t, start, out)
+        return out
+
+    def _read_into(self, t: BaseTensor, start: int, out: np.ndarray) -> None:
         index, begin, file = self._where[t.name]
-        data = os.pread(self._files[index].fileno(), stop - start, begin + start)
-        if len(data) != stop - start:
-            raise FormatError(f"{file}: the base file is shorter than its header says (it changed?)")
-        return np.frombuffer(data, np.uint8).copy()
+        view, done = memoryview(out), 0
+        while done < out.shape[0]:  # one copy, from the page cache into the decoder's buffer
+            n = os.preadv(self._files[index].fileno(), [view[done:]], begin + start + done)
+            if n == 0:
+                raise FormatError(f"{file}: the base file is shorter than its header says (it changed?)")
+            done += n
+
+    def _make_record(self) -> format.BaseRecord:
+        files = []
+        for f in self._files:
+            p = Path(f.name)
+            path = p.relative_to(self._path).as_posix() if self._path.is_dir() else p.name
+            files.append(format.BaseFile(path, os.fstat(f.fileno()).st_size, _sha256(f.fileno())))
+        return format.BaseRecord(self._path.name, sorted(files, key=lambda f: f.path))
 
     def identity(self) -> tuple[str, bytes | None]:
         if len(self._files) != 1 or self._path.is_dir():
@@ -154,12 +193,13 @@ class EncodedBase(Base):
     """A base stored by llmcodec (an `.llmc` file or an encoded folder): a range decodes only the
     chunks that cover it, checksums verified."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, file=None):
         from .loader import open as open_llmc
 
         self.name = os.fspath(path)
         self._path = path
-        self._file = open_llmc(path)
+        self._owned = file is None
+        self._file = open_llmc(path) if file is None else file
         self._tensors = {}
         for name in self._file.keys():
             if self._file.transform(name) is not None:
@@ -178,6 +218,17 @@ class EncodedBase(Base):
         shard.reader.read_chunks(entry, first, last, span)
         return span[start - first * step:stop - first * step].copy()
 
+    def _make_record(self) -> format.BaseRecord:
+        files = []
+        for shard in getattr(self._file, "shards", [self._file]):
+            source, path = shard.reader.source, Path(shard.reader.name)
+            if source.kind == format.SOURCE_ARRAYS:
+                continue  # `save_file`'s: no original file to name
+            rel = path.relative_to(self._path) if self._path.is_dir() else Path(path.name)
+            original = rel.with_suffix(sources.decoded_suffix(source.kind)).as_posix()
+            files.append(format.BaseFile(original, source.original_size, bytes(source.original_sha256)))
+        return format.BaseRecord(self._path.name, sorted(files, key=lambda f: f.path))
+
     def identity(self) -> tuple[str, bytes | None]:
         if self._path.is_dir():
             return self._path.name, None
@@ -187,5 +238,128 @@ class EncodedBase(Base):
         name = self._path.with_suffix(sources.decoded_suffix(source.kind)).name
         return name, bytes(source.original_sha256)
 
+    def _read_into(self, t: BaseTensor, start: int, out: np.ndarray) -> None:
+        shard = self._file.file_of(t.name)
+        entry = shard.entry(t.name)
+        step = entry.chunk_elements * entry.dtype.itemsize
+        stop = start + out.shape[0]
+        if out.shape[0] and start % step == 0 and (stop % step == 0 or stop == entry.nbytes):
+            shard.reader.read_chunks(entry, start // step, -(-stop // step), out)  # whole chunks: no copy
+        else:
+            out[:] = self._read(t, start, stop)
+
+    @classmethod
+    def of(cls, file) -> EncodedBase:
+        """An open llmcodec file (LlmcodecFile or ShardedFile) as a base; closing it is its owner's."""
+        return cls(Path(getattr(file, "name", None) or file.reader.name), file)
+
     def close(self) -> None:
-        self._file.close()
+        if self._owned:
+            self._file.close()
+
+
+class MemoryBase(Base):
+    """A base given as arrays in memory (a mapping of names to numpy arrays, or torch tensors)."""
+
+    def __init__(self, tensors, name: str = ""):
+        from . import dtypes
+
+        self.name = name
+        self._arrays: dict[str, np.ndarray] = {}
+        self._tensors = {}
+        for key, value in tensors.items():
+            array = _as_numpy(value)
+            if not isinstance(key, str):
+                raise InvalidArgumentError(f"base tensor names must be str, not {type(key).__name__}")
+            dtype = dtypes.from_numpy(array.dtype)
+            self._arrays[key] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+            self._tensors[key] = BaseTensor(key, dtype, tuple(array.shape), array.nbytes)
+
+    def _read(self, t: BaseTensor, start: int, stop: int) -> np.ndarray:
+        view = self._arrays[t.name][start:stop]
+        view.flags.writeable = False  # the caller's arrays are theirs: hand out a read-only view
+        return view
+
+    def _make_record(self) -> format.BaseRecord:
+        return format.BaseRecord(self.name, [])
+
+    def identity(self) -> tuple[str, bytes | None]:
+        return self.name, None
+
+    def close(self) -> None:
+        pass
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.startswith("torch"):
+        from .torch import to_numpy
+
+        return to_numpy(value)
+    raise InvalidArgumentError(f"a base tensor must be a numpy array or torch tensor, not {type(value).__name__}")
+
+
+def _sha256(fd: int) -> bytes:
+    sha = hashlib.sha256()
+    size = os.fstat(fd).st_size
+    for pos in range(0, size, HASH_PIECE):
+        sha.update(os.pread(fd, min(HASH_PIECE, size - pos), pos))
+    return sha.digest()
+
+
+def as_base(base) -> tuple[Base | None, bool]:
+    """(the Base, whether the caller opened it and must close it) for a `base=` argument: None, a
+    path (`open_base`), a `Base`, an open llmcodec file, or a mapping of names to arrays."""
+    if base is None or isinstance(base, Base):
+        return base, False
+    if isinstance(base, (str, os.PathLike)):
+        return open_base(base), True
+    from .loader import LlmcodecFile, ShardedFile
+
+    if isinstance(base, (LlmcodecFile, ShardedFile)):
+        return EncodedBase.of(base), False
+    if hasattr(base, "items"):
+        return MemoryBase(base), True
+    raise InvalidArgumentError(f"base must be a path, an open llmcodec file, a mapping of arrays or None, "
+                               f"not {type(base).__name__}")
+
+
+def check_fits(base: Base, tensors, where: str) -> None:
+    """Check 51 (spec 8, 11.2): the base holds each delta tensor's base tensor, of its dtype and
+    shape. `tensors` are TensorEntry records; `where` names the file in messages."""
+    for t in tensors:
+        if t.delta is None:
+            continue
+        b = base.tensor(t.delta.base_tensor)
+        if b is None:
+            raise BaseError(f"{where}: tensor {t.name!r} is a delta against base tensor {t.delta.base_tensor!r}, "
+                            f"which the base {base.name} does not hold: this is not its base")
+        if b.dtype.id != t.dtype.id or tuple(b.shape) != tuple(t.shape):
+            raise BaseError(f"{where}: tensor {t.name!r} ({t.dtype.name} {list(t.shape)}) is a delta against base "
+                            f"tensor {t.delta.base_tensor!r}, which is {b.dtype.name} {list(b.shape)} in the base "
+                            f"{base.name}: this is not its base")
+
+
+def plan_deltas(items: list, base: Base, chunk_size, threads: int = 1) -> int:
+    """Make a delta (TensorSource.delta) of each of `items` (container.TensorSource) whose name
+    the base holds with the same dtype and shape, where a sample of its chunks codes smaller so
+    (codec.choose_delta); returns the bytes the samples saved. Hidden tensors stay standalone."""
+    from . import codec
+    from .container import TensorSource
+    from .format import TensorEntry
+
+    def plan(item) -> int:
+        if not isinstance(item, TensorSource) or item.hidden:
+            return 0
+        b = base.tensor(item.name)
+        if b is None or b.dtype.id != item.dtype.id or tuple(b.shape) != tuple(int(d) for d in item.shape):
+            return 0
+        entry = TensorEntry(item.name, item.dtype, tuple(b.shape), item.dtype.default_layout,
+                            codec.chunk_elements(chunk_size, item.dtype.itemsize))
+        choice, saved = codec.choose_delta(entry, item.read, lambda a, z, n=item.name: base.read(n, a, z))
+        if choice:
+            item.delta = (item.name, choice, lambda a, z, n=item.name: base.read(n, a, z))
+        return saved
+
+    return sum(codec.parallel_map(threads, plan, items))

@@ -29,6 +29,8 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar, no notes on 
 Force = typer.Option(False, "--force", "-f", help="Replace an existing output file, or a folder that holds only "
                      "an earlier output of the same command.")
 Output = typer.Option(None, "--output", "-o", help="Output file or folder; - for standard output.")
+Base = typer.Option(None, "--base", "-b", help="The base model the file's delta tensors are stored against "
+                    "(a .safetensors/.gguf file or folder, or a .llmc file or folder).")
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
@@ -189,19 +191,24 @@ def encode(
     threads: int | None = Threads,
     chunk_size: int | None = typer.Option(None, "--chunk-size", min=1, help="Bytes of tensor data per chunk.",
                                           show_default="1 MiB"),
+    base: Path | None = typer.Option(None, "--base", "-b", help="Store tensors as deltas against this base model "
+                                     "where smaller (a fine-tune against what it was trained from); decoding then "
+                                     "needs it."),
     force: bool = Force,
     quiet: bool = Quiet,
 ) -> None:
-    """Compress a checkpoint losslessly."""
+    """Compress a checkpoint losslessly (with --base: as a delta against its base model)."""
     with _errors():
         from . import files
 
         _check_input(src)
+        if base is not None:
+            _check_input(base)
         dst = output or files.encoded_name(src)
         _check_output(dst, force)
         _prepare_kernels(quiet)
         with _progress(f"encode {src.name}", _size(src), quiet) as progress:
-            files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress)
+            files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress, base=base)
     if not quiet:
         _report(src, dst)
 
@@ -262,6 +269,7 @@ def decode(
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file or folder; - for standard output.",
                                        show_default="x.llmc -> its original's name, folder m.llmc -> m"),
     threads: int | None = Threads,
+    base: Path | None = Base,
     force: bool = Force,
     quiet: bool = Quiet,
 ) -> None:
@@ -275,7 +283,7 @@ def decode(
         total = files.original_bytes(src)
         _prepare_kernels(quiet)
         with _progress(f"decode {src.name}", total, quiet) as progress:
-            files.decode_file(src, output, threads=threads, progress=progress)
+            files.decode_file(src, output, threads=threads, progress=progress, base=base)
     if not quiet:
         typer.echo(f"{src} -> {output}", err=True)
 
@@ -284,6 +292,7 @@ def decode(
 def verify(
     src: Path = typer.Argument(..., help="A .llmc file or folder."),
     threads: int | None = Threads,
+    base: Path | None = Base,
     quiet: bool = Quiet,
 ) -> None:
     """Decode everything in memory and check every checksum; exit 0 only if all is right."""
@@ -294,7 +303,7 @@ def verify(
         total = files.original_bytes(src)
         _prepare_kernels(quiet)
         with _progress(f"verify {src.name}", total, quiet) as progress:
-            files.verify_file(src, threads=threads, progress=progress)
+            files.verify_file(src, threads=threads, progress=progress, base=base)
     if not quiet:
         typer.echo(f"{src}: OK", err=True)
 
@@ -306,18 +315,26 @@ def info(
     limits: bool = typer.Option(False, "--limits", help="Also show how far each plane is from its entropy "
                                 "limits: order-0, conditioned on each context tried, and adaptive."),
     threads: int | None = Threads,
+    base: Path | None = typer.Option(None, "--base", "-b", help="The base model of a file of delta tensors: "
+                                     "needed to count their planes' entropy."),
     quiet: bool = Quiet,
 ) -> None:
     """Per tensor: dtype, shape, sizes, ratio, and per plane its coded bits next to its entropy."""
     with _errors():
-        from . import files, folders, stats
+        from . import bases, files, folders, stats
 
         _check_input(src)
         paths = folders.shards(src) if src.is_dir() else [src]
         total = files.original_bytes(src)
         _prepare_kernels(quiet)
         with _progress(f"info {src.name}", total, quiet) as progress:
-            shards = [stats.file_stats(p, threads=threads, limits=limits, progress=progress) for p in paths]
+            opened = bases.open_base(base) if base is not None else None
+            try:
+                shards = [stats.file_stats(p, threads=threads, limits=limits, progress=progress, base=opened)
+                          for p in paths]
+            finally:
+                if opened is not None:
+                    opened.close()
     if as_json:
         for stats in shards:
             stats["tensors"] = [_without_none(dict(dataclasses.asdict(t), ratio=t.ratio)) for t in stats["tensors"]]
@@ -368,11 +385,18 @@ def _print_limits(stats: dict) -> None:
 def _print_table(stats: dict) -> None:
     header = ("tensor", "dtype", "shape", "original", "coded", "ratio", "planes: bits/symbol (entropy)")
     rows = [(t.name, t.dtype, str(t.shape), f"{t.original_bytes:,}", f"{t.coded_bytes:,}", f"{t.ratio:.3f}",
-             "  ".join(f"{p.bits_per_symbol:.2f} ({p.entropy:.2f})" for p in t.planes)) for t in stats["tensors"]]
+             "  ".join(f"{p.bits_per_symbol:.2f} ({p.entropy:.2f})" for p in t.planes)
+             + (f"  [delta: {t.delta}]" if t.delta else "")) for t in stats["tensors"]]
     original, coded = stats["original_bytes"], stats["file_bytes"]
     total = ("total", "", "", f"{original:,}", f"{coded:,}", f"{coded / max(original, 1):.3f}", "")
     _echo_table(f"{stats['file']} (format {stats['version']}, source: {stats['source']})", header, rows, total,
                 right=range(3, 6))
+    if stats.get("base"):
+        b = stats["base"]
+        deltas = sum(t.delta is not None for t in stats["tensors"])
+        typer.echo(f"{deltas} tensors are deltas against the base model {b['name']!r}; decoding needs it:")
+        for f in b["files"]:
+            typer.echo(f"  {f['path']}  {f['size']:,} bytes  SHA-256 {f['sha256']}")
 
 
 def _echo_table(title: str, header: tuple, rows: list, total: tuple, right: range) -> None:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import delta, kernels
 from .budget import Budget
-from .errors import ChecksumError, FormatError, InvalidArgumentError, LimitExceededError
+from .errors import BaseError, ChecksumError, FormatError, InvalidArgumentError, LimitExceededError
 from .format import METHOD_RANS0, PlaneRef, TensorEntry, checksum64
 
 DEFAULT_CHUNK_SIZE = 1 << 20  # bytes of raw tensor data per chunk
@@ -134,17 +134,59 @@ def encode_chunk(raw: np.ndarray, entry: TensorEntry) -> tuple[int, list[PlaneRe
 
 def encode_chunks(jobs: list, pool, threads: int):
     """Code the chunks of `jobs` on `pool` (None: this thread), results in order, at most
-    2 x threads in flight. A job is (read, entry): `read()` gives the chunk's raw bytes, `entry`
-    the tensor it belongs to (None: bytes to store as they are). Yields (raw, checksum, plane
-    records, streams), the last three None for an entry of None."""
+    2 x threads in flight. A job is (read, entry, read_base): `read()` gives the chunk's raw bytes,
+    `entry` the tensor it belongs to (None: bytes to store as they are), `read_base()` for a delta
+    tensor (entry.delta) the same bytes of its base tensor, else None. Yields (raw, checksum, plane
+    records, streams, base checksum), the last four None for an entry of None; the checksum is
+    always the raw bytes', the base checksum a delta chunk's Base_Checksum (else None)."""
     def encode(job):
-        read, entry = job
+        read, entry, read_base = job
         raw = read()
         if entry is None:
-            return raw, None, None, None
-        return raw, *encode_chunk(raw, entry)
+            return raw, None, None, None, None
+        if read_base is None:
+            return raw, *encode_chunk(raw, entry), None
+        base = read_base()
+        return raw, *encode_delta_chunk(raw, base, entry, entry.delta.transform), checksum64(base)
 
     return ordered_map(pool, threads, encode, jobs)
+
+
+def word_bytes(entry: TensorEntry) -> int:
+    """Bytes of a delta transform's word for `entry` (spec 11.1)."""
+    return delta.word_bytes(entry.dtype.itemsize, entry.dtype.is_block)
+
+
+def encode_delta_chunk(raw: np.ndarray, base: np.ndarray, entry: TensorEntry,
+                       transform: int) -> tuple[int, list[PlaneRef], np.ndarray]:
+    """encode_chunk of the words of `transform` of `raw` against `base` (the same bytes of the
+    base tensor); the checksum returned is the raw bytes' (spec 11: chunks check the fine-tune)."""
+    words = delta.forward(transform, raw, base, word_bytes(entry))
+    _, planes, streams = encode_chunk(words, entry)
+    return checksum64(raw), planes, streams
+
+
+SAMPLE_CHUNKS = 4  # chunks of a tensor coded each way to choose its delta transform
+
+
+def choose_delta(entry: TensorEntry, read, read_base) -> tuple[int, int]:
+    """The cheapest way to store `entry` against a base tensor of its dtype and shape: 0
+    (standalone), delta.DIFF or delta.SUB, from SAMPLE_CHUNKS chunks spread over the tensor coded
+    each way (every chunk of a smaller tensor); `read(start, stop)` and `read_base(start, stop)`
+    give bytes of the tensor and of the base tensor. Returns (choice, bytes the sample saved
+    against standalone)."""
+    spans = chunk_byte_spans(entry)
+    if not spans:
+        return 0, 0
+    picks = sorted({spans[round(i * (len(spans) - 1) / max(1, SAMPLE_CHUNKS - 1))] for i in range(SAMPLE_CHUNKS)})
+    sizes = {0: 0, delta.DIFF: 0, delta.SUB: 0}
+    for start, stop in picks:
+        raw, base = read(start, stop), read_base(start, stop)
+        sizes[0] += encode_chunk(raw, entry)[2].shape[0]
+        for transform in (delta.DIFF, delta.SUB):
+            sizes[transform] += encode_delta_chunk(raw, base, entry, transform)[2].shape[0]
+    best = min(sizes, key=lambda k: (sizes[k], k))  # a tie keeps standalone, then DIFF
+    return best, sizes[0] - sizes[best]
 
 
 @dataclass
@@ -181,6 +223,9 @@ class Coded:
 
     data: np.ndarray | None
     read_into: Callable[[np.ndarray, int], None]
+    # read_base(name, start, stop, out): bytes [start, stop) of a base tensor into `out`, for delta
+    # tensors (spec 11.2, bases.Base.read); None: no base.
+    read_base: Callable | None = None
 
 
 # What each kernel fault code means (kernels.FAULT_*): the check of spec section 6 that failed.
@@ -210,6 +255,10 @@ def fault_error(code: int, entry: TensorEntry, index: int, out: np.ndarray) -> E
     """The error for kernel fault `code` (kernels._decode_chunk's) in chunk `index` of `entry`;
     `out` holds the chunk's decoded bytes (meaningful for a checksum fault only)."""
     where = f"tensor {entry.name!r} chunk {index}"
+    if code == kernels.FAULT_BASE:
+        return BaseError(f"{where}: the bytes of base tensor {entry.delta.base_tensor!r} it needs are not the "
+                         f"ones it was stored against (Base_Checksum {entry.delta.base_checksums[index]:#018x}, "
+                         f"the base's {checksum64(out):#018x}): this is not its base")
     if code == kernels.FAULT_CHECKSUM:
         return ChecksumError(f"{where}: stored checksum {entry.chunks[index].checksum:#018x}, "
                              f"computed {checksum64(out):#018x}")
@@ -238,6 +287,10 @@ def decode_spans(spans: list, out: np.ndarray, coded: Coded, threads: int, budge
     so the working memory, taken from `budget` before any task starts, is that of `threads`
     tasks however many chunks there are."""
     firsts, cuts, outs, fetch, working = _plan(spans, coded.data is None)
+    if any(entry.delta is not None for entry, _, _ in spans):
+        if coded.read_base is None:
+            raise BaseError(f"{what}: a delta tensor needs its base model (pass base=)")
+        working += BATCH_BYTES + max(t.chunk_elements * t.dtype.itemsize for t, _, _ in spans)  # base bytes
     tasks = len(cuts) - 1
     spare: list = []  # buffers of `fetch` bytes for coded bytes, one per running task: fresh pages cost more
 
@@ -318,8 +371,13 @@ def chunk_rows(spans) -> np.ndarray:
             c = entry.chunks[i]
             check = c.checksum - (1 << 64) if c.checksum >= 1 << 63 else c.checksum
             n = size if i < last else entry.chunk_span(i)[1]
+            base = [0, 0, 0]
+            if entry.delta is not None:
+                b = entry.delta.base_checksums[i]
+                base = [entry.delta.transform, 0, b - (1 << 64) if b >= 1 << 63 else b]
             rows.append([c.offset, check, n, *shape, *[p.method for p in c.planes], *pad,
-                         *[p.parameter for p in c.planes], *pad, *[p.length for p in c.planes], *pad, *geometry])
+                         *[p.parameter for p in c.planes], *pad, *[p.length for p in c.planes], *pad, *geometry,
+                         *base])
     return np.array(rows, np.int64).reshape(len(rows), kernels.ROW_SIZE)
 
 
@@ -331,12 +389,37 @@ def _decode_task(part: list, out: np.ndarray, start: int, coded: Coded, spare: l
     starts = start + np.cumsum(sizes) - sizes
     buffer = spare.pop() if spare else np.empty(fetch, np.uint8)  # list.pop and append are atomic
     data, rows = _fetch(rows, coded, buffer)
-    bad, code = kernels.decode_chunks(data, rows, starts, out)
+    base = _base_bytes(part, rows, coded)
+    bad, code = kernels.decode_chunks(data, rows, starts, out, base)
     spare.append(buffer)
     if bad >= 0:
         entry, index = _chunk_at(part, bad)
         at = int(starts[bad])
         raise fault_error(int(code), entry, index, out[at:at + int(sizes[bad])])
+
+
+def _base_bytes(part: list, rows: np.ndarray, coded: Coded) -> np.ndarray:
+    """The base bytes the delta chunks of `part` need (spec 11.2), back to back in one buffer the
+    base reads into; sets their rows' ROW_BASE (rows is the task's own copy). Only those ranges
+    of the base tensors are read."""
+    spans, row, at = [], 0, 0
+    for entry, first, stop in part:
+        k = entry.dtype.itemsize
+        for i in range(first, stop):
+            if entry.delta is not None:
+                e, n = entry.chunk_span(i)
+                spans.append((entry, i, e * k, n * k, at))
+                rows[row, kernels.ROW_BASE] = at
+                at += n * k
+            row += 1
+    buffer = np.empty(at, np.uint8)
+    for entry, i, start, size, at in spans:
+        piece = buffer[at:at + size]
+        got = coded.read_base(entry.delta.base_tensor, start, start + size, piece)
+        if got is not piece:
+            raise BaseError(f"tensor {entry.name!r} chunk {i}: the base gave no {size} bytes of base tensor "
+                            f"{entry.delta.base_tensor!r}")
+    return buffer
 
 
 def _fetch(rows: np.ndarray, coded: Coded, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,9 +23,9 @@ import numpy as np
 from . import codec, dtypes, format
 from .sources import safetensors as safetensors_file
 from .budget import Budget
-from .errors import (ChecksumError, FileChangedError, InvalidArgumentError, LimitExceededError, LlmcodecError,
-                     TruncatedError)
-from .format import Chunk, Header, Limits, Segment, Source, TensorEntry, Transform
+from .errors import (BaseError, ChecksumError, FileChangedError, InvalidArgumentError, LimitExceededError,
+                     LlmcodecError, TruncatedError)
+from .format import BaseRecord, Chunk, Delta, Header, Limits, Segment, Source, TensorEntry, Transform
 from .output import open_output
 
 
@@ -41,6 +41,8 @@ class TensorSource:
     shape: tuple
     raw: object
     hidden: bool = False  # bytes of the original that are not a tensor: a coded-blob segment (U8)
+    # A delta tensor (spec 11): (base tensor name, transform, read_base(start, stop) of its bytes)
+    delta: tuple | None = None
 
     def read(self, start: int, stop: int) -> np.ndarray:
         if callable(self.raw):
@@ -119,20 +121,22 @@ class ContainerWriter:
             format.check_count("Segment_Count", len(self.segments) + len(items), self.limits.segment_count)
         for item in items:
             if isinstance(item, BlobSource):
-                jobs.append((item.read, None))
+                jobs.append((item.read, None, None))
                 owners.append((item, None, True))
                 continue
             entry = self._entry(item)
             spans = codec.chunk_byte_spans(entry)
-            jobs += [(lambda item=item, span=span: item.read(*span), entry) for span in spans]
+            read_base = item.delta[2] if item.delta is not None else None
+            jobs += [(lambda item=item, span=span: item.read(*span), entry,
+                      None if read_base is None else lambda r=read_base, span=span: r(*span)) for span in spans]
             owners += [(item, entry, True) for _ in spans] or [(item, entry, False)]  # an empty tensor: no chunk
 
         indices, last = [], None
         with closing(codec.encode_chunks(jobs, self._pool, self.threads)) as results:  # one result per job, in order
             for item, entry, real in owners:
-                raw = check = planes = streams = None
+                raw = check = planes = streams = base_check = None
                 if real:
-                    raw, check, planes, streams = next(results)
+                    raw, check, planes, streams, base_check = next(results)
                 if entry is None:
                     self._add_blob(raw, segments)
                 else:
@@ -146,6 +150,8 @@ class ContainerWriter:
                     if not real:
                         continue
                     entry.chunks.append(self._store_chunk(entry, check, planes, streams))
+                    if base_check is not None:
+                        entry.delta.base_checksums.append(base_check)
                 if on_chunk is not None and raw is not None:
                     on_chunk(raw)
         return indices
@@ -171,6 +177,8 @@ class ContainerWriter:
         shape = tuple(int(d) for d in item.shape)
         entry = TensorEntry(item.name, item.dtype, shape, item.dtype.default_layout,
                             codec.chunk_elements(self.chunk_size, item.dtype.itemsize), hidden=item.hidden)
+        if item.delta is not None:
+            entry.delta = Delta(item.delta[0], item.delta[1], [])
         format.check_tensor(entry, self.limits)
         if not callable(item.raw) and _as_bytes(item.raw).shape[0] != entry.nbytes:
             raise InvalidArgumentError(f"tensor {item.name!r}: {_as_bytes(item.raw).shape[0]} bytes for shape "
@@ -185,17 +193,21 @@ class ContainerWriter:
 
     def finish(self, metadata: dict[str, str] | None = None, source_kind: int = format.SOURCE_ARRAYS,
                original_size: int = 0, original_sha256: bytes = b"",
-               transforms: dict[str, Transform] | None = None) -> None:
-        """Check and write the header (with the `transforms` records of section 10, if any), then
-        move the file into place."""
+               transforms: dict[str, Transform] | None = None, base: BaseRecord | None = None) -> None:
+        """Check and write the header (with the `transforms` records of section 10 and the Base
+        section of 4.6, if any), then move the file into place."""
         try:
             source = Source(source_kind, original_size, original_sha256, self.segments)
-            header = Header(dict(metadata or {}), source, self.tensors, dict(transforms or {}))
+            if base is None and any(t.delta is not None for t in self.tensors):
+                raise BaseError("delta tensors were written without a base record")
+            if base is not None and not any(t.delta is not None for t in self.tensors):
+                base = None  # no tensor was worth a delta: a 1.2 file
+            header = Header(dict(metadata or {}), source, self.tensors, dict(transforms or {}), base)
             raw = self._header_bytes(header)
             header_offset = self._pos
             self._write([raw])
             self._file.seek(0)
-            self._file.write(format.build_preamble(header_offset, raw))
+            self._file.write(format.build_preamble(header_offset, raw, header.minor))
             self._out.commit()
         except BaseException:
             self.abort()
@@ -208,6 +220,7 @@ class ContainerWriter:
         file of arrays also decodes to a safetensors file that safetensors reads."""
         format.check_metadata(header.metadata, self.limits)
         format.check_transforms(header.transforms, header.tensors, header.source, self.limits)
+        format.check_base(header, self.limits)
         if header.source.kind == format.SOURCE_ARRAYS:
             safetensors_file.build_header(model_entries(header.tensors, header.transforms), header.metadata)
         raw = format.serialize_header(header)
@@ -260,7 +273,7 @@ class ContainerReader:
     """
 
     def __init__(self, source, *, limits: Limits | None = None, threads: int | None = None,
-                 budget: Budget | None = None):
+                 budget: Budget | None = None, read_base=None):
         self.limits = check_limits(limits)
         self.threads = codec.resolve_threads(threads)
         self.name = _describe(source)
@@ -274,6 +287,7 @@ class ContainerReader:
         self._fileno: int | None = None  # the descriptor of a file object the caller gave (theirs)
         self._identity: tuple = ()  # (device, inode, size, mtime) of the file when opened
         self._statistics_work = 0  # plane bytes plane_statistics has decoded (bounded by Limits.work)
+        self.read_base = read_base  # (base tensor name, start, stop) -> its bytes, for delta tensors
         try:
             self._open(source)
             with self._use():
@@ -300,6 +314,7 @@ class ContainerReader:
         self.all_tensors = header.tensors  # what segments index: coded blobs (hidden tensors) too
         self.stored = {t.name: t for t in header.tensors}  # every stored tensor, transform parts included
         self.transforms = header.transforms  # checked against the parts by format.parse_header
+        self.base = header.base  # the Base section (spec 4.6): deltas are on their entries (TensorEntry.delta)
         parts = {p for t in self.transforms.values() for p in t.parts.values()}
         self.tensors = [t for t in header.tensors if not t.hidden and t.name not in parts]
         self.by_name = {t.name: t for t in self.tensors}
@@ -456,6 +471,7 @@ class ContainerReader:
                      else type(out).__name__)
             raise InvalidArgumentError(f"{what}: out must be a writable C-contiguous uint8 array of "
                                        f"{nbytes} bytes, not {found}")
+        self._need_base(spans)
         with self._use():
             try:
                 codec.decode_spans(spans, out, self._coded(), self.threads, budget, what)
@@ -465,13 +481,27 @@ class ContainerReader:
 
     def _coded(self) -> codec.Coded:
         """The coded bytes for the decoder, while a call holds the file (_use)."""
-        return codec.Coded(self._data, self._read_into)
+        return codec.Coded(self._data, self._read_into, self.read_base)
+
+    def _need_base(self, spans) -> None:
+        """A delta tensor among `spans` and no base given: a BaseError naming the base it needs."""
+        if self.read_base is None and any(entry.delta is not None for entry, _, _ in spans):
+            raise BaseError(f"{self.name}: {self.needs_base()}")
+
+    def needs_base(self) -> str:
+        """Which base this file's delta tensors were stored against (spec 11.3), for messages."""
+        b = self.base
+        files = ", ".join(f"{f.path} ({f.size} bytes, SHA-256 {f.sha256.hex()})" for f in b.files[:4])
+        more = f" and {len(b.files) - 4} more files" if len(b.files) > 4 else ""
+        held = f": {files}{more}" if files else ""
+        return f"its delta tensors need the base model {b.name!r}{held}; pass it as base= (--base)"
 
     def iter_raw(self, entry: TensorEntry, indices=None):
         """The tensor's raw bytes chunk by chunk (chunks `indices`, default all), in order,
         decoded in parallel a few at a time. Memory stays bounded by a few chunks per thread:
         each yielded array is new."""
         indices = range(len(entry.chunks)) if indices is None else indices
+        self._need_base([(entry, 0, len(entry.chunks))])
         with self._use():
             try:
                 yield from codec.iter_chunks(entry, indices, self._coded(), self.threads)

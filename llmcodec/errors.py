@@ -46,3 +46,8 @@ class FileChangedError(LlmcodecError):
 
 class InvalidIndexError(InvalidArgumentError, IndexError):
     """An index out of a tensor's bounds, or one `get_slice` does not take."""
+
+
+class BaseError(LlmcodecError):
+    """A file stored as a delta against a base model (spec section 11) was read without its base, or
+    with a base that is not the one it was stored against; the message names what the file needs."""

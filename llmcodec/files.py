@@ -12,11 +12,12 @@ import math
 import os
 import shutil
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from . import dtypes, folders, format, output, sources, transforms
+from . import bases, dtypes, folders, format, output, sources, transforms
 from .sources import safetensors as safetensors_file
 from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource, model_entries
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
@@ -47,7 +48,7 @@ def decoded_name(src: Path, source_kind: int | None = None) -> Path:
 
 
 def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | None = None,
-                progress=None) -> Path:
+                progress=None, base=None) -> Path:
     """Encode a safetensors or GGUF file, or a folder holding a sharded checkpoint, losslessly.
 
     A folder becomes a folder (see `llmcodec.folders`): each `*.safetensors` and `*.gguf` at any
@@ -57,11 +58,33 @@ def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | 
     into), with the input's permission bits; an existing output folder is replaced only when it
     holds nothing but what this encode writes.
 
+    With `base` (a base model: a path to a safetensors or GGUF file or folder, an `.llmc` file or
+    encoded folder, an open llmcodec file, or a mapping of arrays), each tensor the base holds with
+    the same name, dtype and shape is stored as a delta against it where that is smaller (spec 11);
+    decoding then needs the same base.
+
     >>> llmcodec.encode_file("model.safetensors")            # doctest: +SKIP
     PosixPath('model.llmc')
     """
     src = Path(src)
     dst = encoded_name(src) if dst is None else Path(dst)
+    with _base(base) as base:
+        _encode(src, dst, threads, chunk_size, progress, base)
+    return dst
+
+
+@contextmanager
+def _base(base):
+    """The Base of a `base=` argument for one call, closed after it if this call opened it."""
+    base, owned = bases.as_base(base)
+    try:
+        yield base
+    finally:
+        if owned:
+            base.close()
+
+
+def _encode(src: Path, dst: Path, threads, chunk_size, progress, base) -> None:
     if src.is_dir():
         folders.check_destination(src, dst)
         converted = set(folders.source_files(src))
@@ -69,24 +92,28 @@ def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | 
 
         def build(out: Path, rel: Path) -> None:
             if rel in converted:
-                _encode_one(src / rel, out, threads, chunk_size, progress)
+                _encode_one(src / rel, out, threads, chunk_size, progress, base)
             else:
                 _copy(src / rel, out, progress)
         folders.write_folder(dst, targets, build, f"encoding {src}")
     else:
-        _encode_one(src, dst, threads, chunk_size, progress)
-    return dst
+        _encode_one(src, dst, threads, chunk_size, progress, base)
 
 
-def decode_file(src, dst=None, *, threads: int | None = None, progress=None) -> Path:
+def decode_file(src, dst=None, *, threads: int | None = None, progress=None, base=None) -> Path:
     """Write back the original of an encoded file or folder, byte-identical, SHA-256 checked.
 
     A container made by `save_file` (no original file) decodes to a safetensors file of its
     tensors and metadata. Returns the output path. Outputs are written as `encode_file` writes
     them; decoding to a device, FIFO or `-` streams the original there (a checksum failure is
-    then reported after the bytes went out).
+    then reported after the bytes went out). `base`: the base model of a file of delta tensors
+    (as for `encode_file`).
     """
-    src = Path(src)
+    with _base(base) as base:
+        return _decode(Path(src), dst, threads, progress, base)
+
+
+def _decode(src: Path, dst, threads, progress, base) -> Path:
     if src.is_dir():
         dst = decoded_name(src) if dst is None else Path(dst)
         folders.check_destination(src, dst)
@@ -95,15 +122,27 @@ def decode_file(src, dst=None, *, threads: int | None = None, progress=None) -> 
 
         def build(out: Path, rel: Path) -> None:
             if rel in shards:
-                _decode_one(src / rel, out, threads, progress)
+                _decode_one(src / rel, out, threads, progress, base)
             else:
                 _copy(src / rel, out, progress)
         folders.write_folder(dst, targets, build, f"decoding {src}")
         return dst
-    with ContainerReader(src, threads=threads) as reader:
+    with _reader(src, threads, None, base) as reader:
         dst = decoded_name(src, reader.source.kind) if dst is None else Path(dst)
         _write_to(reader, dst, _mode_of(src), progress)
     return dst
+
+
+def _reader(src: Path, threads, limits, base) -> ContainerReader:
+    """A reader of `src` that decodes delta tensors against `base` (checked to fit: check 51)."""
+    reader = ContainerReader(src, threads=threads, limits=limits, read_base=None if base is None else base.read)
+    if base is not None:
+        try:
+            bases.check_fits(base, reader.all_tensors, reader.name)
+        except BaseException:
+            reader.close()
+            raise
+    return reader
 
 
 def original_bytes(src) -> int:
@@ -204,24 +243,24 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
     return done
 
 
-def verify_file(src, *, threads: int | None = None, progress=None, limits: Limits | None = None) -> None:
+def verify_file(src, *, threads: int | None = None, progress=None, limits: Limits | None = None,
+                base=None) -> None:
     """Decode everything in memory and check every checksum and the original's SHA-256.
 
-    Raises an `LlmcodecError` subclass at the first problem; writes nothing.
+    Raises an `LlmcodecError` subclass at the first problem; writes nothing. `base`: the base
+    model of a file of delta tensors (as for `encode_file`).
     """
     src = Path(src)
-    if src.is_dir():
-        for path in folders.shards(src):
-            verify_file(path, threads=threads, progress=progress, limits=limits)
-        return
-    with ContainerReader(src, threads=threads, limits=limits) as reader:
-        _write_original(reader, lambda b: None, progress)
+    with _base(base) as base:
+        for path in folders.shards(src) if src.is_dir() else [src]:
+            with _reader(path, threads, limits, base) as reader:
+                _write_original(reader, lambda b: None, progress)
 
 
 # --- one file ------------------------------------------------------------------------------------
 
 
-def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
+def _encode_one(src: Path, dst: Path, threads, chunk_size, progress, base) -> None:
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         layout = sources.read_layout(f, size, str(src))
@@ -257,10 +296,13 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress) -> None:
         items += blobs(pos, size)
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
         with ContainerWriter(dst, threads=threads, chunk_size=chunk_size, mode=mode) as writer:
+            if base is not None:
+                bases.plan_deltas(items, base, chunk_size, writer.threads)
             writer.add_many(items, consumed, segments=True)
             if os.fstat(fd).st_size != size:
                 raise InvalidArgumentError(f"{src}: file changed size while being encoded")
-            writer.finish(layout.metadata, layout.kind, size, sha.digest())
+            writer.finish(layout.metadata, layout.kind, size, sha.digest(),
+                          base=None if base is None else base.record())
 
 
 def _blob_reader(fd: int, offset: int, length: int):
@@ -281,8 +323,8 @@ def _file_reader(fd: int, base: int):
     return read
 
 
-def _decode_one(src: Path, dst: Path, threads, progress) -> None:
-    with ContainerReader(src, threads=threads) as reader:
+def _decode_one(src: Path, dst: Path, threads, progress, base) -> None:
+    with _reader(src, threads, None, base) as reader:
         _write_to(reader, dst, _mode_of(src), progress)
 
 

@@ -26,7 +26,7 @@ from .errors import (
 
 MAGIC = b"\x89LLMC\r\n\x1a"
 MAJOR_VERSION = 1
-MINOR_VERSION = 2
+MINOR_VERSION = 3  # the newest minor version read; a writer writes 1.3 only for a file with a Base section
 PREAMBLE_SIZE = 40
 MIN_HEADER_SIZE = 9
 _PREAMBLE = struct.Struct("<8sHHIQQII")
@@ -62,6 +62,12 @@ TRANSFORM_KINDS = {0: ("quantize", "symmetric", ("q", "scale")),
 TRANSFORM_DTYPES = ("F16", "BF16", "F32")  # what a transformed tensor is rebuilt as
 LEGACY_TRANSFORMS_KEY = "llmcodec.transforms"  # before 1.2 the transform record was this metadata entry
 _TRANSFORM = struct.Struct("<BBQQBQQd")  # Kind .. Relative_Error of a Transform record
+
+# Delta transforms (spec section 11.1): id -> name. llmcodec.delta computes them (its ids are pinned
+# to these by tests/test_constants.py), the decoding kernel undoes them (kernels.DELTA_*).
+DELTA_DIFF = 1
+DELTA_SUB = 2
+DELTA_TRANSFORMS = {DELTA_DIFF: "DIFF", DELTA_SUB: "SUB"}
 
 
 def checksum64(data) -> int:
@@ -109,6 +115,16 @@ class Chunk:
 
 
 @dataclass
+class Delta:
+    """How a delta tensor was stored (spec 4.6, 11): the base tensor it needs, the transform, and
+    the XXH64 of the base bytes each chunk needs."""
+
+    base_tensor: str
+    transform: int
+    base_checksums: list[int]
+
+
+@dataclass
 class TensorEntry:
     name: str
     dtype: dtypes.Dtype
@@ -117,6 +133,7 @@ class TensorEntry:
     chunk_elements: int
     chunks: list[Chunk] = field(default_factory=list)
     hidden: bool = False  # holds non-tensor bytes of the original (a coded blob): not listed
+    delta: Delta | None = None  # a delta tensor (spec 11): its planes hold transformed words
 
     @property
     def numel(self) -> int:
@@ -192,12 +209,36 @@ class Transform:
         return rows * cols * (self.rank if self.kind == "factorize" else 1)
 
 
+@dataclass(frozen=True)
+class BaseFile:
+    """One checkpoint file of a base model (spec 4.6, 11.3; informative)."""
+
+    path: str
+    size: int
+    sha256: bytes
+
+
+@dataclass
+class BaseRecord:
+    """The Base section (spec 4.6): who the base is; the deltas themselves are on their tensors
+    (TensorEntry.delta)."""
+
+    name: str
+    files: list[BaseFile] = field(default_factory=list)
+
+
 @dataclass
 class Header:
     metadata: dict[str, str]  # user metadata only: format data never lives here (since 1.2)
     source: Source
     tensors: list[TensorEntry]
     transforms: dict[str, Transform] = field(default_factory=dict)
+    base: BaseRecord | None = None  # a file with delta tensors (since 1.3)
+
+    @property
+    def minor(self) -> int:
+        """The minor version a writer gives this header: 3 with a Base section, else 2."""
+        return 3 if self.base is not None else 2
 
 
 @dataclass(frozen=True)
@@ -212,8 +253,8 @@ class Preamble:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def build_preamble(header_offset: int, header: bytes) -> bytes:
-    head = _PREAMBLE.pack(MAGIC, MAJOR_VERSION, MINOR_VERSION, 0, header_offset, len(header),
+def build_preamble(header_offset: int, header: bytes, minor: int = 2) -> bytes:
+    head = _PREAMBLE.pack(MAGIC, MAJOR_VERSION, minor, 0, header_offset, len(header),
                           checksum32(header), 0)[:36]
     return head + struct.pack("<I", checksum32(head))
 
@@ -255,6 +296,21 @@ def serialize_header(header: Header) -> bytes:
             out.append(_TRANSFORM.pack(t.kind_id, dtypes.BY_NAME[t.dtype].id, rows, cols, t.bits, t.group_size,
                                        t.rank, t.relative_error))
             out.append(struct.pack(f"<{len(roles)}I", *(index[t.parts[r]] for r in roles)))
+    if header.base is not None:  # section 4.6, after a Transforms section (of 0 records if there are none)
+        if not header.transforms:
+            out.append(struct.pack("<I", 0))
+        b = header.base
+        out.append(_string(b.name, "<H"))
+        out.append(struct.pack("<I", len(b.files)))
+        for f in b.files:
+            out.append(_string(f.path, "<H"))
+            out.append(struct.pack("<Q32s", f.size, f.sha256))
+        deltas = [(i, t.delta) for i, t in enumerate(header.tensors) if t.delta is not None]
+        out.append(struct.pack("<I", len(deltas)))
+        for i, d in deltas:
+            out.append(struct.pack("<I", i))
+            out.append(_string(d.base_tensor, "<H"))
+            out.append(struct.pack(f"<B{len(d.base_checksums)}Q", d.transform, *d.base_checksums))
     return b"".join(out)
 
 
@@ -475,17 +531,20 @@ def parse_header(data: bytes, preamble: Preamble, limits: Limits) -> Header:
             raise FormatError(f"tensor name {t.name!r} appears twice")
         names.add(t.name)
         tensors.append(t)
-    transforms = {}
+    transforms, base = {}, None
     if preamble.minor >= 2 and cur.pos < len(data):  # section 4.5, since 1.2
-        transforms = _parse_transforms(cur, tensors, limits)
+        transforms = _parse_transforms(cur, tensors, limits, preamble.minor >= 3)
+        if preamble.minor >= 3 and cur.pos < len(data):  # section 4.6, since 1.3
+            base = _parse_base(cur, tensors, limits)
     if cur.pos != len(data):
-        raise FormatError(f"{len(data) - cur.pos} bytes left over after the last "
-                          f"{'transform' if transforms else 'tensor'} of the header")
+        last = "delta" if base else "transform" if transforms else "tensor"
+        raise FormatError(f"{len(data) - cur.pos} bytes left over after the last {last} of the header")
     if preamble.minor < 2 and source.kind == SOURCE_ARRAYS and LEGACY_TRANSFORMS_KEY in metadata:
         transforms = _legacy_transforms(metadata.pop(LEGACY_TRANSFORMS_KEY), limits)  # section 10.2
     _mark_hidden(source, tensors)
-    header = Header(metadata, source, tensors, transforms)
+    header = Header(metadata, source, tensors, transforms, base)
     check_transforms(transforms, tensors, source, limits)
+    check_base(header, limits)
     _check_ranges(header, preamble)
     check_declared(header, preamble.header_offset + preamble.header_length, limits)
     return header
@@ -554,10 +613,12 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
     return entry
 
 
-def _parse_transforms(cur: _Cursor, tensors: list[TensorEntry], limits: Limits) -> dict[str, Transform]:
-    """Section 4.5: Transform_Count >= 1 records; check_transforms then checks them against the tensors."""
+def _parse_transforms(cur: _Cursor, tensors: list[TensorEntry], limits: Limits,
+                      base_allowed: bool) -> dict[str, Transform]:
+    """Section 4.5: Transform_Count records, >= 1 unless a Base section follows (since 1.3);
+    check_transforms then checks them against the tensors."""
     count = cur.one("I", "Transform_Count")
-    if count == 0:
+    if count == 0 and not (base_allowed and cur.pos < len(cur.data)):
         raise FormatError("Transform_Count is 0: a file without transforms ends after its last tensor")
     check_count("Transform_Count", count, limits.tensor_count)
     out: dict[str, Transform] = {}
@@ -580,6 +641,77 @@ def _parse_transforms(cur: _Cursor, tensors: list[TensorEntry], limits: Limits) 
         out[name] = Transform(kind_name, dtype.name, [rows, cols], parts, bits, scheme, group, rank, error,
                               rows * cols * dtype.itemsize)
     return out
+
+
+def _parse_base(cur: _Cursor, tensors: list[TensorEntry], limits: Limits) -> BaseRecord:
+    """Section 4.6: the Base section; each Delta is set on its tensor (TensorEntry.delta), and
+    check_base then checks which tensors may be deltas."""
+    name = cur.text(cur.one("H", "Base_Name_Length"), "Base_Name")
+    count = cur.one("I", "File_Count")
+    check_count("File_Count", count, limits.tensor_count)
+    files, paths = [], set()
+    for i in range(count):
+        path = cur.text(cur.one("H", "Base_File %d Path_Length", i), "Base_File %d Path", i)
+        if path in paths:
+            raise FormatError(f"Base_File Path {path!r} appears twice")
+        paths.add(path)
+        size, sha = cur.unpack("Q32s", "Base_File %r Size/SHA256", path)
+        files.append(BaseFile(path, size, bytes(sha)))
+    deltas = cur.one("I", "Delta_Count")
+    if deltas == 0:
+        raise FormatError("Delta_Count is 0: a file without delta tensors has no Base section")
+    previous = -1
+    for i in range(deltas):
+        index = cur.one("I", "Delta %d Tensor_Index", i)
+        if not previous < index < len(tensors):
+            raise FormatError(f"Delta {i}: Tensor_Index {index}, expected above {previous} (the previous one) "
+                              f"and below Tensor_Count {len(tensors)}")
+        previous, t = index, tensors[index]
+        base_tensor = cur.text(cur.one("H", "Delta of tensor %r Name_Length", t.name), "Delta of tensor %r Name",
+                               t.name)
+        transform = cur.one("B", "Delta of tensor %r Transform", t.name)
+        if transform not in DELTA_TRANSFORMS:
+            raise UnsupportedFeatureError(f"Delta of tensor {t.name!r}: unknown Transform {transform}")
+        n = len(t.chunks)
+        if 8 * n > len(cur.data) - cur.pos:  # check 50: the count against the bytes left, first
+            raise TruncatedError(f"Delta of tensor {t.name!r}: {n} Base_Checksums need {8 * n} header bytes, "
+                                 f"{len(cur.data) - cur.pos} left")
+        checksums = list(cur.unpack(f"{n}Q", "Delta of tensor %r Base_Checksums", t.name))
+        t.delta = Delta(base_tensor, transform, checksums)
+    return BaseRecord(name, files)
+
+
+def check_base(header: Header, limits: Limits) -> None:
+    """Section 4.6 (checks 48-49), what reader and writer both check: a Base section exactly when
+    some tensor is a delta; a delta is neither a coded blob nor a transform's part, names its base
+    tensor in UTF-8, has a known transform and one Base_Checksum per chunk."""
+    deltas = [t for t in header.tensors if t.delta is not None]
+    if (header.base is None) != (not deltas):
+        raise FormatError("a Base section needs delta tensors, and delta tensors a Base section")
+    if header.base is None:
+        return
+    if len(utf8(header.base.name, "Base_Name")) > NAME_SIZE:
+        raise LimitExceededError(f"a Base_Name of over {NAME_SIZE} bytes")
+    check_count("File_Count", len(header.base.files), limits.tensor_count)
+    if len({f.path for f in header.base.files}) != len(header.base.files):
+        raise FormatError("a Base_File Path appears twice")
+    for f in header.base.files:
+        if len(utf8(f.path, "Base_File Path")) > NAME_SIZE:
+            raise LimitExceededError(f"a Base_File Path of over {NAME_SIZE} bytes")
+        if len(f.sha256) != 32:
+            raise FormatError(f"Base_File {f.path!r}: a SHA-256 of {len(f.sha256)} bytes")
+    parts = {p for t in header.transforms.values() for p in t.parts.values()}
+    for t in deltas:
+        d = t.delta
+        if t.hidden or t.name in parts:
+            raise FormatError(f"Delta of tensor {t.name!r}: a coded blob or a transform's part cannot be a delta")
+        if len(utf8(d.base_tensor, "base tensor name")) > NAME_SIZE:
+            raise LimitExceededError(f"Delta of tensor {t.name!r}: a base tensor name over {NAME_SIZE} bytes")
+        if d.transform not in DELTA_TRANSFORMS:
+            raise UnsupportedFeatureError(f"Delta of tensor {t.name!r}: unknown Transform {d.transform}")
+        if len(d.base_checksums) != len(t.chunks):
+            raise FormatError(f"Delta of tensor {t.name!r}: {len(d.base_checksums)} Base_Checksums for "
+                              f"{len(t.chunks)} chunks")
 
 
 def _legacy_transforms(text: str, limits: Limits) -> dict[str, Transform]:

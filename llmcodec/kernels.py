@@ -44,6 +44,10 @@ MAX_LANES = 64
 RANS0_TABLE = 34  # RANS0: Precision, Lanes, Symbol_Bitmap
 PAIRS_TABLE = 35  # RANS0_PAIRS: Precision, Lanes, Odd_Byte, Byte_Bitmap
 
+# Delta transforms (spec 11.1; copies of format.DELTA_*)
+DELTA_DIFF = 1
+DELTA_SUB = 2
+
 # rans_decode status codes
 DECODE_OK = 0
 DECODE_BAD_STATE = 1
@@ -55,7 +59,9 @@ DECODE_BAD_END = 3
 # every element (dtypes.plane_fields).
 ROW_OFFSET, ROW_CHECKSUM, ROW_N, ROW_K, ROW_LAYOUT, ROW_ITEMSIZE = 0, 1, 2, 3, 4, 5
 ROW_METHODS, ROW_PARAMS, ROW_LENGTHS, ROW_WIDTHS, ROW_FIELDS = 6, 14, 22, 30, 38  # 8 columns each: plane j at + j
-ROW_SIZE = 46
+ROW_DELTA, ROW_BASE, ROW_BASE_CHECKSUM = 46, 47, 48  # a delta tensor's chunk: transform (0: none), its
+# base bytes' offset in the base buffer, their XXH64 (spec 11.2)
+ROW_SIZE = 49
 MAX_PLANES = 8  # dtypes.MAX_PLANES, checked there for every dtype
 
 _jit = kernel
@@ -773,6 +779,7 @@ FAULT_STATES_SHORT = 16  # the stream ends inside its lane states
 FAULT_ODD_WORDS = 17  # the words take an odd number of bytes
 FAULT_FREQ_SUM = 18  # frequencies do not add up to 2^Precision
 FAULT_CHECKSUM = 19  # the decoded chunk's XXH64 is not the stored one
+FAULT_BASE = 20  # the base bytes a delta chunk needs are not the ones it was stored against
 FAULT_PLANE_SHIFT = 8  # _decode_chunk's code: fault | plane << FAULT_PLANE_SHIFT
 
 
@@ -910,10 +917,81 @@ def _decode_plane(stream, method, n, out, table):
     return rans_decode(stream[size:], table, precision, lanes, width, out[:n - n % width])
 
 
+@_inline
+def _undo_words(transform, word, out, base):
+    """out[k] = inverse of `transform` (spec 11.1) of delta word out[k] and base word base[k], for
+    the little-endian words of `word` bytes of out (len(out) == len(base), a multiple of word)."""
+    bits = np.uint64(8 * word)
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF) if word == 8 else (np.uint64(1) << bits) - np.uint64(1)
+    one, zero = np.uint64(1), np.uint64(0)
+    for k in range(out.shape[0] // word):
+        at = np.uint64(k * word)
+        d, b = zero, zero
+        for j in range(word):
+            shift = np.uint64(8 * j)
+            d |= np.uint64(out[at + np.uint64(j)]) << shift
+            b |= np.uint64(base[at + np.uint64(j)]) << shift
+        if transform == DELTA_DIFF:
+            d = (d >> one) ^ ((zero - (d & one)) & mask)
+        f = (b + d) & mask
+        for j in range(word):
+            out[at + np.uint64(j)] = np.uint8((f >> np.uint64(8 * j)) & np.uint64(0xFF))
+
+
 @_jit
-def _decode_chunk(data, row, out, scratch, table):
-    """Decode the chunk described by `row` (see ROW_*) from `data` into `out`: FAULT_OK, or the
-    first fault as fault | plane << FAULT_PLANE_SHIFT."""
+def undo_delta(transform, word, out, base):
+    """Undo a delta transform (spec 11.1) in place: out's words become the fine-tune's, from the
+    delta words in out and the base words in base (len(out) == len(base), a multiple of word).
+    Words of 2, 4 and 8 bytes are read through views of their width (unaligned loads are fine on
+    the CPUs numba targets); the generic byte loop (_undo_words) serves 1-byte words."""
+    if word == 2:
+        _undo16(transform, out.view(np.uint16), base.view(np.uint16))
+    elif word == 4:
+        _undo32(transform, out.view(np.uint32), base.view(np.uint32))
+    elif word == 8:
+        _undo64(transform, out.view(np.uint64), base.view(np.uint64))
+    else:
+        _undo_words(transform, 1, out, base)
+
+
+@_inline
+def _undo16(transform, o, b):
+    if transform == DELTA_DIFF:
+        for i in range(o.shape[0]):
+            d = np.int64(o[i])
+            o[i] = (np.int64(b[i]) + ((d >> 1) ^ -(d & 1))) & 0xFFFF
+    else:
+        for i in range(o.shape[0]):
+            o[i] = (np.int64(b[i]) + np.int64(o[i])) & 0xFFFF
+
+
+@_inline
+def _undo32(transform, o, b):
+    if transform == DELTA_DIFF:
+        for i in range(o.shape[0]):
+            d = np.int64(o[i])
+            o[i] = (np.int64(b[i]) + ((d >> 1) ^ -(d & 1))) & 0xFFFFFFFF
+    else:
+        for i in range(o.shape[0]):
+            o[i] = (np.int64(b[i]) + np.int64(o[i])) & 0xFFFFFFFF
+
+
+@_inline
+def _undo64(transform, o, b):
+    one, zero = np.uint64(1), np.uint64(0)
+    if transform == DELTA_DIFF:
+        for i in range(o.shape[0]):
+            d = o[i]
+            o[i] = b[i] + ((d >> one) ^ (zero - (d & one)))  # uint64: wraps modulo 2^64
+    else:
+        for i in range(o.shape[0]):
+            o[i] = b[i] + o[i]
+
+
+@_jit
+def _decode_chunk(data, row, out, scratch, table, base):
+    """Decode the chunk described by `row` (see ROW_*) from `data` into `out` (a delta chunk's
+    base bytes are in `base`): FAULT_OK, or the first fault as fault | plane << FAULT_PLANE_SHIFT."""
     n, k, layout, itemsize = row[ROW_N], row[ROW_K], row[ROW_LAYOUT], row[ROW_ITEMSIZE]
     whole = k == 1  # one plane holds the element's bytes as they are: decode straight into out
     planes = out if whole else scratch[:n * itemsize]
@@ -940,15 +1018,21 @@ def _decode_chunk(data, row, out, scratch, table):
             merge_fields(planes, itemsize, row[ROW_FIELDS:ROW_FIELDS + k], row[ROW_WIDTHS:ROW_WIDTHS + k], out)
         else:
             merge_planes(planes.reshape((k, n)), layout, out)
+    if row[ROW_DELTA] != 0:  # spec 11.2: check the base bytes, then undo the transform
+        b = base[row[ROW_BASE]:row[ROW_BASE] + out.shape[0]]
+        if xxh64(b) != np.uint64(row[ROW_BASE_CHECKSUM]):
+            return FAULT_BASE
+        undo_delta(row[ROW_DELTA], 1 if layout == BLOCK_FIELDS else itemsize, out, b)
     if xxh64(out) != np.uint64(row[ROW_CHECKSUM]):
         return FAULT_CHECKSUM
     return FAULT_OK
 
 
 @_jit
-def decode_chunks(data, rows, out_starts, out):
+def decode_chunks(data, rows, out_starts, out, base):
     """Decode the chunks described by `rows` (int64[m, ROW_SIZE], see ROW_*) from the file bytes
-    `data`: chunk c's n * k raw bytes go to out[out_starts[c]:], and its XXH64 is verified.
+    `data`: chunk c's n * k raw bytes go to out[out_starts[c]:], and its XXH64 is verified. A
+    delta chunk's base bytes are base[row[ROW_BASE]:][:n * k] (the caller put them there).
 
     The header parser has checked every row: offsets and plane lengths inside `data`, methods,
     layouts, lengths as the methods require, n * k bytes of room in `out`. Returns (-1, FAULT_OK)
@@ -963,7 +1047,7 @@ def decode_chunks(data, rows, out_starts, out):
     for c in range(rows.shape[0]):
         start = out_starts[c]
         size = rows[c, ROW_N] * rows[c, ROW_ITEMSIZE]
-        code = _decode_chunk(data, rows[c], out[start:start + size], scratch, table)
+        code = _decode_chunk(data, rows[c], out[start:start + size], scratch, table, base)
         if code != FAULT_OK:
             return c, code
     return -1, FAULT_OK

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import folders, transforms
+from . import bases, folders, transforms
 from .budget import Budget
 from .container import ContainerReader
 from .errors import FormatError, InvalidArgumentError, InvalidIndexError, LimitExceededError, TensorNotFoundError
@@ -24,7 +24,7 @@ FRAMEWORKS = ("np", "numpy", "pt", "torch")
 
 
 def open(path, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
-         limits: Limits | None = None, max_memory: int | None = None) -> LlmcodecFile | ShardedFile:
+         limits: Limits | None = None, max_memory: int | None = None, base=None) -> LlmcodecFile | ShardedFile:
     """Open an `.llmc` file for lazy reading; use it as a context manager.
 
     `path` is a `str`, a `PathLike`, a bytes-like object, or a seekable binary file object; a
@@ -36,7 +36,11 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     threads (coded bytes read, descriptor rows, scratch); a bigger request raises
     `LimitExceededError` before anything is allocated. Set it for files from strangers: a valid
     file may decode to about 3 million times its size (a constant chunk of 64 MiB takes 22 header
-    bytes). A call's peak growth stays under `max_memory` plus `budget.MEMORY_SLACK` (1 MiB:
+    bytes). `base` is the base model a file of delta tensors was stored against (spec 11): a path
+    (a safetensors or GGUF file or folder, an `.llmc` file or encoded folder), an open llmcodec
+    file, or a mapping of names to arrays; it is checked when the file opens (a wrong one is a
+    `BaseError`), and a delta tensor reads only the base ranges its decoded chunks need. A call's
+    peak growth stays under `max_memory` plus `budget.MEMORY_SLACK` (1 MiB:
     the Python objects of the call itself, which are not counted), whatever the file holds.
 
     As in safetensors, `keys()` lists the names sorted and `metadata()` is None when the file has
@@ -51,8 +55,9 @@ def open(path, framework: str = "np", device: str = "cpu", *, threads: int | Non
     [[3.0, 4.0, 5.0], [6.0, 7.0, 8.0]]
     """
     if is_folder(path):
-        return ShardedFile(path, framework, device, threads=threads, limits=limits, max_memory=max_memory)
-    return LlmcodecFile(path, framework, device, threads=threads, limits=limits, max_memory=max_memory)
+        return ShardedFile(path, framework, device, threads=threads, limits=limits, max_memory=max_memory,
+                           base=base)
+    return LlmcodecFile(path, framework, device, threads=threads, limits=limits, max_memory=max_memory, base=base)
 
 
 def shard_paths(folder) -> list[Path]:
@@ -103,8 +108,11 @@ class LlmcodecFile(_TensorFile):
     """An open container; see `llmcodec.open`."""
 
     def __init__(self, path, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
-                 limits: Limits | None = None, max_memory: int | None = None, _budget: Budget | None = None):
+                 limits: Limits | None = None, max_memory: int | None = None, base=None,
+                 _budget: Budget | None = None):
         self.max_memory = check_max_memory(max_memory)
+        self._reader = None
+        self._base, self._owns_base = None, False
         if not isinstance(framework, str) or framework not in FRAMEWORKS:
             raise InvalidArgumentError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
         self._torch = framework in ("pt", "torch")
@@ -116,8 +124,16 @@ class LlmcodecFile(_TensorFile):
         if hasattr(path, "read") and hasattr(path, "seekable") and not path.seekable():
             raise InvalidArgumentError("llmcodec files are read from the end (the header is last): "
                                        "give a seekable file, a path, or the bytes")
-        self._reader: ContainerReader | None = ContainerReader(
-            path, limits=limits, threads=threads, budget=_budget or Budget(self.max_memory))
+        self._base, self._owns_base = bases.as_base(base)
+        try:
+            self._reader: ContainerReader | None = ContainerReader(
+                path, limits=limits, threads=threads, budget=_budget or Budget(self.max_memory),
+                read_base=None if self._base is None else self._base.read)
+            if self._base is not None:  # check 51 now, so a wrong base is named before anything decodes
+                bases.check_fits(self._base, self._reader.all_tensors, self._reader.name)
+        except BaseException:
+            self.close()
+            raise
         self.chunks_decoded = 0  # how many chunks were decoded so far: slices decode only their own
 
     # --- context and lifetime ---
@@ -128,6 +144,9 @@ class LlmcodecFile(_TensorFile):
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
+        if self._owns_base:
+            self._base.close()
+            self._owns_base = False
 
     @property
     def reader(self) -> ContainerReader:
@@ -224,16 +243,17 @@ class ShardedFile(_TensorFile):
     sharded checkpoint repeats its metadata in each shard)."""
 
     def __init__(self, folder, framework: str = "np", device: str = "cpu", *, threads: int | None = None,
-                 limits: Limits | None = None, max_memory: int | None = None):
+                 limits: Limits | None = None, max_memory: int | None = None, base=None):
         self.name = os.fspath(folder)
         self.shards: list[LlmcodecFile] = []
+        self._base, self._owns_base = bases.as_base(base)  # one base for every shard
         self._where: dict[str, LlmcodecFile] = {}
         budget = Budget(check_max_memory(max_memory))  # opening is one call: every shard's header
         try:
             held: dict[str, str] = {}
             for path in shard_paths(folder):
                 shard = LlmcodecFile(path, framework, device, threads=threads, limits=limits,
-                                     max_memory=max_memory, _budget=budget)
+                                     max_memory=max_memory, base=self._base, _budget=budget)
                 self.shards.append(shard)
                 check_unique(held, shard.offset_keys(), shard.reader.name, self.name)
                 self._where.update(dict.fromkeys(shard.offset_keys(), shard))
@@ -245,6 +265,9 @@ class ShardedFile(_TensorFile):
         """Release every shard; tensors already returned stay valid."""
         for shard in self.shards:
             shard.close()
+        if self._owns_base:
+            self._base.close()
+            self._owns_base = False
 
     @property
     def chunks_decoded(self) -> int:

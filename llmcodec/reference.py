@@ -4,10 +4,13 @@ It exists to show that the spec is complete: it follows the text section by sect
 the sections), uses only the standard library and `xxhash` (for XXH64), and shares no code with the
 fast decoder; the tests check that both agree. It makes every check of section 8 with the default
 limits of section 9, decodes every symbol in a plain Python loop and rebuilds transformed tensors
-(section 10) element by element: use it on small files only.
+(section 10) element by element, and undoes delta transforms (section 11) word by word: use it on
+small files only.
 
     >>> decoded = decode(open("model.llmc", "rb").read())      # doctest: +SKIP
     >>> decoded.tensors["w"].data                               # raw little-endian bytes
+    >>> base = decode(open("base.llmc", "rb").read()).tensors   # doctest: +SKIP
+    >>> decode(open("fine-tune.llmc", "rb").read(), base)       # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import xxhash
 
-from .errors import (ChecksumError, FormatError, LimitExceededError, TruncatedError, UnsupportedFeatureError,
+from .errors import (BaseError, ChecksumError, FormatError, LimitExceededError, TruncatedError, UnsupportedFeatureError,
                      UnsupportedVersionError)
 
 MAGIC = b"\x89LLMC\r\n\x1a"  # section 3
@@ -80,6 +83,7 @@ TRANSFORM_KINDS = {0: ("quantize", "symmetric", ("q", "scale")), 1: ("quantize",
                    2: ("factorize", "", ("u", "v"))}
 TRANSFORM_DTYPES = {8: "F16", 9: "BF16", 12: "F32"}
 LEGACY_KEY = "llmcodec.transforms"  # section 10.2
+DELTA_TRANSFORMS = {1: "DIFF", 2: "SUB"}  # section 11.1
 
 
 @dataclass
@@ -104,6 +108,20 @@ class RefTransform:  # section 4.5 (or 10.2), checked
 
 
 @dataclass
+class RefDelta:  # section 4.6: one Delta record, checked
+    base_tensor: str  # the Name of the base tensor it needs
+    transform: str  # DIFF or SUB (section 11.1)
+    base_checksums: list[int]  # one per chunk (section 11.2)
+
+
+@dataclass
+class RefBase:  # section 4.6: the Base section
+    name: str  # Base_Name
+    files: list[tuple[str, int, bytes]]  # (Path, Size, SHA256) of each Base_File
+    deltas: dict[str, RefDelta]  # by the name of the delta tensor
+
+
+@dataclass
 class Decoded:
     major: int
     minor: int
@@ -112,6 +130,7 @@ class Decoded:
     source_kind: int
     original: bytes | None  # the rebuilt original file when source_kind != 0
     transforms: dict[str, RefTransform]
+    base: RefBase | None = None  # section 4.6, in a file with delta tensors
 
 
 @dataclass
@@ -263,7 +282,8 @@ def _tensor(r: _Reader) -> _Tensor:
 
 def _header(header: bytes, minor: int) -> tuple:
     """Section 4: the whole header, which must be consumed exactly; returns (metadata, source, tensors,
-    transforms), the transforms of section 4.5, or of the metadata entry of section 10.2 in an older file."""
+    transforms, base), the transforms of section 4.5, or of the metadata entry of section 10.2 in an older
+    file, and the Base section of 4.6 (or None)."""
     r = _Reader(header, "header", TruncatedError)
     tensor_count = r.uint(4, "Tensor_Count")
     _limit(tensor_count, "tensor count", "Tensor_Count")
@@ -283,16 +303,19 @@ def _header(header: bytes, minor: int) -> tuple:
             raise FormatError(f"tensor Name {tensors[-1].name!r} appears twice, names must be unique")
         names.add(tensors[-1].name)
     transforms: dict[str, RefTransform] = {}
+    base = None
     if minor >= 2 and r.remaining:  # section 4.5: the Transforms section, since 1.2
         count = r.uint(4, "Transform_Count")
-        if count == 0:
-            raise FormatError("Transform_Count must be >= 1, found 0")
+        if count == 0 and not (minor >= 3 and r.remaining):  # 0 only before a Base section (since 1.3)
+            raise FormatError("Transform_Count must be >= 1, found 0 with no Base section after it")
         _limit(count, "tensor count", "Transform_Count")
         for _ in range(count):
             name, t = _transform(r, tensors)
             if name in transforms:
                 raise FormatError(f"transform Name {name!r} appears twice, names must be unique")
             transforms[name] = t
+        if minor >= 3 and r.remaining:  # section 4.6: the Base section, since 1.3
+            base = _base(r, tensors)
     if r.remaining:
         raise FormatError(f"header: {r.remaining} bytes left over after its last structure, expected 0")
     if minor < 2 and source[0] == 0 and LEGACY_KEY in metadata:  # section 10.2: format data, not user metadata
@@ -300,7 +323,47 @@ def _header(header: bytes, minor: int) -> tuple:
     if transforms and source[0] != 0:
         raise FormatError(f"a file with transforms must have Source_Kind 0, found {source[0]}")
     _check_transforms(transforms, tensors)
-    return metadata, source, tensors, transforms
+    if base is not None:  # section 4.6: a delta tensor is neither a coded blob nor a transform's part
+        hidden = {tensors[seg[1]].name for seg in source[3] if seg[0] == SEGMENT_CODED_BLOB}
+        parts = {part for t in transforms.values() for part in t.parts.values()}
+        for name in base.deltas:
+            if name in hidden or name in parts:
+                raise FormatError(f"Delta of tensor {name!r}: a coded blob or a transform's part cannot be a delta")
+    return metadata, source, tensors, transforms, base
+
+
+def _base(r: _Reader, tensors: list[_Tensor]) -> RefBase:
+    """Section 4.6: the Base section, field by field."""
+    name = _utf8(r.take(r.uint(2, "Base_Name_Length"), "Base_Name"), "Base_Name")
+    file_count = r.uint(4, "File_Count")
+    _limit(file_count, "tensor count", "File_Count")
+    files = []
+    for i in range(file_count):
+        path = _utf8(r.take(r.uint(2, f"Base_File {i} Path_Length"), f"Base_File {i} Path"), f"Base_File {i} Path")
+        if path in (f[0] for f in files):
+            raise FormatError(f"Base_File Path {path!r} appears twice, paths must be unique")
+        files.append((path, r.uint(8, f"Base_File {path!r} Size"), r.take(32, f"Base_File {path!r} SHA256")))
+    delta_count = r.uint(4, "Delta_Count")
+    if delta_count == 0:
+        raise FormatError("Delta_Count must be >= 1, found 0")
+    deltas, previous = {}, -1
+    for i in range(delta_count):
+        index = r.uint(4, f"Delta {i} Tensor_Index")
+        if not previous < index < len(tensors):
+            raise FormatError(f"Delta {i}: Tensor_Index must be > {previous} (the previous one) and < Tensor_Count "
+                              f"{len(tensors)}, found {index}")
+        previous, t = index, tensors[index]
+        where = f"Delta of tensor {t.name!r}"
+        base_tensor = _utf8(r.take(r.uint(2, f"{where} Name_Length"), f"{where} Name"), f"{where} Name")
+        transform = r.uint(1, f"{where} Transform")
+        if transform not in DELTA_TRANSFORMS:
+            raise UnsupportedFeatureError(f"{where}: Transform {transform} is not a known id")
+        if 8 * len(t.chunks) > r.remaining:  # section 8: lengths against what remains, before the loop
+            raise TruncatedError(f"{where}: {len(t.chunks)} Base_Checksums need {8 * len(t.chunks)} header bytes, "
+                                 f"only {r.remaining} left")
+        checksums = [r.uint(8, f"{where} Base_Checksums") for _ in t.chunks]
+        deltas[t.name] = RefDelta(base_tensor, DELTA_TRANSFORMS[transform], checksums)
+    return RefBase(name, files, deltas)
 
 
 def _transform(r: _Reader, tensors: list[_Tensor]) -> tuple[str, RefTransform]:
@@ -618,14 +681,66 @@ def _unplane(layout: int, planes: list[bytes], itemsize: int, fields: list[tuple
     return bytes(out)
 
 
-def decode(data: bytes) -> Decoded:
-    """Check and decode a whole `.llmc` file held in memory; raises an `llmcodec.errors` class on any violation."""
+def _undelta(transform: str, d: bytes, b: bytes, word: int) -> bytes:
+    """Section 11.1: the fine-tune's words from the delta words `d` and the base's words `b`, one by one,
+    as the table and unzigzag's two cases say."""
+    m, out = 1 << (8 * word), bytearray()
+    for k in range(0, len(d), word):
+        dk, bk = int.from_bytes(d[k:k + word], "little"), int.from_bytes(b[k:k + word], "little")
+        if transform == "SUB":  # f = (b + d) mod 2^w
+            f = (bk + dk) % m
+        else:  # DIFF: f = (b + unzigzag(d)) mod 2^w
+            f = (bk + (dk // 2 if dk % 2 == 0 else m - (dk + 1) // 2)) % m
+        out += f.to_bytes(word, "little")
+    return bytes(out)
+
+
+def _base_tensors(base_section: RefBase, tensors: list[_Tensor], base) -> dict[str, bytes]:
+    """Sections 11.2 and 8 (checks 51, 52): the raw bytes of each delta tensor's base tensor, by the delta
+    tensor's name, after checking its dtype, shape and the Base_Checksum of every chunk's range."""
+    needs = f"base {base_section.name!r} (files: " + (", ".join(
+        f"{path} {size} bytes SHA-256 {sha.hex()}" for path, size, sha in base_section.files) or "none") + ")"
+    if base is None:
+        raise BaseError(f"the file stores tensors as deltas against {needs}; no base was given")
+    out = {}
+    for t in tensors:
+        delta = base_section.deltas.get(t.name)
+        if delta is None:
+            continue
+        where = f"tensor {t.name!r} (a delta against base tensor {delta.base_tensor!r} of {needs})"
+        found = base(delta.base_tensor) if callable(base) else base.get(delta.base_tensor)
+        if found is None:
+            raise BaseError(f"{where}: the base given has no tensor {delta.base_tensor!r}")
+        if isinstance(found, RefTensor):
+            if (found.dtype, tuple(found.shape)) != (DTYPES[t.dtype][0], t.shape):
+                raise BaseError(f"{where}: the base tensor is {found.dtype} {list(found.shape)}, expected "
+                                f"{DTYPES[t.dtype][0]} {list(t.shape)}")
+            found = found.data
+        found = bytes(found)
+        if len(found) != t.numel * t.itemsize:
+            raise BaseError(f"{where}: the base tensor has {len(found)} bytes, expected {t.numel * t.itemsize}")
+        step = t.chunk_elements * t.itemsize
+        for c, checksum in enumerate(delta.base_checksums):
+            computed = _xxh64(found[c * step:(c + 1) * step])
+            if computed != checksum:
+                raise BaseError(f"{where}: chunk {c}: the base's bytes have XXH64 {computed:#018x}, the file "
+                                f"expects {checksum:#018x}: not the base it was stored against")
+        out[t.name] = found
+    return out
+
+
+def decode(data: bytes, base: Mapping | Callable | None = None) -> Decoded:
+    """Check and decode a whole `.llmc` file held in memory; raises an `llmcodec.errors` class on any violation.
+
+    `base` gives the base tensors of a file with delta tensors (section 11), by name: a mapping, or a
+    function returning None for a name it lacks, of `RefTensor`s (dtype and shape checked) or raw bytes."""
     data = bytes(data)
     major, minor, header_offset, header_sum = _preamble(data)  # section 3
     header = data[header_offset:]
     if header_sum != _xxh64(header) & 0xFFFFFFFF:
         raise ChecksumError(f"Header_Checksum: stored {header_sum:#010x}, computed {_xxh64(header) & 0xFFFFFFFF:#010x}")
-    metadata, (source_kind, original_size, original_sha, segments), tensors, transforms = _header(header, minor)
+    header_fields = _header(header, minor)
+    metadata, (source_kind, original_size, original_sha, segments), tensors, transforms, base_section = header_fields
 
     # Section 4.2: the segments' lengths must add up to Original_Size (a tensor segment is its raw bytes).
     total = sum(tensors[seg[1]].numel * tensors[seg[1]].itemsize if seg[0] != SEGMENT_BLOB else seg[2]
@@ -669,10 +784,19 @@ def decode(data: bytes) -> Decoded:
                 offset += length
             plans.append((t, c, checksum, decoders))
 
-    # Section 7 steps 2-4: decode the planes, invert the layout, check the chunk's XXH64; chunks are in order.
+    # Section 11.2 (checks 51, 52): every delta tensor's base tensor, checked before any plane is decoded.
+    base_bytes = _base_tensors(base_section, tensors, base) if base_section is not None else {}
+
+    # Section 7 steps 2-5: decode the planes, invert the layout and the delta transform, check the chunk's XXH64;
+    # chunks are in order.
     raw: dict[str, list[bytes]] = {t.name: [] for t in tensors}
     for t, c, checksum, decoders in plans:
         chunk = _unplane(t.layout, [decode_plane() for decode_plane in decoders], t.itemsize, t.fields)
+        if t.name in base_bytes:  # section 11.2: the same byte range of the base tensor, words of 11.1
+            start = c * t.chunk_elements * t.itemsize
+            word = 1 if t.dtype in BLOCK_DTYPES else t.itemsize
+            chunk = _undelta(base_section.deltas[t.name].transform, chunk,
+                             base_bytes[t.name][start:start + len(chunk)], word)
         if _xxh64(chunk) != checksum:
             raise ChecksumError(f"tensor {t.name!r} chunk {c}: Checksum stored {checksum:#018x}, "
                                 f"computed {_xxh64(chunk):#018x}")
@@ -710,4 +834,4 @@ def decode(data: bytes) -> Decoded:
         if hashlib.sha256(original).digest() != original_sha:
             raise ChecksumError(f"Original_SHA256 stored {original_sha.hex()}, "
                                 f"computed {hashlib.sha256(original).hexdigest()}")
-    return Decoded(major, minor, metadata, model, source_kind, original, transforms)
+    return Decoded(major, minor, metadata, model, source_kind, original, transforms, base_section)

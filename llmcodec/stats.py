@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import codec, format, kernels
+from . import codec, delta, format, kernels
 from .container import ContainerReader
 from .errors import LimitExceededError
 
@@ -50,6 +50,7 @@ class TensorStats:
     order0_bytes: float | None = None  # with limits: the planes' order-0 entropy, in bytes
     context_bytes: float | None = None  # with limits: the planes' best contexts' entropy
     adaptive_bytes: float | None = None  # with limits: the planes' best adaptive code lengths
+    delta: str | None = None  # a delta tensor (spec 11): its transform and base tensor
 
     @property
     def ratio(self) -> float:
@@ -61,11 +62,13 @@ _METHOD_NAMES = {format.METHOD_RAW: "raw", format.METHOD_CONSTANT: "constant", f
 _LAYOUT_NAMES = {0: "bytes", 1: "fields16", 2: "fields32", 3: "block_fields"}
 
 
-def file_stats(src, *, threads: int | None = None, progress=None, limits: bool = False) -> dict:
+def file_stats(src, *, threads: int | None = None, progress=None, limits: bool = False, base=None) -> dict:
     """What `llmcodec info` shows: per tensor and plane, coded size next to order-0 entropy; with
-    `limits`, also the conditional entropy under each context tried (`CONTEXTS`) and the best."""
+    `limits`, also the conditional entropy under each context tried (`CONTEXTS`) and the best.
+    The planes of a delta tensor (spec 11) hold its delta words: counting them needs its base
+    (`base`, a bases.Base); without one their entropies are NaN."""
     src = Path(src)
-    with ContainerReader(src, threads=threads) as reader:
+    with ContainerReader(src, threads=threads, read_base=None if base is None else base.read) as reader:
         tensors = [_tensor_stats(reader, t, progress, limits) for t in reader.all_tensors]
         source = reader.source
         stats = {
@@ -78,6 +81,9 @@ def file_stats(src, *, threads: int | None = None, progress=None, limits: bool =
             "metadata": reader.metadata,
             "tensors": tensors,
         }
+        if reader.base is not None:  # spec 4.6: which base the file needs
+            stats["base"] = {"name": reader.base.name, "files": [
+                {"path": f.path, "size": f.size, "sha256": f.sha256.hex()} for f in reader.base.files]}
         if limits:
             for key in ("order0_bytes", "context_bytes", "adaptive_bytes"):
                 stats[key] = sum(getattr(t, key) for t in tensors)
@@ -92,7 +98,13 @@ def file_stats(src, *, threads: int | None = None, progress=None, limits: bool =
 def _tensor_stats(reader: ContainerReader, t, progress, limits: bool) -> TensorStats:
     stats = TensorStats(t.name, t.dtype.name, list(t.shape), _LAYOUT_NAMES[t.layout], t.nbytes,
                         t.coded_bytes, len(t.chunks))
-    counts, joint = plane_statistics(reader, t, contexts=limits)
+    if t.delta is not None:
+        stats.delta = f"{format.DELTA_TRANSFORMS[t.delta.transform]} against {t.delta.base_tensor!r}"
+    if t.delta is not None and reader.read_base is None:  # the delta words cannot be decoded
+        k = len(t.planes)
+        counts, joint = np.zeros((k, 256), np.int64), np.zeros((k, 3, 257, 256), np.int64) if limits else None
+    else:
+        counts, joint = plane_statistics(reader, t, contexts=limits)
     for j, (_, width) in enumerate(t.planes):
         symbols = t.elements * width
         methods: dict[str, int] = {}
@@ -101,7 +113,8 @@ def _tensor_stats(reader: ContainerReader, t, progress, limits: bool) -> TensorS
             p = c.planes[j]
             methods[_METHOD_NAMES[p.method]] = methods.get(_METHOD_NAMES[p.method], 0) + 1
             coded += p.length
-        plane = PlaneStats(methods, coded, 8 * coded / symbols if symbols else 0.0, entropy_bits(counts[j]))
+        entropy = entropy_bits(counts[j]) if counts[j].any() or not symbols else math.nan
+        plane = PlaneStats(methods, coded, 8 * coded / symbols if symbols else 0.0, entropy)
         if limits:
             plane.contexts = {"order0": {"entropy": plane.entropy, "adaptive": adaptive_bits(counts[j][None])}}
             for c, name in enumerate(CONTEXTS):
@@ -193,6 +206,10 @@ def plane_statistics(reader: ContainerReader, entry, contexts: bool = False) -> 
                 _constant_counts(chunk.planes, widths.tolist(), n, cols if scalar else 0, scalar, counts, part)
                 continue
             raw = reader.read_chunks(entry, index, index + 1)
+            if entry.delta is not None:  # the stored planes hold the delta words (spec 11)
+                start = entry.chunk_span(index)[0] * entry.dtype.itemsize
+                base = reader.read_base(entry.delta.base_tensor, start, start + raw.shape[0])
+                raw = delta.forward(entry.delta.transform, raw, base, codec.word_bytes(entry))
             if scalar:  # one byte per element in each plane
                 planes = np.empty((k, n), np.uint8)
                 kernels.split_planes(raw, entry.layout, planes)

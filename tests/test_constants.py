@@ -21,7 +21,9 @@ def test_every_dtype_fits_the_kernels_descriptor_rows():
     for d in dtypes.BY_ID.values():
         assert len(dtypes.plane_fields(d, d.default_layout)) <= kernels.MAX_PLANES, d.name
     assert kernels.MAX_PLANES == dtypes.MAX_PLANES
-    assert kernels.ROW_FIELDS + kernels.MAX_PLANES == kernels.ROW_SIZE
+    assert kernels.ROW_FIELDS + kernels.MAX_PLANES == kernels.ROW_DELTA
+    assert (kernels.ROW_BASE, kernels.ROW_BASE_CHECKSUM, kernels.ROW_SIZE) == (
+        kernels.ROW_DELTA + 1, kernels.ROW_DELTA + 2, kernels.ROW_DELTA + 3)
     columns = [kernels.ROW_METHODS, kernels.ROW_PARAMS, kernels.ROW_LENGTHS, kernels.ROW_WIDTHS, kernels.ROW_FIELDS]
     assert all(b - a == kernels.MAX_PLANES for a, b in zip(columns, columns[1:]))
 
@@ -38,7 +40,14 @@ def test_every_fault_code_has_a_message():
     from llmcodec import codec
 
     codes = {v for k, v in vars(kernels).items() if k.startswith(("FAULT_", "DECODE_"))
-             and k not in ("FAULT_OK", "DECODE_OK", "FAULT_PLANE_SHIFT", "FAULT_CHECKSUM")}
+             and k not in ("FAULT_OK", "DECODE_OK", "FAULT_PLANE_SHIFT", "FAULT_CHECKSUM", "FAULT_BASE")}
     assert codes == set(codec.FAULTS)
-    assert kernels.FAULT_CHECKSUM not in codec.FAULTS
-    assert max(codes | {kernels.FAULT_CHECKSUM}) < 1 << kernels.FAULT_PLANE_SHIFT
+    assert kernels.FAULT_CHECKSUM not in codec.FAULTS and kernels.FAULT_BASE not in codec.FAULTS
+    assert max(codes | {kernels.FAULT_CHECKSUM, kernels.FAULT_BASE}) < 1 << kernels.FAULT_PLANE_SHIFT
+
+
+def test_delta_transform_ids_are_the_specs():
+    from llmcodec import delta
+
+    assert (kernels.DELTA_DIFF, kernels.DELTA_SUB) == (format.DELTA_DIFF, format.DELTA_SUB)
+    assert delta.TRANSFORMS == format.DELTA_TRANSFORMS
