@@ -74,13 +74,16 @@ def _arrays(tensors) -> dict[str, np.ndarray]:
     return arrays
 
 
-def save_file(tensors: dict, path, metadata: dict[str, str] | None = None, *, threads: int | None = None) -> None:
+def save_file(tensors: dict, path, metadata: dict[str, str] | None = None, *, threads: int | None = None,
+              base=None) -> None:
     """Write a dict of torch tensors to an `.llmc` file, losslessly (like `safetensors.torch.save_file`).
-    Tensors that share memory are refused (`InvalidArgumentError`): see `save_model`.
+    Tensors that share memory are refused (`InvalidArgumentError`): see `save_model`. With `base`
+    (a base model: a path, an open llmcodec file, or a dict of tensors), tensors are stored as
+    deltas against it where smaller (see `llmcodec.save_file`).
 
     >>> llmcodec.torch.save_file({"w": torch.zeros(2, 3)}, "w.llmc")
     """
-    api.save_file(_arrays(tensors), path, metadata, threads=threads)
+    api.save_file(_arrays(tensors), path, metadata, threads=threads, base=base)
 
 
 def save(tensors: dict, metadata: dict[str, str] | None = None, *, threads: int | None = None) -> bytes:
@@ -93,13 +96,15 @@ def save(tensors: dict, metadata: dict[str, str] | None = None, *, threads: int 
     return api.save(_arrays(tensors), metadata, threads=threads)
 
 
-def load_file(path, device: str = "cpu", *, threads: int | None = None, max_memory: int | None = None) -> dict:
+def load_file(path, device: str = "cpu", *, threads: int | None = None, max_memory: int | None = None,
+              base=None) -> dict:
     """Read every tensor of an `.llmc` file as torch tensors (like `safetensors.torch.load_file`).
 
     With `max_memory`, a file whose tensors add up to more bytes raises `LimitExceededError`
-    before anything is allocated (see `llmcodec.load_file`)."""
+    before anything is allocated (see `llmcodec.load_file`); `base`: the base model of a file of
+    delta tensors (see `llmcodec.open`)."""
     check_device(device)
-    arrays = api.load_file(path, threads=threads, max_memory=max_memory)
+    arrays = api.load_file(path, threads=threads, max_memory=max_memory, base=base)
     return {name: to_torch(array, device) for name, array in arrays.items()}
 
 
@@ -137,7 +142,7 @@ def save_model(model, path, metadata: dict[str, str] | None = None, force_contig
 
 
 def load_model(model, path, strict: bool = True, device="cpu", *, assign: bool = False,
-               threads: int | None = None) -> tuple[list[str], list[str]]:
+               threads: int | None = None, base=None) -> tuple[list[str], list[str]]:
     """Load a file's tensors into `model` (like `safetensors.torch.load_model`): through
     `model.load_state_dict`, so values are cast to the model's dtypes (an fp32 file into a bf16
     model rounds as torch's `copy_` does), and tied weights load from any one of their names.
@@ -150,6 +155,7 @@ def load_model(model, path, strict: bool = True, device="cpu", *, assign: bool =
 
     Returns (missing, unexpected) names as safetensors counts them; with `strict`, any of either
     raises `ModelMismatchError` (a `RuntimeError` too, as in safetensors), after loading the rest.
+    `base`: the base model of a file of delta tensors (see `llmcodec.open`).
 
     Where nothing can change the meaning of `load_state_dict` (no load hooks or overridden
     loading methods in the model), each tensor goes straight into the model's memory as it is
@@ -167,7 +173,7 @@ def load_model(model, path, strict: bool = True, device="cpu", *, assign: bool =
     _check_model(model)
     check_device(device)
     state = model.state_dict(keep_vars=True)
-    with open(path, "pt", device, threads=threads) as f:
+    with open(path, "pt", device, threads=threads, base=base) as f:
         names = f.offset_keys()
         duplicates = _duplicates(state, preferred=names)
         meta = [name for name in names if name in state and state[name].is_meta]

@@ -309,3 +309,23 @@ def test_any_dtype_base_and_fine_tune_round_trip(tmp_path_factory, data):
     with llmcodec.open(path, base=b) as opened:
         lo, hi = sorted(data.draw(st.tuples(st.integers(0, n), st.integers(0, n))))
         assert opened.get_slice("t")[lo:hi].tobytes() == ft[lo:hi].tobytes()
+
+
+def test_torch_helpers_take_a_base(tmp_path):
+    torch = pytest.importorskip("torch")
+    import llmcodec.torch as lt
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)).to(torch.bfloat16)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(torch.randn(64, 64, generator=g).to(torch.bfloat16) * 1e-3)
+    lt.save_file(model.state_dict(), tmp_path / "ft.llmc", base=base)
+    loaded = lt.load_file(tmp_path / "ft.llmc", base=base)
+    assert all(torch.equal(loaded[k].view(torch.int16), v.view(torch.int16)) for k, v in model.state_dict().items())
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)).to(torch.bfloat16)
+    assert lt.load_model(fresh, tmp_path / "ft.llmc", base=base) == ([], [])
+    assert all(torch.equal(a.view(torch.int16), b.view(torch.int16))
+               for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(BaseError):
+        lt.load_file(tmp_path / "ft.llmc")
