@@ -58,10 +58,16 @@ def measure(label: str, base: dict, ft: dict, work: Path) -> list:
     zstd_xor = pairs_bench.zstd_planes(xor, 1 if dtype == "bfloat16" else pairs_bench.ZSTD_EVERY)
     zipnn = pairs_bench.zipnn_bytes(ft, dtype)
     size = {"alone": alone.stat().st_size, "delta": against.stat().st_size}
+    coded = {}
+    for key, path in (("alone", alone), ("delta", against)):
+        with llmcodec.open(path) as f:  # header only: each tensor's coded bytes
+            coded[key] = {name: f.entry(name).coded_bytes for name in f.keys()}
+    larger = sum(coded["delta"][k] > coded["alone"][k] for k in coded["alone"])
     return [label, f"{size['delta'] / raw:.4f}", f"{size['alone'] / raw:.4f}", f"{zipnn / raw:.4f}",
             f"{zstd_xor / raw:.4f}", f"{size['delta'] / zstd_xor:.3f}",
             f"{raw / encode_alone / 1e6:.0f} / {raw / encode_delta / 1e6:.0f}",
-            f"{raw / load_alone / 1e6:.0f} / {raw / load_delta / 1e6:.0f}", f"{load_delta / load_alone:.2f}x"]
+            f"{raw / load_alone / 1e6:.0f} / {raw / load_delta / 1e6:.0f}", f"{load_delta / load_alone:.2f}x",
+            f"{larger} of {len(coded['alone'])}"]
 
 
 def main() -> None:
@@ -87,7 +93,8 @@ def main() -> None:
             rows.append(measure(label, b, f, Path(work)))
             print(rows[-1], flush=True)
     header = ("pair", "llmcodec delta", "llmcodec alone", "ZipNN alone", "zstd -19 XOR planes",
-              "delta / zstd XOR", "encode MB/s alone / delta", "load MB/s alone / delta", "load time delta / alone")
+              "delta / zstd XOR", "encode MB/s alone / delta", "load MB/s alone / delta", "load time delta / alone",
+              "tensors larger as delta")
     body = ("Sizes: fractions of the raw tensor bytes. Load: `llmcodec.load_file`, one thread, CPU "
             f"time, median of {ROUNDS} alternating rounds, files in page cache (the delta load reads the base "
             f"tensors from a safetensors file and checks their checksums). zstd on fp32 XOR planes is estimated "
