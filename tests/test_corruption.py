@@ -2,6 +2,7 @@
 LlmcodecError (or, where it changed nothing, decodes exactly): never another exception, a crash or
 wrong weights. The property itself is `fuzz.fuzz_open.check`, which the fuzz target shares."""
 
+import io
 import json
 import struct
 import zlib
@@ -20,6 +21,7 @@ from llmcodec.errors import ChecksumError, FormatError, TruncatedError
 
 from conftest import legacy_transform_file
 from fuzz.fuzz_open import check, feature_seeds, read_everything, reseal
+from test_golden import as_arrays, ref_base
 
 
 def _valid_file(tmp_path):
@@ -116,7 +118,7 @@ def test_inputs_the_fuzzer_once_failed_on_raise_only_llmcodec_errors(path):
     check(path.read_bytes())
 
 
-@pytest.mark.parametrize("name", SMALL_FILES)
+@pytest.mark.parametrize("name", [*SMALL_FILES, "delta.llmc"])
 def test_every_prefix_is_truncated(name):
     data = (GOLDEN / name).read_bytes()
     for cut in range(len(data)):
@@ -211,30 +213,48 @@ def test_random_mutations_raise_only_llmcodec_errors(name, edits):
     check(bad)
 
 
-@pytest.mark.parametrize("name", ["pairs.llmc", "checkpoint.llmc"])
+def _read_with_base(data: bytes, base) -> dict[str, bytes]:
+    """read_everything, for a file of delta tensors decoded against `base`."""
+    out = {}
+    with llmcodec.open(io.BytesIO(data), threads=1, max_memory=64 << 20, base=base) as f:
+        for name in f.keys():
+            out[name] = f.get_tensor(name).tobytes()
+            shape = f.get_slice(name).get_shape()
+            f.get_slice(name)[shape[0] // 3:shape[0] // 3 + 2]
+    return out
+
+
+@pytest.mark.parametrize("name", ["pairs.llmc", "checkpoint.llmc", "delta.llmc"])
 def test_fast_and_reference_decoders_agree_on_every_header_byte(tmp_path, name):
     """Each byte of the header changed (checksums recomputed): the fast decoder (verifying
     everything, blobs and the original's SHA-256 included) accepts exactly the files that the
-    reference decoder accepts, with the same tensors."""
+    reference decoder accepts, with the same tensors. delta.llmc is decoded with its base; its
+    header (1 KB) has one bit flipped per byte (bit `position mod 8`), and so has every 7th byte of
+    its data section (chunks of delta words)."""
     data = (GOLDEN / name).read_bytes()
     header_at = struct.unpack("<Q", data[16:24])[0]
+    base = slow_base = None
+    flips = [(pos, mask) for pos in range(header_at, len(data)) for mask in (0x01, 0x80)]
+    if name == "delta.llmc":
+        slow_base = ref_base(GOLDEN / "delta-base.safetensors")
+        base = as_arrays(slow_base)
+        flips = [(pos, 1 << pos % 8) for pos in [*range(header_at, len(data)), *range(40, header_at, 7)]]
     path = tmp_path / name
-    for pos in range(header_at, len(data)):
-        for mask in (0x01, 0x80):
-            bad = bytearray(data)
-            bad[pos] ^= mask
-            bad = reseal(bytes(bad))
-            try:
-                ref = {k: t.data for k, t in reference.decode(bad).tensors.items()}
-            except llmcodec.LlmcodecError:
-                ref = None
-            path.write_bytes(bad)
-            try:
-                files.verify_file(path, threads=1)
-                fast = read_everything(bad)
-            except llmcodec.LlmcodecError:
-                fast = None
-            assert fast == ref, (pos, mask)
+    for pos, mask in flips:
+        bad = bytearray(data)
+        bad[pos] ^= mask
+        bad = reseal(bytes(bad))
+        try:
+            ref = {k: t.data for k, t in reference.decode(bad, slow_base).tensors.items()}
+        except llmcodec.LlmcodecError:
+            ref = None
+        path.write_bytes(bad)
+        try:
+            files.verify_file(path, threads=1, base=base)
+            fast = read_everything(bad) if base is None else _read_with_base(bad, base)
+        except llmcodec.LlmcodecError:
+            fast = None
+        assert fast == ref, (pos, mask)
 
 
 # --- the transform record (metadata `llmcodec.transforms`) is file data too ------------------------

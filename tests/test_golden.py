@@ -7,6 +7,8 @@ must raise its recorded error from both.
 
 import hashlib
 import json
+import struct
+from contextlib import ExitStack
 from pathlib import Path
 
 import ml_dtypes
@@ -85,6 +87,128 @@ def test_reference_decoder_agrees_on_golden_vectors(name):
 def test_reference_decoder_rebuilds_the_checkpoint():
     ref = reference.decode((GOLDEN / "checkpoint.llmc").read_bytes())
     assert sha(ref.original) == MANIFEST["vectors"]["checkpoint.llmc"]["original_sha256"]
+
+
+# --- delta.llmc (1.3): a safetensors fine-tune stored against delta-base.safetensors -----------------
+
+DELTA = MANIFEST["vectors"]["delta.llmc"]
+BASE = GOLDEN / DELTA["base"]
+
+
+def ref_base(path: Path) -> dict[str, reference.RefTensor]:
+    """A safetensors file's tensors as the reference decoder takes a base: dtype, shape, raw bytes."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header.pop("__metadata__", None)
+    return {k: reference.RefTensor(v["dtype"], tuple(v["shape"]), data[8 + n + v["data_offsets"][0]:
+                                                                     8 + n + v["data_offsets"][1]])
+            for k, v in header.items()}
+
+
+def as_arrays(base: dict[str, reference.RefTensor]) -> dict[str, np.ndarray]:
+    """The same base as numpy arrays, as the fast decoder takes one."""
+    return {k: np.frombuffer(t.data, dtypes.BY_NAME[t.dtype].numpy).reshape(t.shape) for k, t in base.items()}
+
+
+def expected_fine_tune() -> dict:
+    return {k: (s["dtype"], s["shape"], s["sha256"]) for k, s in DELTA["fine_tune"].items()}
+
+
+def test_delta_vector_records_its_base_and_each_tensors_transform():
+    """Minor version 3; the Base section names the committed base file (its name, size and
+    SHA-256, spec 11.3); DIFF, SUB and standalone tensors as recorded."""
+    data = (GOLDEN / "delta.llmc").read_bytes()
+    assert struct.unpack("<HH", data[8:12]) == (1, 3)
+    assert sha(BASE.read_bytes()) == DELTA["base_sha256"]
+    with ContainerReader(GOLDEN / "delta.llmc") as r:
+        assert r.base == fmt.BaseRecord(BASE.name, [fmt.BaseFile(BASE.name, BASE.stat().st_size,
+                                                                 bytes.fromhex(DELTA["base_sha256"]))])
+        assert {t.name: t.delta and fmt.DELTA_TRANSFORMS[t.delta.transform] for t in r.tensors} == {
+            k: s["delta"] for k, s in DELTA["fine_tune"].items()}
+    assert {s["delta"] for s in DELTA["fine_tune"].values()} == {"DIFF", "SUB", None}
+
+
+@pytest.mark.parametrize("kind", ["path", "encoded", "arrays"])
+def test_delta_vector_decodes_bit_exact_with_its_base(tmp_path, kind):
+    """The base as its path, as an open llmcodec file of it, or as arrays: the fine-tune's tensors,
+    and decode_file gives back the original safetensors file."""
+    with ExitStack() as stack:
+        if kind == "path":
+            base = BASE
+        elif kind == "encoded":
+            files.encode_file(BASE, tmp_path / "base.llmc")
+            base = stack.enter_context(llmcodec.open(tmp_path / "base.llmc"))
+        else:
+            base = as_arrays(ref_base(BASE))
+        got = llmcodec.load_file(GOLDEN / "delta.llmc", base=base)
+        assert {k: (dtypes.from_numpy(a.dtype).name, list(a.shape), sha(a.tobytes()))
+                for k, a in got.items()} == expected_fine_tune()
+        out = files.decode_file(GOLDEN / "delta.llmc", tmp_path / "ft.safetensors", base=base)
+        assert (out.stat().st_size, sha(out.read_bytes())) == (DELTA["original_size"], DELTA["original_sha256"])
+        files.verify_file(GOLDEN / "delta.llmc", base=base)
+
+
+def test_reference_decoder_decodes_the_delta_vector_with_its_base():
+    ref = reference.decode((GOLDEN / "delta.llmc").read_bytes(), ref_base(BASE))
+    assert (ref.minor, ref.base.name) == (3, BASE.name)
+    assert {k: (t.dtype, list(t.shape), sha(t.data)) for k, t in ref.tensors.items()} == expected_fine_tune()
+    assert sha(ref.original) == DELTA["original_sha256"]
+
+
+def test_delta_vector_without_its_base_names_the_base(tmp_path):
+    """Both decoders: a BaseError naming the base file and its SHA-256; the fast one still reads the
+    standalone tensors."""
+    named = rf"{BASE.name}.*{DELTA['base_sha256']}"
+    with pytest.raises(errors.BaseError, match=named):
+        llmcodec.load_file(GOLDEN / "delta.llmc")
+    with pytest.raises(errors.BaseError, match=named):
+        files.decode_file(GOLDEN / "delta.llmc", tmp_path / "ft.safetensors")
+    assert not (tmp_path / "ft.safetensors").exists()
+    with pytest.raises(errors.BaseError, match=named):
+        reference.decode((GOLDEN / "delta.llmc").read_bytes())
+    with llmcodec.open(GOLDEN / "delta.llmc") as f:
+        assert sha(f.get_tensor("bf16.head").tobytes()) == DELTA["fine_tune"]["bf16.head"]["sha256"]
+        with pytest.raises(errors.BaseError, match=named):
+            f.get_tensor("f32.decayed")
+
+
+def wrong_bases() -> dict:
+    """Bases that are not delta.llmc's, each wrong in one way, with what the BaseError names."""
+    good = ref_base(BASE)
+    flipped = bytearray(good["f32.decayed"].data)
+    flipped[300] ^= 1  # element 75: chunk 1 of 64-element chunks
+    return {
+        "one bit": ({**good, "f32.decayed": reference.RefTensor("F32", (8, 32), bytes(flipped))},
+                    r"'f32.decayed'.*chunk 1"),
+        "missing": ({k: v for k, v in good.items() if k != "bf16.trained"}, "'bf16.trained'"),
+        "shape": ({**good, "i8.codes": reference.RefTensor("I8", (16, 16), good["i8.codes"].data)}, r"\[16, 16\]"),
+        "dtype": ({**good, "i8.codes": reference.RefTensor("U8", (256,), good["i8.codes"].data)}, "U8"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(wrong_bases()))
+def test_delta_vector_with_a_wrong_base_is_a_base_error(tmp_path, case):
+    """Both decoders refuse a wrong base before handing out any delta tensor, naming the tensor."""
+    base, named = wrong_bases()[case]
+    with pytest.raises(errors.BaseError, match=named):
+        llmcodec.load_file(GOLDEN / "delta.llmc", base=as_arrays(base))
+    with pytest.raises(errors.BaseError, match=named):
+        files.decode_file(GOLDEN / "delta.llmc", tmp_path / "ft.safetensors", base=as_arrays(base))
+    assert not (tmp_path / "ft.safetensors").exists()
+    with pytest.raises(errors.BaseError, match=named):
+        reference.decode((GOLDEN / "delta.llmc").read_bytes(), base)
+
+
+def test_a_slice_needs_only_its_chunks_base_bytes():
+    """Spec 11.2: rows 0-1 of f32.decayed are its chunk 0; a base wrong only in chunk 1's range
+    still decodes them bit-exact, and the whole tensor is a BaseError."""
+    base, _ = wrong_bases()["one bit"]
+    want = reference.decode((GOLDEN / "delta.llmc").read_bytes(), ref_base(BASE)).tensors["f32.decayed"].data
+    with llmcodec.open(GOLDEN / "delta.llmc", base=as_arrays(base)) as f:
+        assert f.get_slice("f32.decayed")[0:2].tobytes() == want[:256]
+        with pytest.raises(errors.BaseError, match="chunk 1"):
+            f.get_tensor("f32.decayed")
 
 
 def test_golden_vectors_cover_every_method():

@@ -2,12 +2,14 @@
 a writer that writes only what its reader reads, resources bounded at parse time, and every bad
 input an LlmcodecError naming the field. Each test is written from the issue's description."""
 
+import dataclasses
 import json
 import struct
 import time
 import tracemalloc
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 import xxhash
@@ -15,14 +17,16 @@ from safetensors.numpy import load_file as st_load
 from safetensors.numpy import save_file as st_save
 
 import llmcodec
-from llmcodec import codec, dtypes, files, kernels, reference, stats
+from llmcodec import codec, delta, dtypes, files, kernels, reference, stats
 from llmcodec.sources import gguf as gguf_io
 from llmcodec.sources import safetensors as safetensors_io
 from llmcodec import format as fmt
 from llmcodec.container import ContainerReader, ContainerWriter, TensorSource
-from llmcodec.errors import FormatError, InvalidArgumentError, LimitExceededError, LlmcodecError
+from llmcodec.errors import (FormatError, InvalidArgumentError, LimitExceededError, LlmcodecError, TruncatedError,
+                             UnsupportedFeatureError)
 
 from conftest import legacy_transform_file
+from test_delta_transform import build, pair
 
 KEY = "llmcodec.transforms"
 GOLDEN = Path(__file__).parent / "golden"
@@ -245,10 +249,10 @@ def test_decode_refuses_what_safetensors_would_refuse(tmp_path):
 
 
 def _reseal(data: bytes) -> bytes:
-    """`data` with its header checksum (and the preamble's) made valid again."""
+    """`data` with its header checksum (and the preamble's) made valid again, its version kept."""
     h_off = struct.unpack("<Q", data[16:24])[0]
     header = data[h_off:]
-    return fmt.build_preamble(h_off, header) + data[40:h_off] + header
+    return fmt.build_preamble(h_off, header, struct.unpack("<H", data[10:12])[0]) + data[40:h_off] + header
 
 
 def test_a_safetensors_header_safetensors_would_refuse_is_refused(tmp_path, monkeypatch):
@@ -590,3 +594,149 @@ def test_hostile_legacy_records_are_format_errors_naming_the_field(tmp_path):
         with pytest.raises(FormatError):
             reference.decode((tmp_path / "t.llmc").read_bytes())
 
+
+# --- 6. the Base section (spec 4.6, checks 48-50) ---------------------------------------------------
+# The files of test_delta_transform.test_base_section_checks, read by the fast parser: the same
+# error class as the reference decoder, and a message naming the field.
+
+FT, BASE = pair("BF16", 12, 0)
+STORED = delta.forward(delta.DIFF, FT, BASE, 2).tobytes()
+ONE = [("w", "BF16", (12,), STORED, FT)]
+TWO = ONE + [("v", "BF16", (12,), STORED, FT)]
+SUMS = delta.chunk_checksums(BASE, 10).tolist()
+
+
+def _bad_utf8(data: bytes, text: str) -> bytes:
+    """`data` (built with `text` once in its header) with `text` replaced by as many bytes of invalid UTF-8."""
+    raw = text.encode()
+    assert data.count(raw) == 1
+    return _reseal(data.replace(raw, b"\xff" * len(raw)))
+
+
+def _file_count(data: bytes, count: int) -> bytes:
+    """`data` (a file of build() with one Base_File "a") with its File_Count set to `count`."""
+    at = data.index(struct.pack("<I", 1) + struct.pack("<H", 1) + b"a")
+    return _reseal(data[:at] + struct.pack("<I", count) + data[at + 4:])
+
+
+ONE_FILE = build(ONE, deltas={0: ("w", 1, BASE)}, files=[("a", 1, bytes(32))])
+BASE_SECTIONS = {
+    "unknown transform": (build(ONE, deltas={0: ("w", 3, BASE)}), UnsupportedFeatureError, "Transform 3"),
+    "Delta_Count 0": (build(ONE, deltas={}), FormatError, "Delta_Count"),
+    "index over Tensor_Count": (build(ONE, deltas={1: ("w", 1, SUMS)}), FormatError, "Tensor_Index 1"),
+    "index decreasing": (build(TWO, deltas={1: ("w", 1, BASE), 0: ("w", 1, BASE)}), FormatError, "Tensor_Index 0"),
+    "checksums truncated": (build(ONE, deltas={0: ("w", 1, SUMS[:2])}), TruncatedError, "Base_Checksums"),
+    "path twice": (build(ONE, deltas={0: ("w", 1, BASE)}, files=[("a", 1, bytes(32))] * 2), FormatError,
+                   "Path 'a' appears twice"),
+    "Transform_Count 0 and no Base section": (build(ONE), FormatError, "Transform_Count is 0"),
+    "no Transforms section": (build(ONE, deltas={0: ("w", 1, BASE)}, transforms_section=False), LimitExceededError,
+                              "Transform_Count"),
+    "minor version 2": (build(ONE, deltas={0: ("w", 1, BASE)}, minor=2), FormatError, "Transform_Count is 0"),
+    "Base_Name not UTF-8": (_bad_utf8(build(ONE, base_name="base-name", deltas={0: ("w", 1, BASE)}), "base-name"),
+                            FormatError, "Base_Name"),
+    "Path not UTF-8": (_bad_utf8(build(ONE, deltas={0: ("w", 1, BASE)}, files=[("a-path", 1, bytes(32))]),
+                                 "a-path"), FormatError, "Base_File 0 Path"),
+    "base tensor name not UTF-8": (_bad_utf8(build(ONE, deltas={0: ("wbase", 1, BASE)}), "wbase"), FormatError,
+                                   "Delta of tensor 'w' Name"),
+    "File_Count over the limit": (_file_count(ONE_FILE, 2**32 - 1), LimitExceededError, "File_Count 4294967295"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BASE_SECTIONS))
+def test_a_bad_base_section_is_refused_by_both_decoders_naming_the_field(case):
+    data, error, match = BASE_SECTIONS[case]
+    with pytest.raises(error, match=match) as fast:
+        ContainerReader(data)
+    with pytest.raises(error) as slow:
+        reference.decode(data, {"w": BASE})
+    assert fast.type is slow.type is error
+
+
+def test_two_deltas_may_name_one_base_tensor():
+    data = build(TWO, deltas={0: ("w", 1, BASE), 1: ("w", 1, BASE)})
+    got = llmcodec.load_file(data, base={"w": np.frombuffer(BASE, ml_dtypes.bfloat16)})
+    assert got["w"].tobytes() == got["v"].tobytes() == FT == reference.decode(data, {"w": BASE}).tensors["v"].data
+
+
+def _with_delta_on(name: str, minor: int, data: bytes | None = None) -> bytes:
+    """`data` (default transforms.llmc) with tensor `name` made a delta (DIFF against a base tensor
+    of the same name) and a Base section after its Transforms section; Minor_Version `minor`."""
+    data = (GOLDEN / "transforms.llmc").read_bytes() if data is None else data
+    pre = fmt.parse_preamble(data[:40], len(data), fmt.Limits())
+    header = fmt.parse_header(data[pre.header_offset:], pre, fmt.Limits())
+    t = next(t for t in header.tensors if t.name == name)
+    t.delta = fmt.Delta(name, delta.DIFF, [0] * len(t.chunks))
+    header.base = fmt.BaseRecord("base")
+    raw = fmt.serialize_header(header)
+    return fmt.build_preamble(pre.header_offset, raw, minor) + data[40:pre.header_offset] + raw
+
+
+def test_a_transforms_part_cannot_be_a_delta():
+    """Check 48: the plain tensor 'norm' may be a delta beside the transforms; a part may not."""
+    with ContainerReader(_with_delta_on("norm", 3)) as r:
+        assert [t.name for t in r.tensors if t.delta] == ["norm"] and r.transforms
+    bad = _with_delta_on("w#q", 3)
+    with pytest.raises(FormatError, match="'w#q': a coded blob or a transform's part cannot be a delta"):
+        ContainerReader(bad)
+    with pytest.raises(FormatError):
+        reference.decode(bad, {"w#q": b""})
+
+
+def test_a_coded_blob_cannot_be_a_delta(tmp_path):
+    """Check 48: the hidden U8 tensor that holds a large safetensors header (a coded blob)."""
+    src = st_file(tmp_path / "m.safetensors", {"w": np.ones(4, np.float32)}, {"k": "v" * (64 << 10)})
+    data = files.encode_file(src, tmp_path / "m.llmc").read_bytes()
+    with ContainerReader(data) as r:
+        (blob,) = [t.name for t in r.all_tensors if t.hidden]
+    bad = _with_delta_on(blob, 3, data)
+    with pytest.raises(FormatError, match="a coded blob or a transform's part cannot be a delta"):
+        ContainerReader(bad)
+    with pytest.raises(FormatError):
+        reference.decode(bad, {blob: b""})
+
+
+def test_a_1_2_file_with_bytes_after_its_transforms_is_refused():
+    """A Base section after real transforms, in a file of minor version 2: bytes left over (a 1.2
+    reader never reads the deltas' planes as the tensors' own)."""
+    data = _with_delta_on("norm", 2)
+    with pytest.raises(FormatError, match="bytes left over after the last transform"):
+        ContainerReader(data)
+    with pytest.raises(FormatError):
+        reference.decode(data)
+
+
+def _delta_count(data: bytes, count: int) -> bytes:
+    """`data` (a file of build() with one Delta, of tensor 0) with its Delta_Count set to `count`."""
+    at = data.rindex(struct.pack("<IIH", 1, 0, 1) + b"w")
+    return _reseal(data[:at] + struct.pack("<I", count) + data[at + 4:])
+
+
+def _chunk_count_bomb() -> bytes:
+    """A delta tensor of 2^40 bytes in 16384 chunks of 64 MiB whose chunk records and Base_Checksums
+    are missing: the header declares far more than it holds."""
+    header = fmt.Header({}, fmt.Source(), [fmt.TensorEntry("w", dtypes.BY_NAME["U8"], (1 << 40,), 0, 1 << 26)],
+                        base=fmt.BaseRecord("base"))
+    header.tensors[0].delta = fmt.Delta("w", delta.DIFF, [])
+    tensors = fmt.serialize_header(dataclasses.replace(header, base=None))
+    raw = tensors[:-8] + struct.pack("<Q", 1 << 14) + fmt.serialize_header(header)[len(tensors):]  # Chunk_Count
+    return fmt.build_preamble(fmt.PREAMBLE_SIZE, raw, 3) + raw
+
+
+@pytest.mark.parametrize("data,error,match", [
+    (_file_count(ONE_FILE, 1 << 22), TruncatedError,
+     "header ends inside Base_File"),  # at the limit: read one record at a time, until the header ends
+    (_delta_count(build(ONE, deltas={0: ("w", 1, BASE)}), 2**32 - 1), TruncatedError, "Delta 1 Tensor_Index"),
+    (_chunk_count_bomb(), TruncatedError, "16384 chunks do not fit"),
+], ids=["File_Count", "Delta_Count", "Chunk_Count"])
+def test_base_section_count_bombs_are_refused_before_allocating(data, error, match):
+    with pytest.raises(error, match=match):
+        ContainerReader(data)
+    with pytest.raises(error):
+        reference.decode(data, {"w": BASE})
+
+    def parse():
+        with pytest.raises(error):
+            ContainerReader(data)
+    start = time.perf_counter()
+    assert peak_bytes(parse) < 1 << 20
+    assert time.perf_counter() - start < 2

@@ -16,7 +16,7 @@ import numpy as np
 import llmcodec
 from llmcodec import format as fmt
 from llmcodec import dtypes, transforms
-from llmcodec.container import ContainerWriter, TensorSource
+from llmcodec.container import ContainerReader, ContainerWriter, TensorSource
 
 HERE = Path(__file__).parent
 
@@ -73,6 +73,47 @@ def transformed() -> tuple[dict, dict]:
     return stored, {name: record for name, (record, _) in matrices.items()}
 
 
+def safetensors_bytes(tensors: dict) -> bytes:
+    """A safetensors file of `tensors`, in their order, its JSON header padded with spaces to 8 bytes."""
+    entries, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, array in tensors.items():
+        entries[name] = {"dtype": dtypes.from_numpy(array.dtype).name, "shape": list(array.shape),
+                         "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + b"".join(a.tobytes() for a in tensors.values())
+
+
+def delta_pair() -> tuple[dict, dict, dict]:
+    """(base tensors, fine-tune tensors, how the writer stores each fine-tune tensor: the delta
+    transform's name, or None for standalone) of a small fine-tune (spec 11)."""
+    rng = np.random.default_rng(1303)
+    bf16 = (rng.standard_normal((16, 32)) * 0.02).astype(ml_dtypes.bfloat16)
+    f32 = (rng.standard_normal((8, 32)) * 0.02).astype(np.float32)
+    base = {
+        "bf16.trained": bf16,
+        "f32.decayed": f32,
+        "f16.frozen": rng.standard_normal(40).astype(np.float16),
+        "i8.codes": rng.integers(-128, 128, 256, dtype=np.int8),
+        "f32.resized": rng.standard_normal((4, 8)).astype(np.float32),
+    }
+    moved = rng.integers(-3, 4, bf16.shape).astype(np.int16)  # a few units in the last place, either way
+    fine_tune = {
+        "bf16.trained": (bf16.view(np.int16) + moved).view(ml_dtypes.bfloat16),
+        # every word moved down (towards 0) by 1 to 256 units, as weight decay moves them: SUB's
+        # high bytes are all 0xFF, DIFF's second byte is 0 or 1
+        "f32.decayed": (f32.view(np.uint32) - rng.integers(1, 257, f32.shape).astype(np.uint32)).view(np.float32),
+        "f16.frozen": base["f16.frozen"].copy(),  # identical: the delta words are all 0 (CONSTANT)
+        "i8.codes": base["i8.codes"] + rng.integers(-1, 2, 256).astype(np.int8),  # mod 256: -128 - 1 is 127
+        "f32.resized": rng.standard_normal((5, 8)).astype(np.float32),  # another shape: standalone
+        "bf16.head": (rng.standard_normal((3, 8)) * 0.02).astype(ml_dtypes.bfloat16),  # not in the base
+    }
+    stored = {"bf16.trained": "DIFF", "f32.decayed": "SUB", "f16.frozen": "DIFF", "i8.codes": "DIFF",
+              "f32.resized": None, "bf16.head": None}
+    return base, fine_tune, stored
+
+
 def flip(data: bytes, pos: int, mask: int = 1) -> bytes:
     out = bytearray(data)
     out[pos] ^= mask
@@ -90,11 +131,12 @@ def with_preamble(data: bytes, major: int = 1, flags: int = 0, header_length: in
     return head + struct.pack("<I", fmt.checksum32(head)) + data[40:]
 
 
-def with_header(data: bytes, header: bytes) -> bytes:
-    """`data` with its header replaced by `header` and both checksums valid, so that a reader gets
-    past them to the fault under test."""
+def with_header(data: bytes, header: bytes, minor: int | None = None) -> bytes:
+    """`data` with its header replaced by `header` (and its Minor_Version by `minor`) and both
+    checksums valid, so that a reader gets past them to the fault under test."""
     header_at = struct.unpack("<Q", data[16:24])[0]
-    return fmt.build_preamble(header_at, header) + data[40:header_at] + header
+    minor = struct.unpack("<H", data[10:12])[0] if minor is None else minor
+    return fmt.build_preamble(header_at, header, minor) + data[40:header_at] + header
 
 
 def edited(data: bytes, edit) -> bytes:
@@ -175,12 +217,100 @@ def write_checkpoint() -> dict:
     return {"original_sha256": hashlib.sha256(original).hexdigest(), "original_size": len(original)}
 
 
+def write_delta() -> dict:
+    """Version 1.3: a safetensors fine-tune encoded against its base, delta-base.safetensors
+    (committed beside it); decoding needs the base and gives back the fine-tune's SHA-256."""
+    base, fine_tune, stored = delta_pair()
+    (HERE / "delta-base.safetensors").write_bytes(safetensors_bytes(base))
+    original = safetensors_bytes(fine_tune)
+    (HERE / "delta.safetensors").write_bytes(original)
+    llmcodec.encode_file(HERE / "delta.safetensors", HERE / "delta.llmc", chunk_size=256,
+                         base=HERE / "delta-base.safetensors")
+    (HERE / "delta.safetensors").unlink()
+    with ContainerReader(HERE / "delta.llmc") as r:
+        found = {t.name: t.delta and fmt.DELTA_TRANSFORMS[t.delta.transform] for t in r.tensors}
+    assert found == stored, found  # the writer's choices are what the vector is meant to cover
+    return {"original_sha256": hashlib.sha256(original).hexdigest(), "original_size": len(original),
+            "base": "delta-base.safetensors",
+            "base_sha256": hashlib.sha256((HERE / "delta-base.safetensors").read_bytes()).hexdigest(),
+            "fine_tune": {name: {"delta": stored[name], **spec}
+                          for name, spec in tensors_entry(fine_tune, {})["tensors"].items()}}
+
+
 def unknown_kind(header: fmt.Header) -> bytes:
     """The header with the Kind of its first transform record set to 3."""
     raw = bytearray(fmt.serialize_header(header))
     first = len(fmt.serialize_header(dataclasses.replace(header, transforms={}))) + 4  # after Transform_Count
     raw[first + 2 + len(next(iter(header.transforms)).encode())] = 3
     return bytes(raw)
+
+
+def base_fields(header: fmt.Header) -> dict:
+    """Where the Base section (4.6) of a file without transforms puts File_Count, Delta_Count and
+    each Delta record ("Deltas"), as offsets in the serialized header."""
+    at = len(fmt.serialize_header(dataclasses.replace(header, base=None))) + 4  # after Transform_Count 0
+    fields = {"File_Count": at + 2 + len(header.base.name.encode())}
+    fields["Delta_Count"] = fields["File_Count"] + 4 + sum(42 + len(f.path.encode()) for f in header.base.files)
+    fields["Deltas"], pos = [], fields["Delta_Count"] + 4
+    for t in header.tensors:
+        if t.delta is not None:
+            fields["Deltas"].append(pos)
+            pos += 7 + len(t.delta.base_tensor.encode()) + 8 * len(t.chunks)
+    return fields
+
+
+def base_patched(patch):
+    """An edit (for `edited`) that patches the serialized header in place: `patch(raw, fields,
+    header)`, `fields` those of base_fields."""
+    def edit(header: fmt.Header) -> bytes:
+        raw = bytearray(fmt.serialize_header(header))
+        patch(raw, base_fields(header), header)
+        return bytes(raw)
+    return edit
+
+
+def count_bomb(field: str):
+    """The count `field` set to 2^32 - 1."""
+    def patch(raw, fields, header) -> None:
+        raw[fields[field]:fields[field] + 4] = struct.pack("<I", 2**32 - 1)
+    return base_patched(patch)
+
+
+def no_deltas(header: fmt.Header) -> bytes:
+    """A Base section of Delta_Count 0."""
+    for t in header.tensors:
+        t.delta = None
+    return fmt.serialize_header(header)
+
+
+def repeat_index(raw, fields, header) -> None:
+    """The second Delta's Tensor_Index made the first one's."""
+    first, second = fields["Deltas"][:2]
+    raw[second:second + 4] = raw[first:first + 4]
+
+
+def unknown_transform(raw, fields, header) -> None:
+    """The first Delta's Transform set to 3."""
+    first = next(t for t in header.tensors if t.delta is not None)
+    raw[fields["Deltas"][0] + 6 + len(first.delta.base_tensor.encode())] = 3
+
+
+def delta_broken() -> dict:
+    """The Base section (4.6) of delta.llmc broken, each file one rule of it."""
+    data = (HERE / "delta.llmc").read_bytes()
+    return {
+        "delta-count-0.llmc": (edited(data, no_deltas), "FormatError"),
+        "delta-index-repeated.llmc": (edited(data, base_patched(repeat_index)), "FormatError"),
+        "delta-unknown-transform.llmc": (edited(data, base_patched(unknown_transform)), "UnsupportedFeatureError"),
+        # the header ends 8 bytes early: the last Delta's Base_Checksums run past it
+        "delta-checksums-truncated.llmc": (edited(data, lambda h: fmt.serialize_header(h)[:-8]), "TruncatedError"),
+        "delta-file-count-bomb.llmc": (edited(data, count_bomb("File_Count")), "LimitExceededError"),
+        # read a record at a time: the header ends inside the Delta after the last one
+        "delta-count-bomb.llmc": (edited(data, count_bomb("Delta_Count")), "TruncatedError"),
+        # a 1.2 reader finds a Transforms section of 0 records
+        "delta-minor-2.llmc": (with_header(data, data[struct.unpack("<Q", data[16:24])[0]:], minor=2),
+                               "FormatError"),
+    }
 
 
 def broken_files() -> dict:
@@ -221,11 +351,13 @@ def broken_files() -> dict:
         "transform-part-twice.llmc": (edited(transformed_file, lambda h: h.transforms.update(
             w2=dataclasses.replace(h.transforms["w"]))), "FormatError"),
         "transform-unknown-kind.llmc": (edited(transformed_file, unknown_kind), "UnsupportedFeatureError"),
+        **delta_broken(),
     }
 
 
 VECTORS = {"arrays.llmc": write_arrays, "checkpoint.llmc": write_checkpoint, "pairs.llmc": write_pairs,
-           "transforms.llmc": write_transforms, "transforms-1.1.llmc": write_transforms_legacy}
+           "transforms.llmc": write_transforms, "transforms-1.1.llmc": write_transforms_legacy,
+           "delta.llmc": write_delta}
 
 
 def main() -> None:
