@@ -161,24 +161,28 @@ def encode_delta_chunk(raw: np.ndarray, base: np.ndarray, entry: TensorEntry,
                        transform: int) -> tuple[int, list[PlaneRef], np.ndarray]:
     """encode_chunk of the words of `transform` of `raw` against `base` (the same bytes of the
     base tensor); the checksum returned is the raw bytes' (spec 11: chunks check the fine-tune)."""
-    words = delta.forward(transform, raw, base, word_bytes(entry))
+    words = np.empty_like(raw)
+    kernels.apply_delta(transform, word_bytes(entry), np.ascontiguousarray(raw), np.ascontiguousarray(base), words)
     _, planes, streams = encode_chunk(words, entry)
     return checksum64(raw), planes, streams
 
 
 SAMPLE_CHUNKS = 4  # chunks of a tensor coded each way to choose its delta transform
+SAMPLE_BYTES = 256 << 10  # of each, at most its first 256 KiB
 
 
 def choose_delta(entry: TensorEntry, read, read_base) -> tuple[int, int]:
     """The cheapest way to store `entry` against a base tensor of its dtype and shape: 0
-    (standalone), delta.DIFF or delta.SUB, from SAMPLE_CHUNKS chunks spread over the tensor coded
-    each way (every chunk of a smaller tensor); `read(start, stop)` and `read_base(start, stop)`
-    give bytes of the tensor and of the base tensor. Returns (choice, bytes the sample saved
-    against standalone)."""
+    (standalone), delta.DIFF or delta.SUB, from SAMPLE_CHUNKS chunks spread over the tensor (the
+    first SAMPLE_BYTES of each; every chunk of a smaller tensor) coded each way; `read(start, stop)`
+    and `read_base(start, stop)` give bytes of the tensor and of the base tensor. Returns (choice,
+    bytes the sample saved against standalone)."""
     spans = chunk_byte_spans(entry)
     if not spans:
         return 0, 0
-    picks = sorted({spans[round(i * (len(spans) - 1) / max(1, SAMPLE_CHUNKS - 1))] for i in range(SAMPLE_CHUNKS)})
+    step = SAMPLE_BYTES // entry.dtype.itemsize * entry.dtype.itemsize or entry.dtype.itemsize
+    picks = sorted({(a, min(b, a + step)) for a, b in
+                    (spans[round(i * (len(spans) - 1) / max(1, SAMPLE_CHUNKS - 1))] for i in range(SAMPLE_CHUNKS))})
     sizes = {0: 0, delta.DIFF: 0, delta.SUB: 0}
     for start, stop in picks:
         raw, base = read(start, stop), read_base(start, stop)

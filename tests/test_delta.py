@@ -329,3 +329,22 @@ def test_torch_helpers_take_a_base(tmp_path):
                for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     with pytest.raises(BaseError):
         lt.load_file(tmp_path / "ft.llmc")
+
+
+@pytest.mark.parametrize("word", [1, 2, 4, 8])
+@pytest.mark.parametrize("transform", [delta.DIFF, delta.SUB])
+@pytest.mark.parametrize("offset", [0, 1, 3])  # views of words at unaligned addresses
+def test_the_kernels_transforms_equal_the_numpy_definition(word, transform, offset):
+    from llmcodec import kernels
+
+    rng = np.random.default_rng(word * 10 + transform)
+    n = 4096 * word
+    edges = np.array([0, 1, 0x7F, 0x80, 0xFF], np.uint8)
+    a, b = (np.concatenate([rng.integers(0, 256, n - 64, dtype=np.uint8), rng.choice(edges, 64)]) for _ in range(2))
+    buffer = np.zeros(3 * (n + 8), np.uint8)
+    raw, base, out = (buffer[k * (n + 8) + offset:k * (n + 8) + offset + n] for k in range(3))
+    raw[:], base[:] = a, b
+    kernels.apply_delta(transform, word, raw, base, out)
+    assert out.tobytes() == delta.forward(transform, a, b, word).tobytes()
+    kernels.undo_delta(transform, word, out, base)
+    assert out.tobytes() == a.tobytes()
