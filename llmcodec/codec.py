@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import jit, kernels, plain
 from .budget import Budget
 from .errors import ChecksumError, FormatError, InvalidArgumentError, LimitExceededError
 from .format import METHOD_RANS0, PlaneRef, TensorEntry, checksum64
@@ -246,8 +246,9 @@ def decode_spans(spans: list, out: np.ndarray, coded: Coded, threads: int, budge
 
     try:
         with budget.hold(min(threads, tasks) * working, f"{what}: the working memory of {tasks} tasks"):
-            for _ in parallel_map(threads, decode, range(tasks)):
-                pass
+            if jit.loaded() or out.shape[0] > plain.SMALL_BYTES or not plain.decode_spans(spans, out, coded):
+                for _ in parallel_map(threads, decode, range(tasks)):
+                    pass
     except MemoryError:
         raise LimitExceededError(f"{what}: more memory than this machine can allocate") from None
 
