@@ -209,8 +209,9 @@ def main() -> None:
             f"alternating rounds; one-thread figures are CPU time, the {CORES}-thread gain is wall time "
             f"(one thread / {CORES} threads). A speed-up above 1x means llmcodec is faster. Encode: "
             f"`llmcodec.save_file` of the arrays into a RAM-backed file against ZipNN's in-memory "
-            f"compress (GGUF: `encode_file`, file to file in RAM, against zstd's in-memory compress); decode: `llmcodec.load_file` of the container's bytes against ZipNN's "
-            f"decompress.\n\n{table}\n\n{summary_table}\n\n![ratio vs decode speed](speed.png)")
+            f"compress (GGUF: `encode_file`, file to file in RAM, against zstd's in-memory compress); "
+            f"decode: `llmcodec.load_file` of the container's bytes against ZipNN's decompress."
+            f"\n\n{table}\n\n{summary_table}\n\n![ratio vs decode speed](speed.png)")
     write_section("Speed and ratio on real weights", f"python bench/speed.py --rounds {args.rounds}", body)
     print(table)
     print(summary_table)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import delta, kernels
+from . import delta, jit, kernels, plain
 from .budget import Budget
 from .errors import BaseError, ChecksumError, FormatError, InvalidArgumentError, LimitExceededError
 from .format import METHOD_RANS0, PlaneRef, TensorEntry, checksum64
@@ -303,8 +303,10 @@ def decode_spans(spans: list, out: np.ndarray, coded: Coded, threads: int, budge
 
     try:
         with budget.hold(min(threads, tasks) * working, f"{what}: the working memory of {tasks} tasks"):
-            for _ in parallel_map(threads, decode, range(tasks)):
-                pass
+            if (jit.loaded() or out.shape[0] > plain.SMALL_BYTES or any(e.delta is not None for e, _, _ in spans)
+                    or not plain.decode_spans(spans, out, coded)):  # deltas: the kernels alone
+                for _ in parallel_map(threads, decode, range(tasks)):
+                    pass
     except MemoryError:
         raise LimitExceededError(f"{what}: more memory than this machine can allocate") from None
 

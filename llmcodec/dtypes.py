@@ -1,11 +1,15 @@
-"""The dtype table (spec section 4.4), the numpy dtypes behind it, and which planes a layout makes."""
+"""The dtype table (spec section 4.4), the numpy dtypes behind it, and which planes a layout makes.
+
+numpy has no bf16 or fp8: those come from `ml_dtypes`, which takes over a second to import, so a
+`Dtype` names its numpy dtype and `Dtype.numpy` imports ml_dtypes when one of them is first needed.
+"""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import cache
 
-import ml_dtypes
 import numpy as np
 
 from . import ggml
@@ -25,19 +29,38 @@ MAX_PLANES = 8  # planes of any dtype: the kernels' chunk descriptors have this 
 class Dtype:
     id: int
     name: str
-    numpy: np.dtype  # of one element; uint8 for a block type, whose blocks are read as bytes
+    numpy_name: str  # numpy's name of one element's dtype, or an ml_dtypes type's (_ML_DTYPES)
     default_layout: int
     itemsize: int  # bytes of one element: a value, or a block of `block_size` values
     block_size: int = 1
     fields: tuple = ()  # LAYOUT_BLOCK_FIELDS: the block's fields, (offset, length) each, in order
 
     @property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype of one element; uint8 for a block type, whose blocks are read as bytes."""
+        return numpy_dtype(self.numpy_name)
+
+    @property
     def is_block(self) -> bool:
         return self.block_size > 1
 
 
-def _scalar(dtype_id: int, name: str, numpy, layout: int) -> Dtype:
-    return Dtype(dtype_id, name, np.dtype(numpy), layout, np.dtype(numpy).itemsize)
+_ML_DTYPES = {"bfloat16": 2, "float8_e5m2": 1, "float8_e4m3fn": 1}  # name -> itemsize
+
+
+@cache
+def numpy_dtype(name: str) -> np.dtype:
+    """numpy's dtype of that name, or the ml_dtypes type's (imported then)."""
+    if name in _ML_DTYPES:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
+
+
+def _scalar(dtype_id: int, name: str, numpy: str, layout: int) -> Dtype:
+    itemsize = _ML_DTYPES[numpy] if numpy in _ML_DTYPES else np.dtype(numpy).itemsize
+    return Dtype(dtype_id, name, numpy, layout, itemsize)
 
 
 def _block(ggml_id: int) -> Dtype:
@@ -46,20 +69,20 @@ def _block(ggml_id: int) -> Dtype:
     fields = []
     for f in ggml.block_fields(t.name):
         fields += [(f.offset, 1), (f.offset + 1, 1)] if f.length == 2 else [(f.offset, f.length)]
-    return Dtype(GGML_BASE + ggml_id, f"GGML_{t.name}", np.dtype(np.uint8), LAYOUT_BLOCK_FIELDS, t.type_size,
+    return Dtype(GGML_BASE + ggml_id, f"GGML_{t.name}", "u1", LAYOUT_BLOCK_FIELDS, t.type_size,
                  t.block_size, tuple(fields))
 
 
 _TABLE = [
-    _scalar(1, "BOOL", np.bool_, LAYOUT_BYTES),
+    _scalar(1, "BOOL", "?", LAYOUT_BYTES),
     _scalar(2, "U8", "<u1", LAYOUT_BYTES),
     _scalar(3, "I8", "<i1", LAYOUT_BYTES),
-    _scalar(4, "F8_E5M2", ml_dtypes.float8_e5m2, LAYOUT_BYTES),
-    _scalar(5, "F8_E4M3", ml_dtypes.float8_e4m3fn, LAYOUT_BYTES),
+    _scalar(4, "F8_E5M2", "float8_e5m2", LAYOUT_BYTES),
+    _scalar(5, "F8_E4M3", "float8_e4m3fn", LAYOUT_BYTES),
     _scalar(6, "I16", "<i2", LAYOUT_BYTES),
     _scalar(7, "U16", "<u2", LAYOUT_BYTES),
     _scalar(8, "F16", "<f2", LAYOUT_BYTES),
-    _scalar(9, "BF16", ml_dtypes.bfloat16, LAYOUT_FIELDS16),
+    _scalar(9, "BF16", "bfloat16", LAYOUT_FIELDS16),
     _scalar(10, "I32", "<i4", LAYOUT_BYTES),
     _scalar(11, "U32", "<u4", LAYOUT_BYTES),
     _scalar(12, "F32", "<f4", LAYOUT_FIELDS32),
@@ -72,7 +95,7 @@ if _WIDE:  # the kernels' descriptor rows (kernels.MAX_PLANES, a copy) hold no m
     raise RuntimeError(f"dtypes {_WIDE} have more than MAX_PLANES = {MAX_PLANES} planes")
 BY_ID = {d.id: d for d in _TABLE}
 BY_NAME = {d.name: d for d in _TABLE}
-_BY_NUMPY = {d.numpy: d for d in _TABLE if not d.is_block}
+_BY_NUMPY = {d.numpy: d for d in _TABLE if not d.is_block and d.numpy_name not in _ML_DTYPES}
 
 
 def from_id(dtype_id: int) -> Dtype:
@@ -93,10 +116,12 @@ def from_numpy(dtype: np.dtype) -> Dtype:
     """The llmcodec dtype of a numpy dtype, either byte order."""
     dtype = np.dtype(dtype)
     key = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
-    try:
-        return _BY_NUMPY[key]
-    except KeyError:
-        raise InvalidArgumentError(f"unsupported array dtype {dtype}") from None
+    found = _BY_NUMPY.get(key)
+    if found is None and "ml_dtypes" in sys.modules:  # else `dtype` cannot be one of its types
+        found = next((d for d in _TABLE if d.numpy_name in _ML_DTYPES and d.numpy == key), None)
+    if found is None:
+        raise InvalidArgumentError(f"unsupported array dtype {dtype}")
+    return found
 
 
 def layout_allowed(layout: int, dtype: Dtype) -> bool:

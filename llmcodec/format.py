@@ -6,11 +6,12 @@ lists, and return plain dataclasses whose offsets and lengths are safe to hand t
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import struct
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import xxhash
 
@@ -348,14 +349,15 @@ def check_tensor(t: TensorEntry, limits: Limits) -> None:
                                  f"{NAME_SIZE} bytes Name_Length can hold: {name[:60]!r}...")
     if len(t.shape) > limits.ndim:
         raise LimitExceededError(f"tensor {name!r}: Ndim {len(t.shape)} is over the limit {limits.ndim}")
-    if not all(0 <= d < 1 << 64 for d in t.shape):
+    if t.shape and not (min(t.shape) >= 0 and max(t.shape) < 1 << 64):
         raise LimitExceededError(f"tensor {name!r}: shape {list(t.shape)}: a dimension is over 2^64 - 1")
     dtype = t.dtype
-    if dtype.is_block and (not t.shape or t.shape[-1] % dtype.block_size):
+    if dtype.block_size > 1 and (not t.shape or t.shape[-1] % dtype.block_size):
         raise FormatError(f"tensor {name!r}: shape {list(t.shape)} of {dtype.name}: the last dimension must be a "
                           f"multiple of its block size {dtype.block_size}")
-    if t.nbytes > limits.tensor_size:  # Python ints: no overflow
-        raise LimitExceededError(f"tensor {name!r}: shape {list(t.shape)} is {t.nbytes} bytes, over the limit "
+    nbytes = math.prod(t.shape) // dtype.block_size * dtype.itemsize  # t.nbytes; Python ints: no overflow
+    if nbytes > limits.tensor_size:
+        raise LimitExceededError(f"tensor {name!r}: shape {list(t.shape)} is {nbytes} bytes, over the limit "
                                  f"{limits.tensor_size}")
     if t.layout not in dtypes.LAYOUT_ITEMSIZE:
         raise UnsupportedFeatureError(f"tensor {name!r}: unknown Layout {t.layout}")
@@ -507,7 +509,20 @@ class _Cursor:
 
 
 def parse_header(data: bytes, preamble: Preamble, limits: Limits) -> Header:
-    """Parse and fully validate the header (spec sections 4, 8, 9 and 10)."""
+    """Parse and fully validate the header (spec sections 4, 8, 9 and 10).
+
+    The cyclic garbage collector is paused meanwhile: the records are many small objects that
+    all live as long as the header, and its passes over them cost a fifth of the parse."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_header(data, preamble, limits)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _parse_header(data: bytes, preamble: Preamble, limits: Limits) -> Header:
     stored = preamble.header_checksum
     if checksum32(data) != stored:
         raise ChecksumError(f"Header_Checksum: stored {stored:#010x}, computed {checksum32(data):#010x}")
@@ -585,32 +600,57 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
     name = cur.text(cur.one("H", "tensor %d Name_Length", index), "tensor %d Name", index)
     dtype_id, ndim = cur.unpack("BB", "tensor %r Dtype/Ndim", name)
     dtype = dtypes.from_id(dtype_id)
-    shape = cur.unpack("Q" * ndim, "tensor %r Shape", name)
-    layout, chunk_elems, n_chunks = cur.unpack("BQQ", "tensor %r Layout/Chunk_Elements/Chunk_Count", name)
+    fixed = _tensor_fields(ndim)
+    if fixed.size <= len(cur.data) - cur.pos:  # Shape, Layout, Chunk_Elements, Chunk_Count at once
+        *shape, layout, chunk_elems, n_chunks = fixed.unpack_from(cur.data, cur.pos)
+        cur.pos += fixed.size
+    else:  # the header ends inside one of them: name it
+        shape = cur.unpack("Q" * ndim, "tensor %r Shape", name)
+        layout, chunk_elems, n_chunks = cur.unpack("BQQ", "tensor %r Layout/Chunk_Elements/Chunk_Count", name)
     entry = TensorEntry(name, dtype, tuple(shape), layout, chunk_elems)
     check_tensor(entry, limits)
-    elements = entry.elements
+    elements = math.prod(shape) // dtype.block_size  # entry.elements
     expected = -(-elements // chunk_elems)
     if n_chunks != expected:
         raise FormatError(f"tensor {name!r}: Chunk_Count {n_chunks}, expected {expected} for {elements} "
                           f"elements in chunks of {chunk_elems}")
-    widths = [w for _, w in entry.planes]
+    widths, record = _chunk_record(dtype_id, layout)
     k = len(widths)
     # n_chunks <= elements is bounded by the header's size: each chunk takes 16 + 6k header bytes.
     cur_left = len(cur.data) - cur.pos
     if n_chunks * (16 + 6 * k) > cur_left:
         raise TruncatedError(f"tensor {name!r}: {n_chunks} chunks do not fit in the {cur_left} header "
                              f"bytes left")
-    record = _struct("QQ" + "BBI" * k)
     records = cur.take(n_chunks * record.size, "tensor %r chunk records", name)
-    last = elements - (n_chunks - 1) * chunk_elems
+    sizes = [chunk_elems * w for w in widths]  # bytes of each plane of a chunk
+    chunks, last = entry.chunks, n_chunks - 1
     for c, (offset, check, *flat) in enumerate(record.iter_unpack(records)):
-        n = chunk_elems if c < n_chunks - 1 else last
-        planes = [PlaneRef(*flat[i:i + 3]) for i in range(0, 3 * k, 3)]
-        for j, p in enumerate(planes):
-            _check_plane(p, n * widths[j], "tensor %r chunk %d plane %d", name, c, j)
-        entry.chunks.append(Chunk(offset, check, planes))
+        if c == last:  # the last chunk holds what is left
+            sizes = [(elements - c * chunk_elems) * w for w in widths]
+        planes = []
+        fields = iter(flat)
+        for method, parameter, length, size in zip(fields, fields, fields, sizes):
+            plane = PlaneRef(method, parameter, length)
+            # _check_plane's rules, inline: a plane that breaks one is named by _check_plane
+            if not (length == size and parameter == 0 if method == METHOD_RAW else length == 0
+                    if method == METHOD_CONSTANT else length >= _MIN_LENGTH[method] and parameter == 0):
+                _check_plane(plane, size, "tensor %r chunk %d plane %d", name, c, len(planes))
+            planes.append(plane)
+        chunks.append(Chunk(offset, check, planes))
     return entry
+
+
+@cache  # Ndim <= 255
+def _tensor_fields(ndim: int) -> struct.Struct:
+    """Shape, Layout, Chunk_Elements, Chunk_Count of a tensor record of `ndim` dimensions (4.3)."""
+    return _struct("Q" * ndim + "BQQ")
+
+
+@cache  # dtypes x layouts
+def _chunk_record(dtype_id: int, layout: int) -> tuple[tuple, struct.Struct]:
+    """(plane widths, chunk record) of a tensor whose dtype and layout check_tensor accepted (4.3)."""
+    widths = tuple(w for _, w in dtypes.plane_fields(dtypes.BY_ID[dtype_id], layout))
+    return widths, _struct("QQ" + "BBI" * len(widths))
 
 
 def _parse_transforms(cur: _Cursor, tensors: list[TensorEntry], limits: Limits,
@@ -754,6 +794,12 @@ def _json_int(text: str) -> int | float:
 
 
 
+# The shortest stream of a coded method (a one-symbol table, one lane, no word), by method id;
+# an unknown method is never long enough, so _check_plane names it.
+_MIN_LENGTH = tuple({METHOD_RANS0: RANS0_TABLE + 2 + 4, METHOD_RANS0_PAIRS: PAIRS_TABLE + 1 + 1 + 4}.get(m, 1 << 33)
+                    for m in range(256))
+
+
 def _check_plane(p: PlaneRef, n: int, where: str, *args) -> None:
     """Check a plane record of n bytes; `where % args` names it, formatted only for an error (the
     header of a big checkpoint has a plane record per chunk and plane)."""
@@ -799,14 +845,24 @@ def _check_ranges(header: Header, preamble: Preamble) -> None:
         _, _, t, i = what
         return f"tensor {tensors[t].name!r} chunk {i}" if t >= 0 else f"blob segment {i}"
 
-    ranges, shared = [], set()
+    def record(c: Chunk) -> tuple:
+        return c.checksum, [(p.method, p.parameter, p.length) for p in c.planes]
+
+    ranges, at = [], {}  # at: offset -> the chunks with a range of their own that start there
     for ti, t in enumerate(tensors):
         for i, c in enumerate(t.chunks):
-            record = (c.offset, c.checksum, tuple((p.method, p.parameter, p.length) for p in c.planes))
-            if record in shared:  # an identical chunk record shares the range of the first
+            offset = c.offset
+            others = at.get(offset)
+            if others is None:
+                at[offset] = [c]
+            elif any(record(o) == record(c) for o in others):  # an identical chunk record shares the range
                 continue
-            shared.add(record)
-            ranges.append((c.offset, c.offset + c.length, ti, i))
+            else:
+                others.append(c)
+            end = offset
+            for p in c.planes:
+                end += p.length
+            ranges.append((offset, end, ti, i))
     src = header.source
     for i, s in enumerate(src.segments):
         if s.kind == SEGMENT_BLOB:

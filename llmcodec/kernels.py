@@ -356,18 +356,18 @@ def rans_decode(stream, table, precision, lanes, width, out):
     wpos = 4 * lanes
     wend = wpos + 2 * n_words
     i = 0
-    if lanes == ENCODE_LANES:
-        # Fast path: whole groups of lanes while a word for every lane is surely left, so the
+    if lanes == ENCODE_LANES and width == 1:
+        i, used = _rans0_lanes8(stream[wpos:wend], table, precision, states, out[:n])
+        wpos += 2 * used
+    elif lanes == ENCODE_LANES:
+        # Pairs: whole groups of lanes while a word for every lane is surely left, so the
         # branchless refill may read the next word whether or not it takes it.
         while i + ENCODE_LANES <= n and wpos + 2 * ENCODE_LANES <= wend:
             for j in range(ENCODE_LANES):
                 x = states[j]
                 e = table[x & mask]
-                if width == 1:
-                    out[i + j] = e & 0xFF
-                else:
-                    out[2 * (i + j)] = e & 0xFF
-                    out[2 * (i + j) + 1] = (e >> 8) & 0xFF
+                out[2 * (i + j)] = e & 0xFF
+                out[2 * (i + j) + 1] = (e >> 8) & 0xFF
                 x = ((e >> 16) & 0xFFFF) * (x >> precision) + (e >> 32)
                 take = np.int64(x < RANS_L)
                 at = np.uint64(wpos)
@@ -399,6 +399,67 @@ def rans_decode(stream, table, precision, lanes, width, out):
     if wpos != wend:
         return DECODE_BAD_END
     return DECODE_OK
+
+
+@_jit
+def _rans0_lanes8(data, table, precision, states, out):
+    """The bulk of an 8-lane RANS0 decode: symbols 0, 1, .. into `out` while a word for every lane
+    is surely left (so each refill may read its word whether or not it takes it), lane states in
+    locals, a uint32 table (symbol | freq << 8 | bias << 20: 16 KiB at P = 12) and unsigned indices
+    (no negative-index wraparound code). `data`: the words' bytes (an even number); `table`: a
+    fill_decode_table of precision <= 12. Returns (symbols decoded, words read), `states` updated;
+    the caller decodes the rest with checked refills. A table with a frequency of 4096 (one
+    symbol at P = 12: the writer makes such a plane CONSTANT) does not fit: (0, 0)."""
+    size = np.int64(1) << precision
+    packed = np.empty(size, np.uint32)
+    wide = np.int64(0)
+    for s in range(size):
+        e = table[s]
+        f = (e >> 16) & 0xFFFF
+        wide |= f >> 12
+        packed[s] = np.uint32((e & 0xFF) | (f << 8) | ((e >> 32) << 20))
+    if wide:
+        return 0, 0
+    words = data.view(np.uint16)
+    nw = np.int64(words.shape[0])
+    n = np.int64(out.shape[0])
+    mask = size - 1
+    x0, x1, x2, x3 = states[0], states[1], states[2], states[3]
+    x4, x5, x6, x7 = states[4], states[5], states[6], states[7]
+    w = np.int64(0)
+    i = np.int64(0)
+    while i + 8 <= n and w + 8 <= nw:
+        x0, s, w = _rans0_step(x0, packed, mask, precision, words, w)
+        out[np.uint64(i)] = s
+        x1, s, w = _rans0_step(x1, packed, mask, precision, words, w)
+        out[np.uint64(i + 1)] = s
+        x2, s, w = _rans0_step(x2, packed, mask, precision, words, w)
+        out[np.uint64(i + 2)] = s
+        x3, s, w = _rans0_step(x3, packed, mask, precision, words, w)
+        out[np.uint64(i + 3)] = s
+        x4, s, w = _rans0_step(x4, packed, mask, precision, words, w)
+        out[np.uint64(i + 4)] = s
+        x5, s, w = _rans0_step(x5, packed, mask, precision, words, w)
+        out[np.uint64(i + 5)] = s
+        x6, s, w = _rans0_step(x6, packed, mask, precision, words, w)
+        out[np.uint64(i + 6)] = s
+        x7, s, w = _rans0_step(x7, packed, mask, precision, words, w)
+        out[np.uint64(i + 7)] = s
+        i += 8
+    states[0], states[1], states[2], states[3] = x0, x1, x2, x3
+    states[4], states[5], states[6], states[7] = x4, x5, x6, x7
+    return i, w
+
+
+@_inline
+def _rans0_step(x, packed, mask, precision, words, w):
+    """One symbol of a lane: (state after, symbol, next word). The word at `w` exists (caller);
+    it is read whether or not the refill takes it. States stay in [RANS_L, 2^32)."""
+    e = np.int64(packed[np.uint64(x & mask)])
+    x = ((e >> 8) & 0xFFF) * (x >> precision) + (e >> 20)
+    take = np.int64(x < RANS_L)
+    x = (x << (take << 4)) | (np.int64(words[np.uint64(w)]) & -take)
+    return x, e & 0xFF, w + take
 
 
 @_jit

@@ -10,16 +10,37 @@ float64 dot product accumulated in index order, so a file decodes to the same bi
 
 from __future__ import annotations
 
-import ml_dtypes
+from collections.abc import Mapping
+
 import numpy as np
 
+from . import dtypes
 from .errors import InvalidArgumentError, LimitExceededError
 from .format import LEGACY_TRANSFORMS_KEY as METADATA_KEY  # noqa: F401 (the 1.0/1.1 record's key)
 from .format import Transform
 from .jit import kernel
 
 SEPARATOR = "#"
-FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16)}
+
+
+class _FloatDtypes(Mapping):
+    """dtype name -> numpy dtype of the floats a transform takes; BF16's (ml_dtypes) made on first use."""
+
+    _NAMES = ("F32", "F16", "BF16")
+
+    def __getitem__(self, name: str) -> np.dtype:
+        if name not in self._NAMES:
+            raise KeyError(name)
+        return dtypes.BY_NAME[name].numpy
+
+    def __iter__(self):
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
+
+
+FLOAT_DTYPES = _FloatDtypes()
 MIN_ELEMENTS = 4096  # smaller matrices (norms, biases) are left alone: little to save
 
 

@@ -205,3 +205,13 @@ def test_numba_xxh64_matches_xxhash(n):
 
     data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
     assert int(kernels.xxh64(data)) == xxhash.xxh64_intdigest(data)
+
+
+@pytest.mark.parametrize("n", [1, 9, 1000, 100_003])
+def test_a_rans0_plane_of_one_symbol_decodes(n):
+    """A RANS0 table may give one symbol all 2^12 slots (the writer stores such a plane as
+    CONSTANT, another may not): too wide for the packed 32-bit table, decoded all the same."""
+    plane = np.full(n, 7, np.uint8)
+    coded = codec.encode_plane(plane, methods=[METHOD_RANS0], min_gain=-np.inf)
+    assert coded.method == METHOD_RANS0 and _table_size(coded.stream, METHOD_RANS0, n)[1].tolist() == [4096]
+    assert _decode(coded, n)[0].tobytes() == plane.tobytes()
