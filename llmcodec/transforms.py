@@ -21,6 +21,7 @@ from .jit import kernel
 SEPARATOR = "#"
 FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16)}
 MIN_ELEMENTS = 4096  # smaller matrices (norms, biases) are left alone: little to save
+MIN_GROUP = 16  # quantize_within halves group sizes down to this; below, the scales outweigh the gain
 
 
 def eligible(array: np.ndarray, dtype_name: str) -> bool:
@@ -58,6 +59,24 @@ def quantize(name: str, w: np.ndarray, dtype_name: str, bits: int, group_size: i
                   scheme=scheme, group_size=group_size, original_bytes=w.nbytes)
     t.relative_error = relative_error(w, rebuild(t, parts))
     return t, parts
+
+
+def quantize_within(name: str, w: np.ndarray, dtype_name: str, bits: int, group_size: int, scheme: str,
+                    max_error: float) -> tuple[Transform, dict[str, np.ndarray]]:
+    """`quantize` at the largest group size whose rebuilt tensor has a relative error of at most
+    `max_error`: `group_size` first (0: the row), then halved while it stays a divisor of the row
+    of at least MIN_GROUP columns. If none meets it, the setting of the smallest error, for the
+    caller to report; `t.relative_error` says which case it is. Deterministic."""
+    if not max_error > 0:
+        raise InvalidArgumentError(f"max_error must be a positive number, not {max_error}")
+    best = quantize(name, w, dtype_name, bits, group_size, scheme)
+    g = group_size or w.shape[1]
+    while best[0].relative_error > max_error and g % 2 == 0 and g // 2 >= MIN_GROUP:
+        g //= 2
+        tried = quantize(name, w, dtype_name, bits, g, scheme)
+        if tried[0].relative_error < best[0].relative_error:
+            best = tried
+    return best
 
 
 def factorize(name: str, w: np.ndarray, dtype_name: str, rank: int | None = None,
