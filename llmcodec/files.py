@@ -217,8 +217,9 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
     tensors, not the original file.
 
     With `max_error` (quantize only), each matrix gets the largest group size, from `group_size`
-    down, whose relative error is at most `max_error` (`transforms.quantize_within`); a matrix
-    that none brings within it is stored losslessly and listed in the result's `unmet`.
+    (or the row, where it does not divide it) halved down to transforms.MIN_GROUP, whose relative
+    error is at most `max_error` (`transforms.quantize_within`); a matrix that none brings within
+    it is stored losslessly and listed in the result's `unmet`.
 
     >>> done = files.transform_file("m.safetensors", "m.llmc", "quantize", max_error=0.01)  # doctest: +SKIP
     >>> done.unmet                                                                     # doctest: +SKIP
@@ -227,6 +228,8 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
     src, dst = Path(src), Path(dst)
     if max_error is not None and kind != "quantize":
         raise InvalidArgumentError(f"max_error is for quantize, not {kind!r}")
+    if max_error is not None and not max_error > 0:  # checked before any work, matrices or not
+        raise InvalidArgumentError(f"max_error must be a positive number, not {max_error}")
     done = Transformed()
     items = []
     with open(src, "rb") as f:

@@ -1,6 +1,8 @@
 """`quantize --max-error E`: per weight matrix the largest group size whose rebuilt tensor errs at
 most E, or the matrix stored losslessly and reported (issue 20)."""
 
+import doctest
+
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -129,3 +131,10 @@ def test_cli_reports_the_matrices_that_cannot_meet_the_bound(checkpoint, tmp_pat
     assert len(lines) == 2 and lines[0].startswith("llmcodec: narrow.weight: no group size meets --max-error 0.480% "
                                                    "(smallest relative error ")
     assert lines[1].startswith("llmcodec: outliers.weight: no group size meets") and "stored losslessly" in lines[1]
+
+
+def test_docstring_example_runs():
+    for test in doctest.DocTestFinder().find(transforms.quantize_within, globs=vars(transforms)):
+        runner = doctest.DocTestRunner()
+        runner.run(test)
+        assert runner.failures == 0 and test.examples
