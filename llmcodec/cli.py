@@ -11,9 +11,11 @@ import contextlib
 import dataclasses
 import gc
 import json
+import math
 import os
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -221,6 +223,10 @@ def quantize(
     group_size: int = typer.Option(128, "--group-size", min=0,
                                    help="Columns sharing a scale; 0: one scale per row (output channel)."),
     scheme: str = typer.Option("symmetric", "--scheme", help="symmetric (w ~ q * scale) or affine (+ min)."),
+    max_error: float | None = typer.Option(None, "--max-error", help="Largest relative (Frobenius) error per "
+                                           "matrix, e.g. 0.01: the group size is halved (down to 16) until it is "
+                                           "met; a matrix that no group size brings within it is stored "
+                                           "losslessly, and listed."),
     threads: int | None = Threads,
     force: bool = Force,
     quiet: bool = Quiet,
@@ -228,8 +234,10 @@ def quantize(
     """LOSSY: quantize the weight matrices, then store the result losslessly (decode rebuilds it)."""
     if bits not in (4, 8) or scheme not in ("symmetric", "affine"):
         raise typer.BadParameter("--bits must be 8 or 4, --scheme symmetric or affine")
+    if max_error is not None and not max_error > 0:
+        raise typer.BadParameter("--max-error must be a positive number")
     _transform(src, output, force, quiet, "quantize", threads=threads, bits=bits, group_size=group_size,
-               scheme=scheme)
+               scheme=scheme, max_error=max_error)
 
 
 @app.command()
@@ -258,9 +266,17 @@ def _transform(src: Path, dst: Path, force: bool, quiet: bool, kind: str, **opti
         _prepare_kernels(quiet)
         with _progress(f"{kind} {src.name}", _size(src), quiet) as progress:
             done = files.transform_file(src, dst, kind, progress=progress, **options)
+    for name, error in sorted(done.unmet.items()):
+        typer.echo(f"llmcodec: {name}: no group size meets --max-error {options['max_error']:.3%} "
+                   f"(smallest relative error {error:.3%}): stored losslessly", err=True)
     if not quiet:
         worst = max((t.relative_error for t in done.values()), default=0.0)
-        _report(src, dst, f"; {len(done)} tensors {kind}d, largest relative error {worst:.3%}")
+        groups = sorted(Counter(t.group_size for t in done.values()).items(), key=lambda gn: gn[0] or math.inf,
+                        reverse=True)  # a row (0) first, then the largest
+        chosen = (", group sizes chosen: " + ", ".join(f"{g or 'row'} x{n}" for g, n in groups)
+                  if options.get("max_error") and groups else "")
+        unmet = f", {len(done.unmet)} left unquantized" if done.unmet else ""
+        _report(src, dst, f"; {len(done)} tensors {kind}d{chosen}{unmet}, largest relative error {worst:.3%}")
 
 
 @app.command()

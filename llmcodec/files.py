@@ -196,17 +196,41 @@ def _mode_of(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+class Transformed(dict):
+    """What `transform_file` did: tensor name -> its Transform record; and in `unmet`, the weight
+    matrices that no quantization setting brought within `max_error`, stored losslessly: tensor
+    name -> the smallest relative error reached."""
+
+    def __init__(self):
+        super().__init__()
+        self.unmet: dict[str, float] = {}
+
+
 def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128, scheme: str = "symmetric",
-                   rank: int | None = None, energy: float | None = None, threads: int | None = None,
-                   chunk_size: int | None = None, progress=None) -> dict[str, transforms.Transform]:
+                   max_error: float | None = None, rank: int | None = None, energy: float | None = None,
+                   threads: int | None = None, chunk_size: int | None = None, progress=None) -> Transformed:
     """Quantize (`kind="quantize"`) or factorize (`kind="factorize"`) the weight matrices of the
     safetensors file `src` (2-D float tensors of at least transforms.MIN_ELEMENTS values; a
     factorization only where the factors are smaller; one scale per row where `group_size` does not
     divide the row), store everything losslessly in `dst`, and
     return what was done per tensor. Lossy, and only on request: decoding gives the rebuilt
-    tensors, not the original file."""
+    tensors, not the original file.
+
+    With `max_error` (quantize only), each matrix gets the largest group size, from `group_size`
+    (or the row, where it does not divide it) halved down to transforms.MIN_GROUP, whose relative
+    error is at most `max_error` (`transforms.quantize_within`); a matrix that none brings within
+    it is stored losslessly and listed in the result's `unmet`.
+
+    >>> done = files.transform_file("m.safetensors", "m.llmc", "quantize", max_error=0.01)  # doctest: +SKIP
+    >>> done.unmet                                                                     # doctest: +SKIP
+    {}
+    """
     src, dst = Path(src), Path(dst)
-    done: dict[str, transforms.Transform] = {}
+    if max_error is not None and kind != "quantize":
+        raise InvalidArgumentError(f"max_error is for quantize, not {kind!r}")
+    if max_error is not None and not max_error > 0:  # checked before any work, matrices or not
+        raise InvalidArgumentError(f"max_error must be a positive number, not {max_error}")
+    done = Transformed()
     items = []
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -220,7 +244,14 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
             if transforms.eligible(raw, t.dtype.name):
                 if kind == "quantize":  # a group size that does not divide the row: one scale per row
                     group = group_size if group_size and raw.shape[1] % group_size == 0 else 0
-                    result = transforms.quantize(t.name, raw, t.dtype.name, bits, group, scheme)
+                    if max_error is None:
+                        result = transforms.quantize(t.name, raw, t.dtype.name, bits, group, scheme)
+                    else:
+                        result = transforms.quantize_within(t.name, raw, t.dtype.name, bits, group, scheme,
+                                                            max_error)
+                        if result[0].relative_error > max_error:
+                            done.unmet[t.name] = result[0].relative_error
+                            result = None
                 elif kind == "factorize":
                     result = transforms.factorize(t.name, raw, t.dtype.name, rank, energy)
                 else:
