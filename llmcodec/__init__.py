@@ -9,6 +9,7 @@ the public surface; the modules (`llmcodec.codec`, `llmcodec.container`, ...) ar
 import importlib
 
 from .errors import (
+    BaseError,
     ChecksumError,
     FileChangedError,
     FormatError,
@@ -29,7 +30,7 @@ _LAZY = {"load_file": "api", "save_file": "api", "decode_file": "files", "encode
          "open": "loader"}
 
 __all__ = [
-    "ChecksumError", "FileChangedError", "FormatError", "InvalidArgumentError", "InvalidIndexError",
+    "BaseError", "ChecksumError", "FileChangedError", "FormatError", "InvalidArgumentError", "InvalidIndexError",
     "LimitExceededError", "Limits", "LlmcodecFile", "open", "LlmcodecError", "ShardedFile",
     "TensorNotFoundError", "TruncatedError", "UnsupportedFeatureError", "UnsupportedVersionError", "decode_file",
     "encode_file", "load_file", "save_file", "verify_file",

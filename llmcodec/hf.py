@@ -38,14 +38,21 @@ _patched: list[tuple[object, str, object]] = []  # (module, attribute, what it h
 _originals: dict[str, object] = {}
 
 
-def enable() -> None:
+def enable(base=None) -> None:
     """Make safetensors' loaders (and transformers' `from_pretrained`) read llmcodec files too.
-    Calling it again does nothing."""
+    `base`: the base model that files of delta tensors were stored against (spec 11; a path, an
+    open llmcodec file or a mapping of arrays), opened once and used by every llmcodec file read
+    until `disable()`; files without deltas ignore it. Calling it again does nothing."""
     with _lock:
         if _patched:
             return
         import safetensors
         import safetensors.torch
+
+        if base is not None:
+            from .bases import as_base
+
+            _originals["base"] = as_base(base)  # (Base, whether to close it in disable)
 
         _originals["safe_open"] = safetensors.safe_open
         _originals["load"] = safetensors.torch.load
@@ -65,14 +72,18 @@ def disable() -> None:
         while _patched:
             module, name, before = _patched.pop()
             setattr(module, name, before)
+        base, owned = _originals.get("base", (None, False))
+        if owned:
+            base.close()
         _originals.clear()
 
 
 @contextlib.contextmanager
-def enabled():
-    """`enable()` for the duration of a `with` block (then `disable()`, unless it was enabled before)."""
+def enabled(base=None):
+    """`enable(base)` for the duration of a `with` block (then `disable()`, unless it was enabled
+    before)."""
     was = bool(_patched)
-    enable()
+    enable(base)
     try:
         yield
     finally:
@@ -80,10 +91,10 @@ def enabled():
             disable()
 
 
-def from_pretrained(model_class, path, **kwargs):
-    """`model_class.from_pretrained(path, **kwargs)` reading llmcodec-encoded weights, with
-    nothing left patched afterwards."""
-    with enabled():
+def from_pretrained(model_class, path, base=None, **kwargs):
+    """`model_class.from_pretrained(path, **kwargs)` reading llmcodec-encoded weights (delta files
+    against `base`), with nothing left patched afterwards."""
+    with enabled(base):
         return model_class.from_pretrained(path, **kwargs)
 
 
@@ -129,7 +140,8 @@ def _safe_open(filename, framework, device="cpu", **options):
         return _originals["safe_open"](filename, framework, device=device, **options)
     from .loader import open as open_llmc
 
-    return SafeOpen(open_llmc(container, framework, device))
+    base = _originals.get("base", (None, False))[0]
+    return SafeOpen(open_llmc(container, framework, device, base=base))
 
 
 def _load_bytes(data):

@@ -121,3 +121,25 @@ def test_an_index_decides_what_open_reads(tmp_path):
     (enc / folders.INDEX_NAME).write_text(json.dumps({"weight_map": {"a": "../outside.safetensors"}}))
     with pytest.raises(llmcodec.FormatError, match="outside"):
         llmcodec.open(enc)
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_from_pretrained_reads_a_fine_tune_stored_against_its_base(tmp_path, sharded):
+    torch.manual_seed(0)
+    base = _llama().to(torch.bfloat16).eval()
+    base.save_pretrained(tmp_path / "base", **({"max_shard_size": "30KB"} if sharded else {}))
+    tuned = _llama().to(torch.bfloat16).eval()
+    tuned.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_((torch.randn_like(p.float()) * 1e-3).to(p.dtype))
+    tuned.save_pretrained(tmp_path / "tuned", **({"max_shard_size": "30KB"} if sharded else {}))
+    enc = files.encode_file(tmp_path / "tuned", tmp_path / "enc", base=tmp_path / "base")
+    assert sum(f.stat().st_size for f in folders.shards(enc)) < 0.9 * sum(
+        f.stat().st_size for f in (tmp_path / "tuned").glob("*.safetensors"))
+    with pytest.raises(llmcodec.BaseError):
+        llmcodec.hf.from_pretrained(type(tuned), enc)
+    got = llmcodec.hf.from_pretrained(type(tuned), enc, base=tmp_path / "base").eval()
+    _same_state(got, tuned)
+    with llmcodec.hf.enabled(base=tmp_path / "base"):
+        _same_state(transformers.AutoModelForCausalLM.from_pretrained(enc), tuned)
