@@ -978,122 +978,78 @@ def _decode_plane(stream, method, n, out, table):
     return rans_decode(stream[size:], table, precision, lanes, width, out[:n - n % width])
 
 
-@_inline
-def _undo_words(transform, word, out, base):
-    """out[k] = inverse of `transform` (spec 11.1) of delta word out[k] and base word base[k], for
-    the little-endian words of `word` bytes of out (len(out) == len(base), a multiple of word)."""
-    bits = np.uint64(8 * word)
-    mask = np.uint64(0xFFFFFFFFFFFFFFFF) if word == 8 else (np.uint64(1) << bits) - np.uint64(1)
-    one, zero = np.uint64(1), np.uint64(0)
-    for k in range(out.shape[0] // word):
-        at = np.uint64(k * word)
-        d, b = zero, zero
-        for j in range(word):
-            shift = np.uint64(8 * j)
-            d |= np.uint64(out[at + np.uint64(j)]) << shift
-            b |= np.uint64(base[at + np.uint64(j)]) << shift
-        if transform == DELTA_DIFF:
-            d = (d >> one) ^ ((zero - (d & one)) & mask)
-        f = (b + d) & mask
-        for j in range(word):
-            out[at + np.uint64(j)] = np.uint8((f >> np.uint64(8 * j)) & np.uint64(0xFF))
+@_jit
+def apply_delta(transform, word, raw, base, out):
+    """The delta words of a transform (spec 11.1) of the fine-tune words in `raw` against the base
+    words in `base`, into `out` (all three of one length, a multiple of word): the encoder's half
+    of undo_delta. Words are read through views of their width (unaligned loads are fine on the
+    CPUs numba targets)."""
+    if word == 2:
+        _apply(transform, raw.view(np.uint16), base.view(np.uint16), out.view(np.uint16), 0xFFFF, 15)
+    elif word == 4:
+        _apply(transform, raw.view(np.uint32), base.view(np.uint32), out.view(np.uint32), 0xFFFFFFFF, 31)
+    elif word == 8:
+        _apply64(transform, raw.view(np.uint64), base.view(np.uint64), out.view(np.uint64))
+    else:
+        _apply(transform, raw, base, out, 0xFF, 7)
 
 
 @_jit
 def undo_delta(transform, word, out, base):
     """Undo a delta transform (spec 11.1) in place: out's words become the fine-tune's, from the
-    delta words in out and the base words in base (len(out) == len(base), a multiple of word).
-    Words of 2, 4 and 8 bytes are read through views of their width (unaligned loads are fine on
-    the CPUs numba targets); the generic byte loop (_undo_words) serves 1-byte words."""
+    delta words in out and the base words in base (len(out) == len(base), a multiple of word),
+    through views as in apply_delta."""
     if word == 2:
-        _undo16(transform, out.view(np.uint16), base.view(np.uint16))
+        _undo(transform, out.view(np.uint16), base.view(np.uint16))
     elif word == 4:
-        _undo32(transform, out.view(np.uint32), base.view(np.uint32))
+        _undo(transform, out.view(np.uint32), base.view(np.uint32))
     elif word == 8:
         _undo64(transform, out.view(np.uint64), base.view(np.uint64))
     else:
-        _undo_words(transform, 1, out, base)
+        _undo(transform, out, base)
 
 
-@_jit
-def apply_delta(transform, word, raw, base, out):
-    """The delta words of a transform (spec 11.1) of the fine-tune words in `raw` against the base
-    words in `base`, into `out` (all three of one length, a multiple of word): the encoder's half
-    of undo_delta, with the same views."""
-    if word == 2:
-        _apply16(transform, raw.view(np.uint16), base.view(np.uint16), out.view(np.uint16))
-    elif word == 4:
-        _apply32(transform, raw.view(np.uint32), base.view(np.uint32), out.view(np.uint32))
-    elif word == 8:
-        _apply64(transform, raw.view(np.uint64), base.view(np.uint64), out.view(np.uint64))
-    else:
-        for i in range(raw.shape[0]):
-            x = (np.int64(raw[i]) - np.int64(base[i])) & 0xFF
-            if transform == DELTA_DIFF:
-                x = ((x << 1) ^ -(x >> 7)) & 0xFF
-            out[i] = x
+# Words of 1, 2 and 4 bytes are computed in int64 (numba's promotion) and taken modulo 2^w by
+# `mask` or by the store into the word's array; 8-byte words in uint64 throughout, every constant
+# a uint64 (uint64 mixed with int64 would be float64).
 
 
 @_inline
-def _apply16(transform, f, b, o):
+def _apply(transform, f, b, o, mask, top):
     for i in range(f.shape[0]):
-        x = (np.int64(f[i]) - np.int64(b[i])) & 0xFFFF
+        x = (np.int64(f[i]) - np.int64(b[i])) & mask
         if transform == DELTA_DIFF:
-            x = ((x << 1) ^ -(x >> 15)) & 0xFFFF
-        o[i] = x
+            x = (x << 1) ^ -(x >> top)  # zigzag
+        o[i] = x & mask
 
 
 @_inline
-def _apply32(transform, f, b, o):
-    for i in range(f.shape[0]):
-        x = (np.int64(f[i]) - np.int64(b[i])) & 0xFFFFFFFF
+def _undo(transform, o, b):
+    for i in range(o.shape[0]):
+        d = np.int64(o[i])
         if transform == DELTA_DIFF:
-            x = ((x << 1) ^ -(x >> 31)) & 0xFFFFFFFF
-        o[i] = x
+            d = (d >> 1) ^ -(d & 1)  # unzigzag
+        o[i] = np.int64(b[i]) + d  # the store keeps the low w bits
 
 
 @_inline
 def _apply64(transform, f, b, o):
     one, zero, top = np.uint64(1), np.uint64(0), np.uint64(63)
     for i in range(f.shape[0]):
-        x = f[i] - b[i]  # uint64: wraps modulo 2^64
+        x = f[i] - b[i]
         if transform == DELTA_DIFF:
             x = (x << one) ^ (zero - (x >> top))
         o[i] = x
 
 
 @_inline
-def _undo16(transform, o, b):
-    if transform == DELTA_DIFF:
-        for i in range(o.shape[0]):
-            d = np.int64(o[i])
-            o[i] = (np.int64(b[i]) + ((d >> 1) ^ -(d & 1))) & 0xFFFF
-    else:
-        for i in range(o.shape[0]):
-            o[i] = (np.int64(b[i]) + np.int64(o[i])) & 0xFFFF
-
-
-@_inline
-def _undo32(transform, o, b):
-    if transform == DELTA_DIFF:
-        for i in range(o.shape[0]):
-            d = np.int64(o[i])
-            o[i] = (np.int64(b[i]) + ((d >> 1) ^ -(d & 1))) & 0xFFFFFFFF
-    else:
-        for i in range(o.shape[0]):
-            o[i] = (np.int64(b[i]) + np.int64(o[i])) & 0xFFFFFFFF
-
-
-@_inline
 def _undo64(transform, o, b):
     one, zero = np.uint64(1), np.uint64(0)
-    if transform == DELTA_DIFF:
-        for i in range(o.shape[0]):
-            d = o[i]
-            o[i] = b[i] + ((d >> one) ^ (zero - (d & one)))  # uint64: wraps modulo 2^64
-    else:
-        for i in range(o.shape[0]):
-            o[i] = b[i] + o[i]
+    for i in range(o.shape[0]):
+        d = o[i]
+        if transform == DELTA_DIFF:
+            d = (d >> one) ^ (zero - (d & one))
+        o[i] = b[i] + d
 
 
 @_jit

@@ -170,6 +170,8 @@ def rebuild_stored(reader, name: str, budget=None) -> np.ndarray:
                                  f"({t.original_bytes} bytes) needs more memory than this machine can "
                                  f"allocate") from None
 
+# A numba kernel outside kernels.py on purpose: it calls no other kernel, so numba's cache, which
+# does not notice edits to callees in other files, cannot serve a stale copy of it.
 @kernel
 def _matmul(u, v):
     """float32(sum over k, in order, of float64(u[i, k]) * float64(v[k, j])): the same bits on every
