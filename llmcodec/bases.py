@@ -176,12 +176,7 @@ class SourceBase(Base):
     def identity(self) -> tuple[str, bytes | None]:
         if len(self._files) != 1 or self._path.is_dir():
             return self._path.name, None
-        sha = hashlib.sha256()
-        fd = self._files[0].fileno()
-        size = os.fstat(fd).st_size
-        for pos in range(0, size, HASH_PIECE):
-            sha.update(os.pread(fd, min(HASH_PIECE, size - pos), pos))
-        return self._path.name, sha.digest()
+        return self._path.name, _sha256(self._files[0].fileno())
 
     def close(self) -> None:
         for f in self._files:
