@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bases, dtypes, transforms
+from . import bases, codec, dtypes, transforms
 from .budget import Budget
 from .container import ContainerReader, ContainerWriter, TensorSource
 from .errors import InvalidArgumentError, LimitExceededError
@@ -18,14 +18,16 @@ from .loader import as_array, check_max_memory, check_unique, is_folder, rebuild
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, str] | None = None, *,
-              threads: int | None = None, chunk_size: int | None = None, base=None) -> None:
+              threads: int | None = None, chunk_size: int | None = None, base=None, level: str = "fast") -> None:
     """Write numpy arrays to an `.llmc` file, losslessly; the write is atomic.
 
     `threads` defaults to $LLMCODEC_THREADS, else every core; `chunk_size` is the bytes of raw data
     per independently decodable chunk (default 1 MiB). With `base` (a path to a base model, an open
     llmcodec file or a mapping of arrays), each tensor the base holds with the same name, dtype and
     shape is stored as a delta against it where that is smaller (spec 11); reading the file then
-    needs the base.
+    needs the base. `level`: "fast" (the default), or "max" for a smaller file at several times
+    the encoding work (every plane that codes smaller is coded, and each tensor gets the chunk
+    size that codes it smallest, unless `chunk_size` is given); any reader reads either.
 
     >>> import numpy as np, llmcodec
     >>> llmcodec.save_file({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)
@@ -35,6 +37,7 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
     if not isinstance(tensors, Mapping):
         raise InvalidArgumentError(f"tensors must be a mapping of names to arrays, not {type(tensors).__name__}")
     metadata = _check_metadata(metadata)
+    level = codec.level(level)
     items = []
     for name, array in tensors.items():
         if not isinstance(name, str):
@@ -50,12 +53,12 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, st
         shape = array.shape  # np.ascontiguousarray would turn a 0-d array into 1-d
         items.append(TensorSource(name, dtype, shape, np.ascontiguousarray(array, dtype=dtype.numpy)))
     with ExitStack() as stack:
-        writer = stack.enter_context(ContainerWriter(path, threads=threads, chunk_size=chunk_size))
+        writer = stack.enter_context(ContainerWriter(path, threads=threads, chunk_size=chunk_size, level=level))
         base, owned = bases.as_base(base)
         if owned:
             stack.callback(base.close)
         if base is not None:
-            bases.plan_deltas(items, base, chunk_size, writer.threads)
+            bases.plan_deltas(items, base, chunk_size, writer.threads, level)
         writer.add_many(items)
         writer.finish(metadata, base=None if base is None else base.record())
 
@@ -104,7 +107,7 @@ def load_file(path, *, threads: int | None = None, limits: Limits | None = None,
 
 
 def save(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None, *,
-         threads: int | None = None, chunk_size: int | None = None) -> bytes:
+         threads: int | None = None, chunk_size: int | None = None, level: str = "fast") -> bytes:
     """The bytes of the `.llmc` file `save_file` writes (like `safetensors.numpy.save`).
 
     >>> data = llmcodec.api.save({"w": np.arange(3, dtype=np.float32)})
@@ -115,7 +118,7 @@ def save(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None =
     # is written into a private temporary folder, read back, and removed.
     with tempfile.TemporaryDirectory(prefix="llmcodec-") as folder:
         path = Path(folder) / "tensors.llmc"
-        save_file(tensors, path, metadata, threads=threads, chunk_size=chunk_size)
+        save_file(tensors, path, metadata, threads=threads, chunk_size=chunk_size, level=level)
         return path.read_bytes()
 
 

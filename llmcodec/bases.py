@@ -336,13 +336,16 @@ def check_fits(base: Base, tensors, where: str) -> None:
                             f"{base.name}: this is not its base")
 
 
-def plan_deltas(items: list, base: Base, chunk_size, threads: int = 1) -> int:
+def plan_deltas(items: list, base: Base, chunk_size, threads: int = 1, level="fast") -> int:
     """Make a delta (TensorSource.delta) of each of `items` (container.TensorSource) whose name
     the base holds with the same dtype and shape, where a sample of its chunks codes smaller so
-    (codec.choose_delta); returns the bytes the samples saved. Hidden tensors stay standalone."""
+    at `level` (codec.choose_delta); returns the bytes the samples saved. Hidden tensors stay
+    standalone."""
     from . import codec
     from .container import TensorSource
     from .format import TensorEntry
+
+    effort = codec.level(level)
 
     def plan(item) -> int:
         if not isinstance(item, TensorSource) or item.hidden:
@@ -352,7 +355,7 @@ def plan_deltas(items: list, base: Base, chunk_size, threads: int = 1) -> int:
             return 0
         entry = TensorEntry(item.name, item.dtype, tuple(b.shape), item.dtype.default_layout,
                             codec.chunk_elements(chunk_size, item.dtype.itemsize))
-        choice, saved = codec.choose_delta(entry, item.read, lambda a, z, n=item.name: base.read(n, a, z))
+        choice, saved = codec.choose_delta(entry, item.read, lambda a, z, n=item.name: base.read(n, a, z), effort)
         if choice:
             item.delta = (item.name, choice, lambda a, z, n=item.name: base.read(n, a, z))
         return saved

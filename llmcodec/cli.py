@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from collections import Counter
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -31,6 +32,16 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar, no notes on 
 Force = typer.Option(False, "--force", "-f", help="Replace an existing output file, or a folder that holds only "
                      "an earlier output of the same command.")
 Output = typer.Option(None, "--output", "-o", help="Output file or folder; - for standard output.")
+
+
+class LevelName(str, Enum):  # codec.LEVELS
+    fast = "fast"
+    max = "max"
+
+
+Level = typer.Option(LevelName.fast, "--level", "-l", help="fast, or max: a smaller file for several times the "
+                     "encoding work (every plane that codes smaller is coded; each tensor gets the chunk size that "
+                     "codes it smallest unless --chunk-size is given). Any decoder reads either.")
 Base = typer.Option(None, "--base", "-b", help="The base model the file's delta tensors are stored against "
                     "(a .safetensors/.gguf file or folder, or a .llmc file or folder).")
 
@@ -196,6 +207,7 @@ def encode(
     base: Path | None = typer.Option(None, "--base", "-b", help="Store tensors as deltas against this base model "
                                      "where smaller (a fine-tune against what it was trained from); decoding then "
                                      "needs it."),
+    level: LevelName = Level,
     force: bool = Force,
     quiet: bool = Quiet,
 ) -> None:
@@ -210,7 +222,8 @@ def encode(
         _check_output(dst, force)
         _prepare_kernels(quiet)
         with _progress(f"encode {src.name}", _size(src), quiet) as progress:
-            files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress, base=base)
+            files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress, base=base,
+                              level=level.value)
     if not quiet:
         _report(src, dst)
 
@@ -228,6 +241,7 @@ def quantize(
                                            "met; a matrix that no group size brings within it is stored "
                                            "losslessly, and listed."),
     threads: int | None = Threads,
+    level: LevelName = Level,
     force: bool = Force,
     quiet: bool = Quiet,
 ) -> None:
@@ -237,7 +251,7 @@ def quantize(
     if max_error is not None and not max_error > 0:
         raise typer.BadParameter("--max-error must be a positive number")
     _transform(src, output, force, quiet, "quantize", threads=threads, bits=bits, group_size=group_size,
-               scheme=scheme, max_error=max_error)
+               scheme=scheme, max_error=max_error, level=level.value)
 
 
 @app.command()
@@ -248,13 +262,14 @@ def factorize(
     energy: float | None = typer.Option(None, "--energy", min=0.0, max=1.0,
                                         help="Keep the fewest singular values holding this share of the energy."),
     threads: int | None = Threads,
+    level: LevelName = Level,
     force: bool = Force,
     quiet: bool = Quiet,
 ) -> None:
     """LOSSY: low-rank factors (truncated SVD) of the weight matrices where they are smaller, stored losslessly."""
     if (rank is None) == (energy is None):
         raise typer.BadParameter("give exactly one of --rank and --energy")
-    _transform(src, output, force, quiet, "factorize", threads=threads, rank=rank, energy=energy)
+    _transform(src, output, force, quiet, "factorize", threads=threads, rank=rank, energy=energy, level=level.value)
 
 
 def _transform(src: Path, dst: Path, force: bool, quiet: bool, kind: str, **options) -> None:

@@ -100,6 +100,35 @@ def parallel_map(threads: int, fn, items):
 # --- encoding -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Level:
+    """How hard the encoder tries. Any decoder reads any level: a level shows in a file only as the
+    methods and chunk sizes it chose (spec section 6.3: the writer's choices)."""
+
+    name: str
+    min_gain: float  # a plane is entropy-coded only if that saves this fraction of its size
+    pair_tolerance: float  # RANS0_PAIRS is taken while it costs at most this fraction more than RANS0
+    chunk_sizes: tuple[int, ...]  # chunk sizes tried per tensor, the smallest file kept; () = the default only
+
+
+# "fast": today's default, byte for byte. "max": every plane that codes smaller is coded, the
+# smaller of RANS0 and RANS0_PAIRS is kept, and each tensor gets the chunk size (of CHUNK_TRIALS)
+# that codes it smallest: smaller chunks follow local statistics better, larger ones carry fewer
+# tables (bench/RESULTS.md, "--level max"). Costs about len(chunk_sizes) more encoding work.
+CHUNK_TRIALS = (128 << 10, 256 << 10, 512 << 10, 1 << 20)
+LEVELS = {"fast": Level("fast", kernels.MIN_GAIN, kernels.PAIR_TOLERANCE, ()),
+          "max": Level("max", 0.0, 0.0, CHUNK_TRIALS)}
+
+
+def level(name: str | Level) -> Level:
+    """The `Level` called `name` ("fast" or "max"); a Level is returned as it is."""
+    if isinstance(name, Level):
+        return name
+    if not isinstance(name, str) or name not in LEVELS:
+        raise InvalidArgumentError(f"level must be one of {', '.join(map(repr, LEVELS))}, not {name!r}")
+    return LEVELS[name]
+
+
 def chunk_elements(chunk_size: int | None, itemsize: int) -> int:
     """Elements per chunk for a chunk size in bytes (default 1 MiB)."""
     size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
@@ -122,19 +151,21 @@ def plane_geometry(entry: TensorEntry) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(planes[:, 0]), np.ascontiguousarray(planes[:, 1])
 
 
-def encode_chunk(raw: np.ndarray, entry: TensorEntry) -> tuple[int, list[PlaneRef], np.ndarray]:
-    """Checksum, plane records and streams (back to back) of one chunk of `entry`; `raw` is its
-    n * itemsize bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
+def encode_chunk(raw: np.ndarray, entry: TensorEntry,
+                 effort: Level = LEVELS["fast"]) -> tuple[int, list[PlaneRef], np.ndarray]:
+    """Checksum, plane records and streams (back to back) of one chunk of `entry` at level
+    `effort`; `raw` is its n * itemsize bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
     fields, widths = plane_geometry(entry)
     out = np.empty(raw.shape[0], np.uint8)
     info = np.empty((widths.shape[0], 3), np.int64)
-    check, total = kernels.encode_chunk(raw, entry.layout, entry.dtype.itemsize, fields, widths, out, info)
+    check, total = kernels.encode_chunk(raw, entry.layout, entry.dtype.itemsize, fields, widths, out, info,
+                                        float(effort.min_gain), float(effort.pair_tolerance))
     return int(check), [PlaneRef(int(m), int(p), int(n)) for m, p, n in info], out[:total]
 
 
-def encode_chunks(jobs: list, pool, threads: int):
-    """Code the chunks of `jobs` on `pool` (None: this thread), results in order, at most
-    2 x threads in flight. A job is (read, entry, read_base): `read()` gives the chunk's raw bytes,
+def encode_chunks(jobs: list, pool, threads: int, effort: Level = LEVELS["fast"]):
+    """Code the chunks of `jobs` at level `effort` on `pool` (None: this thread), results in order,
+    at most 2 x threads in flight. A job is (read, entry, read_base): `read()` gives the chunk's raw bytes,
     `entry` the tensor it belongs to (None: bytes to store as they are), `read_base()` for a delta
     tensor (entry.delta) the same bytes of its base tensor, else None. Yields (raw, checksum, plane
     records, streams, base checksum), the last four None for an entry of None; the checksum is
@@ -145,9 +176,9 @@ def encode_chunks(jobs: list, pool, threads: int):
         if entry is None:
             return raw, None, None, None, None
         if read_base is None:
-            return raw, *encode_chunk(raw, entry), None
+            return raw, *encode_chunk(raw, entry, effort), None
         base = read_base()
-        return raw, *encode_delta_chunk(raw, base, entry, entry.delta.transform), checksum64(base)
+        return raw, *encode_delta_chunk(raw, base, entry, entry.delta.transform, effort), checksum64(base)
 
     return ordered_map(pool, threads, encode, jobs)
 
@@ -157,13 +188,13 @@ def word_bytes(entry: TensorEntry) -> int:
     return delta.word_bytes(entry.dtype.itemsize, entry.dtype.is_block)
 
 
-def encode_delta_chunk(raw: np.ndarray, base: np.ndarray, entry: TensorEntry,
-                       transform: int) -> tuple[int, list[PlaneRef], np.ndarray]:
+def encode_delta_chunk(raw: np.ndarray, base: np.ndarray, entry: TensorEntry, transform: int,
+                       effort: Level = LEVELS["fast"]) -> tuple[int, list[PlaneRef], np.ndarray]:
     """encode_chunk of the words of `transform` of `raw` against `base` (the same bytes of the
     base tensor); the checksum returned is the raw bytes' (spec 11: chunks check the fine-tune)."""
     words = np.empty_like(raw)
     kernels.apply_delta(transform, word_bytes(entry), np.ascontiguousarray(raw), np.ascontiguousarray(base), words)
-    _, planes, streams = encode_chunk(words, entry)
+    _, planes, streams = encode_chunk(words, entry, effort)
     return checksum64(raw), planes, streams
 
 
@@ -171,7 +202,7 @@ SAMPLE_CHUNKS = 4  # chunks of a tensor coded each way to choose its delta trans
 SAMPLE_BYTES = 256 << 10  # of each, at most its first 256 KiB
 
 
-def choose_delta(entry: TensorEntry, read, read_base) -> tuple[int, int]:
+def choose_delta(entry: TensorEntry, read, read_base, effort: Level = LEVELS["fast"]) -> tuple[int, int]:
     """The cheapest way to store `entry` against a base tensor of its dtype and shape: 0
     (standalone), delta.DIFF or delta.SUB, from SAMPLE_CHUNKS chunks spread over the tensor (the
     first SAMPLE_BYTES of each; every chunk of a smaller tensor) coded each way; `read(start, stop)`
@@ -186,11 +217,47 @@ def choose_delta(entry: TensorEntry, read, read_base) -> tuple[int, int]:
     sizes = {0: 0, delta.DIFF: 0, delta.SUB: 0}
     for start, stop in picks:
         raw, base = read(start, stop), read_base(start, stop)
-        sizes[0] += encode_chunk(raw, entry)[2].shape[0]
+        sizes[0] += encode_chunk(raw, entry, effort)[2].shape[0]
         for transform in (delta.DIFF, delta.SUB):
-            sizes[transform] += encode_delta_chunk(raw, base, entry, transform)[2].shape[0]
+            sizes[transform] += encode_delta_chunk(raw, base, entry, transform, effort)[2].shape[0]
     best = min(sizes, key=lambda k: (sizes[k], k))  # a tie keeps standalone, then DIFF
     return best, sizes[0] - sizes[best]
+
+
+TRIAL_WINDOWS = 4  # windows of a tensor coded at each chunk size to choose one (level "max")
+
+
+def choose_chunk_size(entry: TensorEntry, read, read_base, effort: Level) -> int:
+    """The chunk size in bytes (of `effort.chunk_sizes`) at which `entry` codes smallest, from
+    TRIAL_WINDOWS windows of the largest size spread over the tensor (the whole tensor when it is
+    no larger than those), each cut into chunks of every size and coded; `read(start, stop)` gives
+    the tensor's bytes, `read_base` the base tensor's for a delta (entry.delta), else None. Ties
+    keep the larger size (fewer chunks to read and check)."""
+    sizes = sorted(effort.chunk_sizes)
+    item = entry.dtype.itemsize
+    window = max(sizes) // item * item or item
+    windows = -(-entry.nbytes // window)
+    if windows == 0:
+        return sizes[-1]
+    picks = sorted({round(i * (windows - 1) / max(1, TRIAL_WINDOWS - 1)) for i in range(min(windows, TRIAL_WINDOWS))})
+    cost = dict.fromkeys(sizes, 0)
+    # a chunk's header record (spec 4.3): offset, checksum, 6 bytes per plane; a delta's Base_Checksum
+    record = 16 + 6 * len(entry.planes) + (8 if read_base is not None else 0)
+    for w in picks:
+        start, stop = w * window, min((w + 1) * window, entry.nbytes)
+        raw = np.ascontiguousarray(read(start, stop))
+        base = None if read_base is None else np.ascontiguousarray(read_base(start, stop))
+        for size in sizes:
+            step = max(item, size // item * item)
+            for a in range(0, stop - start, step):
+                part = raw[a:a + step]
+                if base is None:
+                    cost[size] += encode_chunk(part, entry, effort)[2].shape[0]
+                else:
+                    cost[size] += encode_delta_chunk(part, base[a:a + step], entry, entry.delta.transform,
+                                                     effort)[2].shape[0]
+            cost[size] += record * -(-(stop - start) // step)
+    return min(sizes, key=lambda s: (cost[s], -s))
 
 
 @dataclass

@@ -72,9 +72,10 @@ class ContainerWriter:
     limits = Limits()  # what the default reader accepts
 
     def __init__(self, path, *, threads: int | None = None, chunk_size: int | None = None,
-                 mode: int | None = None):
+                 mode: int | None = None, level: str = "fast"):
         self.path = Path(path)
         self.threads = codec.resolve_threads(threads)
+        self.level = codec.level(level)  # "max" tries chunk sizes per tensor unless `chunk_size` is given
         if chunk_size is not None:
             if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
                 raise InvalidArgumentError(f"chunk_size must be a whole number of bytes, not {chunk_size!r}")
@@ -119,12 +120,13 @@ class ContainerWriter:
         format.check_count("Tensor_Count", len(self.tensors) + tensors, self.limits.tensor_count)
         if segments:
             format.check_count("Segment_Count", len(self.segments) + len(items), self.limits.segment_count)
+        sizes = self._chunk_sizes([item for item in items if not isinstance(item, BlobSource)])
         for item in items:
             if isinstance(item, BlobSource):
                 jobs.append((item.read, None, None))
                 owners.append((item, None, True))
                 continue
-            entry = self._entry(item)
+            entry = self._entry(item, sizes.get(id(item), self.chunk_size))
             spans = codec.chunk_byte_spans(entry)
             read_base = item.delta[2] if item.delta is not None else None
             jobs += [(lambda item=item, span=span: item.read(*span), entry,
@@ -132,7 +134,8 @@ class ContainerWriter:
             owners += [(item, entry, True) for _ in spans] or [(item, entry, False)]  # an empty tensor: no chunk
 
         indices, last = [], None
-        with closing(codec.encode_chunks(jobs, self._pool, self.threads)) as results:  # one result per job, in order
+        # one result per job, in order
+        with closing(codec.encode_chunks(jobs, self._pool, self.threads, self.level)) as results:
             for item, entry, real in owners:
                 raw = check = planes = streams = base_check = None
                 if real:
@@ -173,10 +176,24 @@ class ContainerWriter:
         self._out.file.flush()
         return os.pread(self._out.file.fileno(), length, offset)
 
-    def _entry(self, item: TensorSource) -> TensorEntry:
+    def _chunk_sizes(self, items: list[TensorSource]) -> dict[int, int]:
+        """id(item) -> the chunk size in bytes chosen for it by the level (codec.choose_chunk_size),
+        for levels that try several and only when no chunk_size was given; the tensors are tried
+        on the worker threads."""
+        if self.chunk_size is not None or not self.level.chunk_sizes:
+            return {}
+
+        def choose(item: TensorSource) -> int:
+            entry = self._entry(item, max(self.level.chunk_sizes))
+            read_base = item.delta[2] if item.delta is not None else None
+            return codec.choose_chunk_size(entry, item.read, read_base, self.level)
+
+        return {id(item): size for item, size in zip(items, codec.parallel_map(self.threads, choose, items))}
+
+    def _entry(self, item: TensorSource, chunk_size: int | None = None) -> TensorEntry:
         shape = tuple(int(d) for d in item.shape)
         entry = TensorEntry(item.name, item.dtype, shape, item.dtype.default_layout,
-                            codec.chunk_elements(self.chunk_size, item.dtype.itemsize), hidden=item.hidden)
+                            codec.chunk_elements(chunk_size, item.dtype.itemsize), hidden=item.hidden)
         if item.delta is not None:
             entry.delta = Delta(item.delta[0], item.delta[1], [])
         format.check_tensor(entry, self.limits)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bases, dtypes, folders, format, output, sources, transforms
+from . import bases, codec, dtypes, folders, format, output, sources, transforms
 from .sources import safetensors as safetensors_file
 from .container import BlobSource, ContainerReader, ContainerWriter, TensorSource, model_entries
 from .errors import ChecksumError, InvalidArgumentError, UnsupportedFeatureError
@@ -48,7 +48,7 @@ def decoded_name(src: Path, source_kind: int | None = None) -> Path:
 
 
 def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | None = None,
-                progress=None, base=None) -> Path:
+                progress=None, base=None, level: str = "fast") -> Path:
     """Encode a safetensors or GGUF file, or a folder holding a sharded checkpoint, losslessly.
 
     A folder becomes a folder (see `llmcodec.folders`): each `*.safetensors` and `*.gguf` at any
@@ -61,15 +61,17 @@ def encode_file(src, dst=None, *, threads: int | None = None, chunk_size: int | 
     With `base` (a base model: a path to a safetensors or GGUF file or folder, an `.llmc` file or
     encoded folder, an open llmcodec file, or a mapping of arrays), each tensor the base holds with
     the same name, dtype and shape is stored as a delta against it where that is smaller (spec 11);
-    decoding then needs the same base.
+    decoding then needs the same base. `level`: "fast" (the default) or "max" (a smaller file for
+    several times the encoding work; see `llmcodec.save_file`); any reader reads either.
 
     >>> llmcodec.encode_file("model.safetensors")            # doctest: +SKIP
     PosixPath('model.llmc')
     """
     src = Path(src)
     dst = encoded_name(src) if dst is None else Path(dst)
+    level = codec.level(level)
     with _base(base) as base:
-        _encode(src, dst, threads, chunk_size, progress, base)
+        _encode(src, dst, threads, chunk_size, progress, base, level)
     return dst
 
 
@@ -84,7 +86,7 @@ def _base(base):
             base.close()
 
 
-def _encode(src: Path, dst: Path, threads, chunk_size, progress, base) -> None:
+def _encode(src: Path, dst: Path, threads, chunk_size, progress, base, level) -> None:
     if src.is_dir():
         folders.check_destination(src, dst)
         converted = set(folders.source_files(src))
@@ -92,12 +94,12 @@ def _encode(src: Path, dst: Path, threads, chunk_size, progress, base) -> None:
 
         def build(out: Path, rel: Path) -> None:
             if rel in converted:
-                _encode_one(src / rel, out, threads, chunk_size, progress, base)
+                _encode_one(src / rel, out, threads, chunk_size, progress, base, level)
             else:
                 _copy(src / rel, out, progress)
         folders.write_folder(dst, targets, build, f"encoding {src}")
     else:
-        _encode_one(src, dst, threads, chunk_size, progress, base)
+        _encode_one(src, dst, threads, chunk_size, progress, base, level)
 
 
 def decode_file(src, dst=None, *, threads: int | None = None, progress=None, base=None) -> Path:
@@ -208,7 +210,8 @@ class Transformed(dict):
 
 def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128, scheme: str = "symmetric",
                    max_error: float | None = None, rank: int | None = None, energy: float | None = None,
-                   threads: int | None = None, chunk_size: int | None = None, progress=None) -> Transformed:
+                   threads: int | None = None, chunk_size: int | None = None, progress=None,
+                   level: str = "fast") -> Transformed:
     """Quantize (`kind="quantize"`) or factorize (`kind="factorize"`) the weight matrices of the
     safetensors file `src` (2-D float tensors of at least transforms.MIN_ELEMENTS values; a
     factorization only where the factors are smaller; one scale per row where `group_size` does not
@@ -226,6 +229,7 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
     {}
     """
     src, dst = Path(src), Path(dst)
+    level = codec.level(level)
     if max_error is not None and kind != "quantize":
         raise InvalidArgumentError(f"max_error is for quantize, not {kind!r}")
     if max_error is not None and not max_error > 0:  # checked before any work, matrices or not
@@ -268,7 +272,7 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
                     items.append(TensorSource(record.parts[role], dtypes.from_numpy(part.dtype), part.shape, part))
             if progress is not None:
                 progress(t.end - t.begin)
-    with ContainerWriter(dst, threads=threads, chunk_size=chunk_size) as writer:
+    with ContainerWriter(dst, threads=threads, chunk_size=chunk_size, level=level) as writer:
         writer.add_many(items)
         writer.finish(layout.metadata, transforms=done)
     return done
@@ -291,7 +295,7 @@ def verify_file(src, *, threads: int | None = None, progress=None, limits: Limit
 # --- one file ------------------------------------------------------------------------------------
 
 
-def _encode_one(src: Path, dst: Path, threads, chunk_size, progress, base) -> None:
+def _encode_one(src: Path, dst: Path, threads, chunk_size, progress, base, level) -> None:
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         layout = sources.read_layout(f, size, str(src))
@@ -326,9 +330,9 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress, base) -> No
             pos = end
         items += blobs(pos, size)
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        with ContainerWriter(dst, threads=threads, chunk_size=chunk_size, mode=mode) as writer:
+        with ContainerWriter(dst, threads=threads, chunk_size=chunk_size, mode=mode, level=level) as writer:
             if base is not None:
-                bases.plan_deltas(items, base, chunk_size, writer.threads)
+                bases.plan_deltas(items, base, chunk_size, writer.threads, level)
             writer.add_many(items, consumed, segments=True)
             if os.fstat(fd).st_size != size:
                 raise InvalidArgumentError(f"{src}: file changed size while being encoded")

@@ -25,12 +25,12 @@ PRECISION = 12  # RANS0: 4096 slots, a 32 KiB decode table that stays in L1
 PAIR_PRECISION = 13  # RANS0_PAIRS: hundreds of distinct pairs need finer frequencies
 MAX_PAIR_BYTES = 64  # more distinct bytes than that make too many pairs
 MAX_PAIRS = 2048  # rare pairs beyond this many would crowd out the common ones
-# A plane is entropy-coded only if that saves at least this fraction of its raw size: coding a
-# near-uniform plane (a bf16's sign + mantissa saves ~0.2%) would halve decode speed for ~0.1% of
-# the file. ZipNN's equivalent threshold is 5%.
+# Level "fast" (codec.LEVELS): a plane is entropy-coded only if that saves at least this fraction
+# of its raw size: coding a near-uniform plane (a bf16's sign + mantissa saves ~0.2%) would halve
+# decode speed for ~0.1% of the file. ZipNN's equivalent threshold is 5%. Level "max" uses 0.
 MIN_GAIN = 0.02
-# RANS0_PAIRS decodes about 1.5x as fast as RANS0 (one step per two bytes); it is chosen while it
-# costs at most this fraction more than RANS0.
+# Level "fast": RANS0_PAIRS decodes about 1.5x as fast as RANS0 (one step per two bytes); it is
+# chosen while it costs at most this fraction more than RANS0. Level "max" uses 0.
 PAIR_TOLERANCE = 0.01
 
 # Methods and layouts (spec sections 5 and 6), as format.py numbers them.
@@ -584,10 +584,10 @@ ALL_METHODS = (1 << RAW) | (1 << CONSTANT) | (1 << RANS0) | (1 << RANS0_PAIRS)
 
 
 @_jit
-def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
+def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain, pair_tolerance):
     """Store `plane` (uint8[n], n >= 1, byte histogram `counts`) at out[pos:] by the cheapest of
     the methods in the bit set `allowed`: CONSTANT, RANS0, RANS0_PAIRS (taken while it costs at
-    most PAIR_TOLERANCE more than RANS0), RAW; entropy coding only if it saves `min_gain` of the
+    most `pair_tolerance` more than RANS0), RAW; entropy coding only if it saves `min_gain` of the
     plane (with RAW allowed). Returns (method, parameter, length).
 
     Pricing (the models' estimated sizes) comes first, then one stream writer runs; a coded
@@ -610,7 +610,7 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain):
     pairs = False
     if allowed & (1 << RANS0_PAIRS) and n >= 2 and s <= MAX_PAIR_BYTES:
         ok, cells, pfreq, in_pair, table_size, pair_cost = _price_pairs(plane, dense, s, ids)
-        pairs = ok and pair_cost <= cost * (1 + PAIR_TOLERANCE)
+        pairs = ok and pair_cost <= cost * (1 + pair_tolerance)
         if pairs:
             cost = pair_cost
     # the estimate is within a few bytes of the coded size
@@ -718,11 +718,13 @@ def _write_rans0(plane, symbols, dense, freq, ids, words, out, pos, budget):
 
 
 @_jit
-def encode_chunk(raw, layout, itemsize, fields, widths, out, info):
+def encode_chunk(raw, layout, itemsize, fields, widths, out, info, min_gain, pair_tolerance):
     """Encode one chunk of n elements, `raw` its n * itemsize bytes (n >= 1), in the planes that
     `layout` and (fields, widths) make (dtypes.plane_fields): their streams go back to back into
     `out` (room for n * itemsize bytes: no plane is stored larger than it is), and info[j] gets
-    plane j's (method, parameter, length). Returns the chunk's XXH64 and the streams' total length.
+    plane j's (method, parameter, length), each chosen by encode_plane with `min_gain` and
+    `pair_tolerance` (a level's, codec.LEVELS). Returns the chunk's XXH64 and the streams' total
+    length.
     """
     n = raw.shape[0] // itemsize
     k = widths.shape[0]
@@ -742,7 +744,7 @@ def encode_chunk(raw, layout, itemsize, fields, widths, out, info):
         plane = planes[start:start + n * widths[j]]
         start += n * widths[j]
         method, parameter, length = encode_plane(plane, byte_histogram(plane), out, pos, ids, words,
-                                                 ALL_METHODS, MIN_GAIN)
+                                                 ALL_METHODS, min_gain, pair_tolerance)
         info[j, 0] = method
         info[j, 1] = parameter
         info[j, 2] = length
