@@ -68,9 +68,12 @@ BLOCK_DTYPES = {  # section 4.4, block dtypes: id -> (name, itemsize, block_size
     105: ('GGML_Q1_0', 18, 128, [(0, 18)]),
 }
 DTYPES.update({k: v[:2] for k, v in BLOCK_DTYPES.items()})
-BLOCK_FIELDS = 3  # section 5
+BLOCK_FIELDS, BLOCK_QUANTS = 3, 4  # section 5
 # section 5: id -> (name, itemsize)
-LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4), 3: ("BLOCK_FIELDS", None)}
+LAYOUTS = {0: ("BYTES", None), 1: ("FIELDS16", 2), 2: ("FIELDS32", 4), 3: ("BLOCK_FIELDS", None),
+           4: ("BLOCK_QUANTS", None)}
+# section 5.1, the block dtypes BLOCK_QUANTS allows: id -> (b, offset of qs (Q6_K: ql), offset of qh)
+QUANT_DTYPES = {70: (5, 6, 2), 71: (5, 8, 4), 77: (5, 48, 16), 78: (6, 0, 128)}
 METHODS = {0: "RAW", 1: "CONSTANT", 2: "RANS0", 3: "RANS0_PAIRS"}  # section 6
 SOURCE_KINDS = {0: "arrays", 1: "safetensors", 2: "GGUF"}  # section 4.2
 SEGMENT_TENSOR, SEGMENT_BLOB, SEGMENT_CODED_BLOB = 0, 1, 2  # section 4.2, Segment_Kind
@@ -141,7 +144,8 @@ class _Tensor:  # a section 4.3 record, checked but not yet decoded
     numel: int  # elements (section 1): values, or blocks of a block dtype
     itemsize: int
     layout: int
-    fields: list[tuple[int, int]]  # section 5: (offset, width) in the element of each plane's bytes
+    fields: list[tuple[int | None, int]]  # section 5: (offset, width) in the element of each plane's bytes;
+    # offset None: the quants plane of BLOCK_QUANTS (5.1), `width` quants per block
     chunk_elements: int
     chunks: list[tuple[int, int, list[tuple[int, int, int]]]]  # (Offset, Checksum, [(Method, Parameter, Length)])
 
@@ -257,9 +261,17 @@ def _tensor(r: _Reader) -> _Tensor:
     layout = r.uint(1, f"{where} Layout")
     if layout not in LAYOUTS:
         raise UnsupportedFeatureError(f"{where}: Layout {layout} is not a known id")
-    if (layout == BLOCK_FIELDS) != (dtype in BLOCK_DTYPES) or LAYOUTS[layout][1] not in (None, itemsize):  # section 5
+    block_layout = layout in (BLOCK_FIELDS, BLOCK_QUANTS)  # section 5: block dtypes use these, and only they
+    if (block_layout != (dtype in BLOCK_DTYPES) or LAYOUTS[layout][1] not in (None, itemsize)
+            or layout == BLOCK_QUANTS and dtype not in QUANT_DTYPES):
         raise FormatError(f"{where}: Layout {LAYOUTS[layout][0]} does not fit dtype {DTYPES[dtype][0]}")
-    fields = BLOCK_DTYPES[dtype][3] if layout == BLOCK_FIELDS else [(k, 1) for k in range(itemsize)]
+    if layout == BLOCK_FIELDS:
+        fields = BLOCK_DTYPES[dtype][3]
+    elif layout == BLOCK_QUANTS:  # section 5.1: the fields but qs (ql) and qh, then the quants plane
+        _, low_at, high_at = QUANT_DTYPES[dtype]
+        fields = [f for f in BLOCK_DTYPES[dtype][3] if f[0] not in (low_at, high_at)] + [(None, BLOCK_DTYPES[dtype][2])]
+    else:
+        fields = [(k, 1) for k in range(itemsize)]
     chunk_elements = r.uint(8, f"{where} Chunk_Elements")
     if chunk_elements < 1:
         raise FormatError(f"{where}: Chunk_Elements must be >= 1, found 0")
@@ -659,9 +671,27 @@ def _plane(method: int, parameter: int, stream: bytes, n: int, where: str) -> Ca
     return (_rans0 if method == 2 else _rans0_pairs)(_Reader(stream, where, FormatError), n)
 
 
-def _unplane(layout: int, planes: list[bytes], itemsize: int, fields: list[tuple[int, int]]) -> bytes:
-    """Section 5: the inverse of the layout, element by element; each element is written little-endian."""
+def _unplane(layout: int, planes: list[bytes], itemsize: int, fields: list[tuple[int | None, int]], dtype: int = 0,
+             where: str = "chunk") -> bytes:
+    """Section 5: the inverse of the layout, element by element; each element is written little-endian.
+    BLOCK_QUANTS needs the Dtype id, and checks its quants plane first (check 53, FormatError naming `where`)."""
     out = bytearray()
+    if layout == BLOCK_QUANTS:  # section 5.1: the other fields in place, qs (ql) and qh rebuilt from the quants
+        bits, low_at, high_at = QUANT_DTYPES[dtype]
+        quants, size = planes[-1], fields[-1][1]
+        if quants and max(quants) >> bits:
+            k = next(k for k, q in enumerate(quants) if q >> bits)
+            raise FormatError(f"{where}: quants plane byte {k} (quant {k % size} of block {k // size}) is {quants[k]}, "
+                              f"must be below 2^{bits} = {1 << bits} (check 53: a corrupt plane)")
+        for e in range(len(quants) // size):
+            block = bytearray(itemsize)
+            for p, (offset, width) in zip(planes, fields[:-1]):
+                block[offset:offset + width] = p[e * width:(e + 1) * width]
+            low, high = _quant_fields(dtype, quants[e * size:(e + 1) * size])
+            block[low_at:low_at + len(low)] = low
+            block[high_at:high_at + len(high)] = high
+            out += block
+        return bytes(out)
     if layout == BLOCK_FIELDS:  # plane j holds bytes [offset_j, offset_j + width_j) of each element
         n = len(planes[0]) // fields[0][1]
         for e in range(n):
@@ -678,6 +708,35 @@ def _unplane(layout: int, planes: list[bytes], itemsize: int, fields: list[tuple
         else:  # FIELDS32
             v = ((p[1] & 0x80) << 24) | (p[0] << 23) | ((p[1] & 0x7F) << 16) | (p[2] << 8) | p[3]
         out += v.to_bytes(itemsize, "little")
+    return bytes(out)
+
+
+def _quant_fields(dtype: int, q: bytes) -> tuple[bytes, bytes]:
+    """Section 5.1, the inverse: a block's qs (Q6_K: ql) and qh from its quants `q`; each bit of them is a bit of
+    one quant: its low 4 bits are a nibble of qs (ql), its bit 4 (Q6_K: bits 4 and 5) are in qh."""
+    name = BLOCK_DTYPES[dtype][0]
+    if name in ("GGML_Q5_0", "GGML_Q5_1"):  # qs[j]: quants j and 16 + j; bit i of qh[j]: quant 8j + i
+        qs = _nibbles(q[:16], q[16:])
+        qh = _high_bits([q[i::8] for i in range(8)], 1)
+    elif name == "GGML_Q5_K":  # qs[32g + j]: quants 64g + j and 64g + 32 + j; bit i of qh[j]: quant 32i + j
+        qs = b"".join(_nibbles(q[64 * g:64 * g + 32], q[64 * g + 32:64 * g + 64]) for g in range(4))
+        qh = _high_bits([q[32 * i:32 * i + 32] for i in range(8)], 1)
+    else:  # Q6_K: ql[64h + j]: quants 128h + j and 128h + 64 + j; bits 2t, 2t+1 of qh[32h + j]: quant 128h + 32t + j
+        qs = b"".join(_nibbles(q[128 * h:128 * h + 64], q[128 * h + 64:128 * h + 128]) for h in range(2))
+        qh = b"".join(_high_bits([q[128 * h + 32 * t:128 * h + 32 * t + 32] for t in range(4)], 2) for h in range(2))
+    return qs, qh
+
+
+def _nibbles(low: bytes, high: bytes) -> bytes:
+    """Byte j: the low 4 bits of low[j] in its low nibble, those of high[j] in its high nibble."""
+    return bytes(a & 0x0F | (b & 0x0F) << 4 for a, b in zip(low, high))
+
+
+def _high_bits(parts: list[bytes], step: int) -> bytes:
+    """Byte j: the bits from bit 4 up of parts[i][j] at bit step x i, for each i."""
+    out = [0] * len(parts[0])
+    for i, part in enumerate(parts):
+        out = [o | (v >> 4) << step * i for o, v in zip(out, part)]
     return bytes(out)
 
 
@@ -791,7 +850,8 @@ def decode(data: bytes, base: Mapping | Callable | None = None) -> Decoded:
     # chunks are in order.
     raw: dict[str, list[bytes]] = {t.name: [] for t in tensors}
     for t, c, checksum, decoders in plans:
-        chunk = _unplane(t.layout, [decode_plane() for decode_plane in decoders], t.itemsize, t.fields)
+        chunk = _unplane(t.layout, [decode_plane() for decode_plane in decoders], t.itemsize, t.fields, t.dtype,
+                         f"tensor {t.name!r} chunk {c}")
         if t.name in base_bytes:  # section 11.2: the same byte range of the base tensor, words of 11.1
             start = c * t.chunk_elements * t.itemsize
             word = 1 if t.dtype in BLOCK_DTYPES else t.itemsize
