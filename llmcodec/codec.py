@@ -338,8 +338,8 @@ def fault_error(code: int, entry: TensorEntry, index: int, out: np.ndarray) -> E
                              f"computed {checksum64(out):#018x}")
     fault, plane = code & ((1 << kernels.FAULT_PLANE_SHIFT) - 1), code >> kernels.FAULT_PLANE_SHIFT
     if fault == kernels.FAULT_QUANTS:
-        return FormatError(f"{where} plane {plane}: the quants plane of layout BLOCK_QUANTS holds a byte of "
-                           f"{entry.dtype.quant_bits} bits or more (spec 5: a quant does not fit its bits)")
+        return FormatError(f"{where} plane {plane}: the quants plane of layout BLOCK_QUANTS holds a byte above "
+                           f"{(1 << entry.dtype.quant_bits) - 1} (spec 5: a quant does not fit its bits)")
     method = entry.chunks[index].planes[plane].method if plane < len(entry.chunks[index].planes) else None
     pairs = method != METHOD_RANS0
     name = "RANS0_PAIRS" if pairs else "RANS0"
