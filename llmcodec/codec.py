@@ -156,7 +156,7 @@ def encode_chunk(raw: np.ndarray, entry: TensorEntry,
     """Checksum, plane records and streams (back to back) of one chunk of `entry` at level
     `effort`; `raw` is its n * itemsize bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
     fields, widths = plane_geometry(entry)
-    out = np.empty(raw.shape[0], np.uint8)
+    out = np.empty(raw.shape[0] // entry.dtype.itemsize * entry.plane_bytes, np.uint8)
     info = np.empty((widths.shape[0], 3), np.int64)
     check, total = kernels.encode_chunk(raw, entry.layout, entry.dtype.itemsize, fields, widths, out, info,
                                         float(effort.min_gain), float(effort.pair_tolerance))
@@ -227,8 +227,9 @@ def choose_delta(entry: TensorEntry, read, read_base, effort: Level = LEVELS["fa
 TRIAL_WINDOWS = 4  # windows of a tensor coded at each chunk size to choose one (level "max")
 
 
-def choose_chunk_size(entry: TensorEntry, read, read_base, effort: Level) -> int:
-    """The chunk size in bytes (of `effort.chunk_sizes`) at which `entry` codes smallest, from
+def choose_chunk_size(entry: TensorEntry, read, read_base, effort: Level) -> tuple[int, int]:
+    """The chunk size in bytes (of `effort.chunk_sizes`) at which `entry` codes smallest, and the
+    bytes its trial coded to (streams and chunk records), from
     TRIAL_WINDOWS windows of the largest size spread over the tensor (the whole tensor when it is
     no larger than those), each cut into chunks of every size and coded; `read(start, stop)` gives
     the tensor's bytes, `read_base` the base tensor's for a delta (entry.delta), else None. Ties
@@ -238,7 +239,7 @@ def choose_chunk_size(entry: TensorEntry, read, read_base, effort: Level) -> int
     window = max(sizes) // item * item or item
     windows = -(-entry.nbytes // window)
     if windows == 0:
-        return sizes[-1]
+        return sizes[-1], 0
     picks = sorted({round(i * (windows - 1) / max(1, TRIAL_WINDOWS - 1)) for i in range(min(windows, TRIAL_WINDOWS))})
     cost = dict.fromkeys(sizes, 0)
     # a chunk's header record (spec 4.3): offset, checksum, 6 bytes per plane; a delta's Base_Checksum
@@ -257,7 +258,8 @@ def choose_chunk_size(entry: TensorEntry, read, read_base, effort: Level) -> int
                     cost[size] += encode_delta_chunk(part, base[a:a + step], entry, entry.delta.transform,
                                                      effort)[2].shape[0]
             cost[size] += record * -(-(stop - start) // step)
-    return min(sizes, key=lambda s: (cost[s], -s))
+    best = min(sizes, key=lambda s: (cost[s], -s))
+    return best, cost[best]
 
 
 @dataclass
@@ -319,6 +321,7 @@ FAULTS = {
     kernels.FAULT_STATES_SHORT: "the stream ends inside its states",
     kernels.FAULT_ODD_WORDS: "the words take an odd number of bytes",
     kernels.FAULT_FREQ_SUM: "the frequencies do not add up to 2^Precision",
+    kernels.FAULT_QUANTS: "a quant does not fit its bits",
 }
 
 
@@ -334,6 +337,9 @@ def fault_error(code: int, entry: TensorEntry, index: int, out: np.ndarray) -> E
         return ChecksumError(f"{where}: stored checksum {entry.chunks[index].checksum:#018x}, "
                              f"computed {checksum64(out):#018x}")
     fault, plane = code & ((1 << kernels.FAULT_PLANE_SHIFT) - 1), code >> kernels.FAULT_PLANE_SHIFT
+    if fault == kernels.FAULT_QUANTS:
+        return FormatError(f"{where} plane {plane}: the quants plane of layout BLOCK_QUANTS holds a byte above "
+                           f"{(1 << entry.dtype.quant_bits) - 1} (spec 5: a quant does not fit its bits)")
     method = entry.chunks[index].planes[plane].method if plane < len(entry.chunks[index].planes) else None
     pairs = method != METHOD_RANS0
     name = "RANS0_PAIRS" if pairs else "RANS0"
@@ -410,7 +416,7 @@ def _plan(spans: list, from_file: bool) -> tuple[np.ndarray, list, list, int, in
     n = size = coded = 0  # of the task being filled
     for entry, first, stop in spans:
         firsts.append(flat)
-        k = entry.dtype.itemsize
+        k, planes = entry.dtype.itemsize, entry.plane_bytes
         full, last = entry.chunk_elements * k, len(entry.chunks) - 1
         for i in range(first, stop):
             raw = full if i < last else entry.chunk_span(i)[1] * k
@@ -421,7 +427,8 @@ def _plan(spans: list, from_file: bool) -> tuple[np.ndarray, list, list, int, in
                 n = size = coded = 0
             n, size, coded = n + 1, size + raw, coded + length
             flat, total = flat + 1, total + raw
-            most_n, most_coded, most_raw = max(most_n, n), max(most_coded, coded), max(most_raw, raw)
+            # the kernel's scratch holds a chunk's planes: more than its raw bytes with BLOCK_QUANTS
+            most_n, most_coded, most_raw = max(most_n, n), max(most_coded, coded), max(most_raw, raw // k * planes)
     if n:
         cuts.append(flat)
     return np.array(firsts, np.int64), cuts, outs, most_coded, _task_bytes(most_n, most_coded, most_raw)

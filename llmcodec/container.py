@@ -120,13 +120,14 @@ class ContainerWriter:
         format.check_count("Tensor_Count", len(self.tensors) + tensors, self.limits.tensor_count)
         if segments:
             format.check_count("Segment_Count", len(self.segments) + len(items), self.limits.segment_count)
-        sizes = self._chunk_sizes([item for item in items if not isinstance(item, BlobSource)])
+        chosen = self._geometry([item for item in items if not isinstance(item, BlobSource)])
         for item in items:
             if isinstance(item, BlobSource):
                 jobs.append((item.read, None, None))
                 owners.append((item, None, True))
                 continue
-            entry = self._entry(item, sizes.get(id(item), self.chunk_size))
+            layout, size = chosen.get(id(item), (None, self.chunk_size))
+            entry = self._entry(item, size, layout)
             spans = codec.chunk_byte_spans(entry)
             read_base = item.delta[2] if item.delta is not None else None
             jobs += [(lambda item=item, span=span: item.read(*span), entry,
@@ -176,23 +177,33 @@ class ContainerWriter:
         self._out.file.flush()
         return os.pread(self._out.file.fileno(), length, offset)
 
-    def _chunk_sizes(self, items: list[TensorSource]) -> dict[int, int]:
-        """id(item) -> the chunk size in bytes chosen for it by the level (codec.choose_chunk_size),
-        for levels that try several and only when no chunk_size was given; the tensors are tried
-        on the worker threads."""
-        if self.chunk_size is not None or not self.level.chunk_sizes:
+    def _geometry(self, items: list[TensorSource]) -> dict[int, tuple[int, int | None]]:
+        """id(item) -> (layout, chunk size in bytes) chosen for it by a level that tries several
+        (codec.choose_chunk_size; BLOCK_QUANTS against BLOCK_FIELDS for the block types that
+        have it, spec 5), each tried on windows of the tensor on the worker threads. A chunk_size
+        given to the writer is kept."""
+        if not self.level.chunk_sizes:
             return {}
+        level = self.level
+        if self.chunk_size is not None:
+            level = dataclasses.replace(level, chunk_sizes=(self.chunk_size,))
 
-        def choose(item: TensorSource) -> int:
-            entry = self._entry(item, max(self.level.chunk_sizes))
+        def choose(item: TensorSource) -> tuple[int, int]:
+            layouts = [item.dtype.default_layout]
+            if dtypes.layout_allowed(dtypes.LAYOUT_BLOCK_QUANTS, item.dtype):
+                layouts.append(dtypes.LAYOUT_BLOCK_QUANTS)
             read_base = item.delta[2] if item.delta is not None else None
-            return codec.choose_chunk_size(entry, item.read, read_base, self.level)
+            tried = [(*codec.choose_chunk_size(self._entry(item, max(level.chunk_sizes), layout), item.read,
+                                               read_base, level), layout) for layout in layouts]
+            size, _, layout = min(tried, key=lambda t: t[1])  # a tie keeps the default layout
+            return layout, size
 
-        return {id(item): size for item, size in zip(items, codec.parallel_map(self.threads, choose, items))}
+        return {id(item): choice for item, choice in zip(items, codec.parallel_map(self.threads, choose, items))}
 
-    def _entry(self, item: TensorSource, chunk_size: int | None = None) -> TensorEntry:
+    def _entry(self, item: TensorSource, chunk_size: int | None = None, layout: int | None = None) -> TensorEntry:
         shape = tuple(int(d) for d in item.shape)
-        entry = TensorEntry(item.name, item.dtype, shape, item.dtype.default_layout,
+        layout = item.dtype.default_layout if layout is None else layout
+        entry = TensorEntry(item.name, item.dtype, shape, layout,
                             codec.chunk_elements(chunk_size, item.dtype.itemsize), hidden=item.hidden)
         if item.delta is not None:
             entry.delta = Delta(item.delta[0], item.delta[1], [])

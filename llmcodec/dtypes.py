@@ -20,7 +20,9 @@ LAYOUT_BYTES = 0
 LAYOUT_FIELDS16 = 1
 LAYOUT_FIELDS32 = 2
 LAYOUT_BLOCK_FIELDS = 3
-LAYOUT_ITEMSIZE = {LAYOUT_BYTES: None, LAYOUT_FIELDS16: 2, LAYOUT_FIELDS32: 4, LAYOUT_BLOCK_FIELDS: None}
+LAYOUT_BLOCK_QUANTS = 4  # since 1.4
+LAYOUT_ITEMSIZE = {LAYOUT_BYTES: None, LAYOUT_FIELDS16: 2, LAYOUT_FIELDS32: 4, LAYOUT_BLOCK_FIELDS: None,
+                   LAYOUT_BLOCK_QUANTS: None}
 GGML_BASE = 64  # dtype id of a GGUF block type: GGML_BASE + its ggml type id (spec section 4.4)
 MAX_PLANES = 8  # planes of any dtype: the kernels' chunk descriptors have this many columns per plane
 
@@ -34,6 +36,10 @@ class Dtype:
     itemsize: int  # bytes of one element: a value, or a block of `block_size` values
     block_size: int = 1
     fields: tuple = ()  # LAYOUT_BLOCK_FIELDS: the block's fields, (offset, length) each, in order
+    # LAYOUT_BLOCK_QUANTS (types of ggml.JOINED_QUANTS only): bits per quant, and the planes: the
+    # fields that are not quants, then (itemsize, block_size) for the plane of joined quants
+    quant_bits: int = 0
+    quant_planes: tuple = ()
 
     @property
     def numpy(self) -> np.dtype:
@@ -66,11 +72,15 @@ def _scalar(dtype_id: int, name: str, numpy: str, layout: int) -> Dtype:
 def _block(ggml_id: int) -> Dtype:
     """A GGUF block type; its 2-byte fields (fp16 scales) are cut into their two bytes."""
     t = ggml.GGML_TYPES[ggml_id]
-    fields = []
+    fields, side = [], []
+    bits, quant_fields = ggml.JOINED_QUANTS.get(t.name, (0, ()))
     for f in ggml.block_fields(t.name):
-        fields += [(f.offset, 1), (f.offset + 1, 1)] if f.length == 2 else [(f.offset, f.length)]
+        cut = [(f.offset, 1), (f.offset + 1, 1)] if f.length == 2 else [(f.offset, f.length)]
+        fields += cut
+        side += [] if f.name in quant_fields else cut
+    quant_planes = (*side, (t.type_size, t.block_size)) if bits else ()
     return Dtype(GGML_BASE + ggml_id, f"GGML_{t.name}", "u1", LAYOUT_BLOCK_FIELDS, t.type_size,
-                 t.block_size, tuple(fields))
+                 t.block_size, tuple(fields), bits, quant_planes)
 
 
 _TABLE = [
@@ -90,7 +100,7 @@ _TABLE = [
     _scalar(14, "U64", "<u8", LAYOUT_BYTES),
     _scalar(15, "F64", "<f8", LAYOUT_BYTES),
 ] + [_block(t) for t, info in ggml.GGML_TYPES.items() if info.block_size > 1]
-_WIDE = [d.name for d in _TABLE if len(d.fields or range(d.itemsize)) > MAX_PLANES]
+_WIDE = [d.name for d in _TABLE if max(len(d.fields or range(d.itemsize)), len(d.quant_planes)) > MAX_PLANES]
 if _WIDE:  # the kernels' descriptor rows (kernels.MAX_PLANES, a copy) hold no more planes
     raise RuntimeError(f"dtypes {_WIDE} have more than MAX_PLANES = {MAX_PLANES} planes")
 BY_ID = {d.id: d for d in _TABLE}
@@ -126,7 +136,10 @@ def from_numpy(dtype: np.dtype) -> Dtype:
 
 def layout_allowed(layout: int, dtype: Dtype) -> bool:
     """Whether `layout` may be used for `dtype` (spec section 5): BLOCK_FIELDS for block types
-    only, which take no other; FIELDS16/FIELDS32 for 2- and 4-byte values."""
+    only, which take no other but BLOCK_QUANTS (the types of ggml.JOINED_QUANTS); FIELDS16/FIELDS32
+    for 2- and 4-byte values."""
+    if layout == LAYOUT_BLOCK_QUANTS:
+        return dtype.quant_bits > 0
     if layout == LAYOUT_BLOCK_FIELDS or dtype.is_block:
         return layout == LAYOUT_BLOCK_FIELDS and dtype.is_block
     want = LAYOUT_ITEMSIZE.get(layout, -1)
@@ -139,4 +152,6 @@ def plane_fields(dtype: Dtype, layout: int) -> tuple:
     elements holds n * width_j bytes (spec section 5)."""
     if layout == LAYOUT_BLOCK_FIELDS:
         return dtype.fields
+    if layout == LAYOUT_BLOCK_QUANTS:  # the last plane, at offset itemsize, is the joined quants
+        return dtype.quant_planes
     return tuple((j, 1) for j in range(dtype.itemsize))

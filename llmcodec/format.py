@@ -27,7 +27,7 @@ from .errors import (
 
 MAGIC = b"\x89LLMC\r\n\x1a"
 MAJOR_VERSION = 1
-MINOR_VERSION = 3  # the newest minor version read; a writer writes 1.3 only for a file with a Base section
+MINOR_VERSION = 4  # the newest minor version read; a writer writes the oldest that holds its file (Header.minor)
 PREAMBLE_SIZE = 40
 MIN_HEADER_SIZE = 9
 _PREAMBLE = struct.Struct("<8sHHIQQII")
@@ -155,6 +155,11 @@ class TensorEntry:
         return dtypes.plane_fields(self.dtype, self.layout)
 
     @property
+    def plane_bytes(self) -> int:
+        """Bytes the planes hold per element: the itemsize, more with layout BLOCK_QUANTS (spec 5)."""
+        return sum(w for _, w in self.planes)
+
+    @property
     def coded_bytes(self) -> int:
         return sum(c.length for c in self.chunks)
 
@@ -238,7 +243,10 @@ class Header:
 
     @property
     def minor(self) -> int:
-        """The minor version a writer gives this header: 3 with a Base section, else 2."""
+        """The minor version a writer gives this header: 4 with a tensor of layout BLOCK_QUANTS, 3
+        with a Base section, else 2."""
+        if any(t.layout == dtypes.LAYOUT_BLOCK_QUANTS for t in self.tensors):
+            return 4
         return 3 if self.base is not None else 2
 
 

@@ -92,6 +92,17 @@ _BLOCK_FIELDS: dict[str, tuple[BlockField, ...]] = {
 }
 
 
+# Types whose quants are split across fields (low 4 bits in qs / ql, the rest in qh): layout
+# BLOCK_QUANTS (spec section 5) joins each quant into one byte. Type name -> (bits per quant, the
+# quant fields); the kernels hold the bit mapping (kernels.split_quants), keyed by type_size.
+JOINED_QUANTS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "Q5_0": (5, ("qh", "qs")),
+    "Q5_1": (5, ("qh", "qs")),
+    "Q5_K": (5, ("qh", "qs")),
+    "Q6_K": (6, ("ql", "qh")),
+}
+
+
 def block_fields(type_name: str) -> list[BlockField]:
     """The fields of one block of a ggml type, as `(name, offset, length)` in block order.
 

@@ -35,7 +35,7 @@ PAIR_TOLERANCE = 0.01
 
 # Methods and layouts (spec sections 5 and 6), as format.py numbers them.
 RAW, CONSTANT, RANS0, RANS0_PAIRS = 0, 1, 2, 3
-BYTES, FIELDS16, FIELDS32, BLOCK_FIELDS = 0, 1, 2, 3
+BYTES, FIELDS16, FIELDS32, BLOCK_FIELDS, BLOCK_QUANTS = 0, 1, 2, 3, 4
 
 # Table geometry of spec sections 6.1 and 6.4 (copies of format's: tests/test_constants.py)
 MAX_PRECISION = 12  # RANS0 Precision 1..12
@@ -194,6 +194,88 @@ def merge_fields(planes, itemsize, fields, widths, dst):
             for t in range(w):
                 row[t] = part[t]
         pos += n * w
+
+
+# BLOCK_QUANTS (spec section 5): each type's quant fields, keyed by its block bytes (unique among
+# the four types that may use the layout): (bits per quant, offset of qh, offset of qs / ql).
+Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES = 22, 24, 176, 210
+
+
+@_jit
+def split_quants(src, itemsize, quants):
+    """BLOCK_QUANTS: the joined quants of each block of `src` (n blocks of `itemsize` bytes, a
+    type of ggml.JOINED_QUANTS) into `quants` (block_size bytes per block), in ggml's order."""
+    n = src.shape[0] // itemsize
+    for b in range(n):
+        blk = src[b * itemsize:(b + 1) * itemsize]
+        if itemsize == Q6_K_BYTES:
+            q = quants[b * 256:(b + 1) * 256]
+            for h in range(2):
+                for ell in range(32):
+                    lo0, lo1 = blk[64 * h + ell], blk[64 * h + ell + 32]
+                    hi = blk[128 + 32 * h + ell]
+                    q[128 * h + ell] = (lo0 & 0x0F) | ((hi & 3) << 4)
+                    q[128 * h + 32 + ell] = (lo1 & 0x0F) | (((hi >> 2) & 3) << 4)
+                    q[128 * h + 64 + ell] = (lo0 >> 4) | (((hi >> 4) & 3) << 4)
+                    q[128 * h + 96 + ell] = (lo1 >> 4) | (((hi >> 6) & 3) << 4)
+        elif itemsize == Q5_K_BYTES:
+            q = quants[b * 256:(b + 1) * 256]
+            for g in range(4):
+                for ell in range(32):
+                    lo, hi = blk[48 + 32 * g + ell], blk[16 + ell]
+                    q[64 * g + ell] = (lo & 0x0F) | (((hi >> (2 * g)) & 1) << 4)
+                    q[64 * g + 32 + ell] = (lo >> 4) | (((hi >> (2 * g + 1)) & 1) << 4)
+        else:  # Q5_0, Q5_1
+            q = quants[b * 32:(b + 1) * 32]
+            at = 2 if itemsize == Q5_0_BYTES else 4
+            qh = (np.uint32(blk[at]) | (np.uint32(blk[at + 1]) << 8) | (np.uint32(blk[at + 2]) << 16)
+                  | (np.uint32(blk[at + 3]) << 24))
+            for j in range(16):
+                lo = blk[at + 4 + j]
+                q[j] = (lo & 0x0F) | (((qh >> j) & 1) << 4)
+                q[j + 16] = (lo >> 4) | (((qh >> (j + 16)) & 1) << 4)
+
+
+@_jit
+def merge_quants(quants, itemsize, dst):
+    """Inverse of split_quants: the quant fields of each block of `dst` from `quants`; the other
+    bytes of the blocks are left as they are. False (dst partly written) if a quant does not fit
+    its bits (spec section 8: such a plane is corrupt)."""
+    n = dst.shape[0] // itemsize
+    top = 64 if itemsize == Q6_K_BYTES else 32
+    for i in range(quants.shape[0]):
+        if quants[i] >= top:
+            return False
+    for b in range(n):
+        blk = dst[b * itemsize:(b + 1) * itemsize]
+        if itemsize == Q6_K_BYTES:
+            q = quants[b * 256:(b + 1) * 256]
+            for h in range(2):
+                for ell in range(32):
+                    q0, q1 = q[128 * h + ell], q[128 * h + 32 + ell]
+                    q2, q3 = q[128 * h + 64 + ell], q[128 * h + 96 + ell]
+                    blk[64 * h + ell] = (q0 & 0x0F) | ((q2 & 0x0F) << 4)
+                    blk[64 * h + ell + 32] = (q1 & 0x0F) | ((q3 & 0x0F) << 4)
+                    blk[128 + 32 * h + ell] = (q0 >> 4) | ((q1 >> 4) << 2) | ((q2 >> 4) << 4) | ((q3 >> 4) << 6)
+        elif itemsize == Q5_K_BYTES:
+            q = quants[b * 256:(b + 1) * 256]
+            for ell in range(32):
+                hi = 0
+                for g in range(4):
+                    q0, q1 = q[64 * g + ell], q[64 * g + 32 + ell]
+                    blk[48 + 32 * g + ell] = (q0 & 0x0F) | ((q1 & 0x0F) << 4)
+                    hi |= ((q0 >> 4) << (2 * g)) | ((q1 >> 4) << (2 * g + 1))
+                blk[16 + ell] = hi
+        else:
+            q = quants[b * 32:(b + 1) * 32]
+            at = 2 if itemsize == Q5_0_BYTES else 4
+            qh = np.uint32(0)
+            for j in range(16):
+                blk[at + 4 + j] = (q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4)
+                qh |= (np.uint32(q[j] >> 4) << j) | (np.uint32(q[j + 16] >> 4) << (j + 16))
+            for t in range(4):
+                blk[at + t] = (qh >> (8 * t)) & 0xFF
+    return True
 
 
 @_jit
@@ -721,16 +803,19 @@ def _write_rans0(plane, symbols, dense, freq, ids, words, out, pos, budget):
 def encode_chunk(raw, layout, itemsize, fields, widths, out, info, min_gain, pair_tolerance):
     """Encode one chunk of n elements, `raw` its n * itemsize bytes (n >= 1), in the planes that
     `layout` and (fields, widths) make (dtypes.plane_fields): their streams go back to back into
-    `out` (room for n * itemsize bytes: no plane is stored larger than it is), and info[j] gets
+    `out` (room for n * sum(widths) bytes: no plane is stored larger than it is), and info[j] gets
     plane j's (method, parameter, length), each chosen by encode_plane with `min_gain` and
     `pair_tolerance` (a level's, codec.LEVELS). Returns the chunk's XXH64 and the streams' total
     length.
     """
     n = raw.shape[0] // itemsize
     k = widths.shape[0]
-    planes = np.empty(raw.shape[0], np.uint8)
+    planes = np.empty(n * widths.sum(), np.uint8)
     if layout == BLOCK_FIELDS:
         split_fields(raw, itemsize, fields, widths, planes)
+    elif layout == BLOCK_QUANTS:  # the fields that are not quants, then the joined quants
+        split_fields(raw, itemsize, fields[:k - 1], widths[:k - 1], planes)
+        split_quants(raw, itemsize, planes[n * widths[:k - 1].sum():])
     else:
         split_planes(raw, layout, planes.reshape((k, n)))
     widest = 0
@@ -843,6 +928,7 @@ FAULT_ODD_WORDS = 17  # the words take an odd number of bytes
 FAULT_FREQ_SUM = 18  # frequencies do not add up to 2^Precision
 FAULT_CHECKSUM = 19  # the decoded chunk's XXH64 is not the stored one
 FAULT_BASE = 20  # the base bytes a delta chunk needs are not the ones it was stored against
+FAULT_QUANTS = 21  # a BLOCK_QUANTS quants plane holds a byte that does not fit the quant's bits
 FAULT_PLANE_SHIFT = 8  # _decode_chunk's code: fault | plane << FAULT_PLANE_SHIFT
 
 
@@ -1060,7 +1146,7 @@ def _decode_chunk(data, row, out, scratch, table, base):
     base bytes are in `base`): FAULT_OK, or the first fault as fault | plane << FAULT_PLANE_SHIFT."""
     n, k, layout, itemsize = row[ROW_N], row[ROW_K], row[ROW_LAYOUT], row[ROW_ITEMSIZE]
     whole = k == 1  # one plane holds the element's bytes as they are: decode straight into out
-    planes = out if whole else scratch[:n * itemsize]
+    planes = out if whole else scratch[:n * row[ROW_WIDTHS:ROW_WIDTHS + k].sum()]
     pos = row[ROW_OFFSET]
     start = 0
     for j in range(k):
@@ -1082,13 +1168,19 @@ def _decode_chunk(data, row, out, scratch, table, base):
     if not whole:
         if layout == BLOCK_FIELDS:
             merge_fields(planes, itemsize, row[ROW_FIELDS:ROW_FIELDS + k], row[ROW_WIDTHS:ROW_WIDTHS + k], out)
+        elif layout == BLOCK_QUANTS:
+            side = n * row[ROW_WIDTHS:ROW_WIDTHS + k - 1].sum()
+            merge_fields(planes[:side], itemsize, row[ROW_FIELDS:ROW_FIELDS + k - 1],
+                         row[ROW_WIDTHS:ROW_WIDTHS + k - 1], out)
+            if not merge_quants(planes[side:], itemsize, out):
+                return FAULT_QUANTS | ((k - 1) << FAULT_PLANE_SHIFT)
         else:
             merge_planes(planes.reshape((k, n)), layout, out)
     if row[ROW_DELTA] != 0:  # spec 11.2: check the base bytes, then undo the transform
         b = base[row[ROW_BASE]:row[ROW_BASE] + out.shape[0]]
         if xxh64(b) != np.uint64(row[ROW_BASE_CHECKSUM]):
             return FAULT_BASE
-        undo_delta(row[ROW_DELTA], 1 if layout == BLOCK_FIELDS else itemsize, out, b)
+        undo_delta(row[ROW_DELTA], 1 if layout >= BLOCK_FIELDS else itemsize, out, b)
     if xxh64(out) != np.uint64(row[ROW_CHECKSUM]):
         return FAULT_CHECKSUM
     return FAULT_OK
@@ -1106,8 +1198,8 @@ def decode_chunks(data, rows, out_starts, out, base):
     undefined; code as _decode_chunk's.
     """
     biggest = 0
-    for c in range(rows.shape[0]):
-        biggest = max(biggest, rows[c, ROW_N] * rows[c, ROW_ITEMSIZE])
+    for c in range(rows.shape[0]):  # plane bytes (BLOCK_QUANTS' exceed the raw bytes)
+        biggest = max(biggest, rows[c, ROW_N] * rows[c, ROW_WIDTHS:ROW_WIDTHS + rows[c, ROW_K]].sum())
     scratch = np.empty(biggest, np.uint8)
     table = np.empty(1 << MAX_PAIR_PRECISION, np.int64)
     for c in range(rows.shape[0]):

@@ -59,7 +59,7 @@ class TensorStats:
 
 _METHOD_NAMES = {format.METHOD_RAW: "raw", format.METHOD_CONSTANT: "constant", format.METHOD_RANS0: "rans0",
                  format.METHOD_RANS0_PAIRS: "rans0_pairs"}
-_LAYOUT_NAMES = {0: "bytes", 1: "fields16", 2: "fields32", 3: "block_fields"}
+_LAYOUT_NAMES = {0: "bytes", 1: "fields16", 2: "fields32", 3: "block_fields", 4: "block_quants"}
 
 
 def file_stats(src, *, threads: int | None = None, progress=None, limits: bool = False, base=None) -> dict:
@@ -182,7 +182,7 @@ def plane_statistics(reader: ContainerReader, entry, contexts: bool = False) -> 
     chunks, over all calls on this reader, are bounded by `Limits.work` per byte of the file
     (spec section 9, ContainerReader.take_work), checked before anything is decoded."""
     k = len(entry.planes)
-    scalar = entry.layout != kernels.BLOCK_FIELDS
+    scalar = entry.layout not in (kernels.BLOCK_FIELDS, kernels.BLOCK_QUANTS)
     cols = entry.shape[-1] if len(entry.shape) >= 2 and scalar else 0
     fields, widths = codec.plane_geometry(entry)
     constant = [all(p.method == format.METHOD_CONSTANT for p in c.planes) for c in entry.chunks]
@@ -214,8 +214,13 @@ def plane_statistics(reader: ContainerReader, entry, contexts: bool = False) -> 
                 planes = np.empty((k, n), np.uint8)
                 kernels.split_planes(raw, entry.layout, planes)
             else:
-                flat = np.empty_like(raw)
-                kernels.split_fields(raw, entry.dtype.itemsize, fields, widths, flat)
+                flat = np.empty(n * widths.sum(), np.uint8)
+                if entry.layout == kernels.BLOCK_QUANTS:  # the fields that are not quants, then the quants
+                    side = n * widths[:-1].sum()
+                    kernels.split_fields(raw, entry.dtype.itemsize, fields[:-1], widths[:-1], flat[:side])
+                    kernels.split_quants(raw, entry.dtype.itemsize, flat[side:])
+                else:
+                    kernels.split_fields(raw, entry.dtype.itemsize, fields, widths, flat)
                 planes = np.split(flat, np.cumsum(n * widths)[:-1])
             counts += np.array([kernels.byte_histogram(p) for p in planes]).reshape(k, 256)
             if part is None:

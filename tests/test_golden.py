@@ -84,6 +84,17 @@ def test_reference_decoder_agrees_on_golden_vectors(name):
         k: (s["dtype"], s["shape"], s["sha256"]) for k, s in want["tensors"].items()}
 
 
+def test_quants_vector_decodes_to_recorded_original_in_both_decoders(tmp_path):
+    """Version 1.4: a GGUF file whose 5/6-bit quant types are in layout BLOCK_QUANTS (spec 5)."""
+    want = MANIFEST["vectors"]["quants.llmc"]
+    with ContainerReader(GOLDEN / "quants.llmc") as r:
+        assert r.version == (1, 4)
+        assert {t.name: t.layout for t in r.tensors} == want["layouts"]
+    out = files.decode_file(GOLDEN / "quants.llmc", tmp_path / "q.gguf")
+    assert out.stat().st_size == want["original_size"] and sha(out.read_bytes()) == want["original_sha256"]
+    assert sha(reference.decode((GOLDEN / "quants.llmc").read_bytes()).original) == want["original_sha256"]
+
+
 def test_reference_decoder_rebuilds_the_checkpoint():
     ref = reference.decode((GOLDEN / "checkpoint.llmc").read_bytes())
     assert sha(ref.original) == MANIFEST["vectors"]["checkpoint.llmc"]["original_sha256"]

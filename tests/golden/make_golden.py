@@ -237,6 +237,70 @@ def write_delta() -> dict:
                           for name, spec in tensors_entry(fine_tune, {})["tensors"].items()}}
 
 
+def quant_blocks(type_name: str, blocks: int, rng, spread: float) -> np.ndarray:
+    """`blocks` blocks of the ggml type whose quants (ggml's order) are a rounded normal of
+    `spread` (0: all the same) around the middle of their range, other bytes random."""
+    from llmcodec import kernels
+
+    d = dtypes.BY_NAME[f"GGML_{type_name}"]
+    raw = rng.integers(0, 256, blocks * d.itemsize, dtype=np.uint8)
+    top = (1 << d.quant_bits) - 1
+    quants = np.clip(np.round(rng.standard_normal(blocks * d.block_size) * spread + top / 2), 0, top).astype(np.uint8)
+    assert kernels.merge_quants(quants, d.itemsize, raw)
+    return raw
+
+
+def quants_gguf() -> bytes:
+    """A GGUF file of the four types with joined quants (spec 5, layout BLOCK_QUANTS), a Q5_0 tensor
+    whose quants are all 16 (its quants plane is CONSTANT), and a Q8_0 one (no joined form)."""
+    import gguf
+
+    rng = np.random.default_rng(14)
+    path = HERE / "quants.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_string("general.name", "golden quants")
+    Q = gguf.GGMLQuantizationType
+    for name, t, rows, blocks, spread in [("q5_0", Q.Q5_0, 8, 16, 3.0), ("q5_1", Q.Q5_1, 5, 3, 2.0),
+                                          ("q5_k", Q.Q5_K, 4, 6, 3.0), ("q6_k", Q.Q6_K, 4, 6, 6.0),
+                                          ("q5_0.flat", Q.Q5_0, 2, 2, 0.0), ("q8_0", Q.Q8_0, 2, 2, 0.0)]:
+        size = gguf.GGML_QUANT_SIZES[t][1]
+        if t == Q.Q8_0:
+            data = rng.integers(0, 256, rows * blocks * size, dtype=np.uint8)
+        else:
+            data = quant_blocks(t.name, rows * blocks, rng, spread)  # spread 0: every quant 16
+        w.add_tensor(name, data.reshape(rows, blocks * size), raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def write_quants() -> dict:
+    """Version 1.4: a GGUF file encoded at level max, every tensor of a joined-quant type in layout
+    BLOCK_QUANTS (checked), q5_0.flat's quants plane CONSTANT."""
+    original = quants_gguf()
+    (HERE / "quants.gguf").write_bytes(original)
+    llmcodec.encode_file(HERE / "quants.gguf", HERE / "quants.llmc", level="max", chunk_size=2100)
+    (HERE / "quants.gguf").unlink()
+    with ContainerReader(HERE / "quants.llmc") as r:
+        layouts = {t.name: t.layout for t in r.tensors}
+        flat = r.by_name["q5_0.flat"].chunks[0].planes[-1]
+    assert r.version == (1, 4) and layouts == {"q5_0": 4, "q5_1": 4, "q5_k": 4, "q6_k": 4, "q5_0.flat": 4,
+                                               "q8_0": 3}, layouts
+    assert flat.method == fmt.METHOD_CONSTANT, flat
+    return {"original_sha256": hashlib.sha256(original).hexdigest(), "original_size": len(original),
+            "layouts": layouts}
+
+
+def quant_too_wide(header: fmt.Header) -> None:
+    """q5_0.flat's CONSTANT quants plane made 32: a quant of 6 bits in a 5-bit type."""
+    entry = next(t for t in header.tensors if t.name == "q5_0.flat")
+    entry.chunks[0].planes[-1].parameter = 32
+
+
 def unknown_kind(header: fmt.Header) -> bytes:
     """The header with the Kind of its first transform record set to 3."""
     raw = bytearray(fmt.serialize_header(header))
@@ -352,12 +416,16 @@ def broken_files() -> dict:
             w2=dataclasses.replace(h.transforms["w"]))), "FormatError"),
         "transform-unknown-kind.llmc": (edited(transformed_file, unknown_kind), "UnsupportedFeatureError"),
         **delta_broken(),
+        # layout BLOCK_QUANTS (spec 5, 1.4): a quant that does not fit its bits; the layout on a dtype without it
+        "quant-too-wide.llmc": (edited((HERE / "quants.llmc").read_bytes(), quant_too_wide), "FormatError"),
+        "quants-layout-on-q8_0.llmc": (edited((HERE / "quants.llmc").read_bytes(), lambda h: set_field(
+            next(t for t in h.tensors if t.name == "q8_0"), "layout", 4)), "FormatError"),
     }
 
 
 VECTORS = {"arrays.llmc": write_arrays, "checkpoint.llmc": write_checkpoint, "pairs.llmc": write_pairs,
            "transforms.llmc": write_transforms, "transforms-1.1.llmc": write_transforms_legacy,
-           "delta.llmc": write_delta}
+           "delta.llmc": write_delta, "quants.llmc": write_quants}
 
 
 def main() -> None:
