@@ -231,3 +231,34 @@ def test_a_few_megabytes_in_seconds():
     blocks = random_blocks("GGML_Q6_K", 4 * 2**20 // 210, 9)
     assert reference.decode(quants_file("GGML_Q6_K", blocks, chunk_elements=4096)).tensors["w"].data == \
         blocks.tobytes()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3000])
+def test_reference_agrees_with_the_writer(tmp_path, chunk_size):
+    """A GGUF file of the four types written at level max (BLOCK_QUANTS where it codes smaller: here, quants
+    near the middle of their range) decodes to the same bytes in the reference and the fast decoder."""
+    gguf = pytest.importorskip("gguf")
+    import llmcodec
+
+    rng, blocks = np.random.default_rng(10), {}
+    writer = gguf.GGUFWriter(tmp_path / "m.gguf", "llama")
+    for name, (_, itemsize, size, bits, side) in TYPES.items():
+        n, top = 5 * 7, (1 << bits) - 1
+        q = np.clip(np.round(rng.standard_normal(n * size) * top / 8 + top / 2), 0, top).astype(np.uint8)
+        side_planes = [rng.integers(0, 256, n * width, dtype=np.uint8).tobytes() for _, width in side]
+        blocks[name] = np.frombuffer(unplane(name, side_planes + [q.tobytes()]), np.uint8).reshape(5, 7 * itemsize)
+        qtype = getattr(gguf.GGMLQuantizationType, name.removeprefix("GGML_"))
+        writer.add_tensor(name.lower(), blocks[name], raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = llmcodec.encode_file(tmp_path / "m.gguf", tmp_path / "m.llmc", chunk_size=chunk_size, level="max")
+    data = out.read_bytes()
+    ref = reference.decode(data)
+    header = data[struct.unpack_from("<Q", data, 16)[0]:]
+    assert ref.minor == 4 and {t.layout for t in reference._header(header, 4)[2]} == {BLOCK_QUANTS}
+    assert ref.original == (tmp_path / "m.gguf").read_bytes()
+    fast = llmcodec.load_file(out)
+    for name in TYPES:
+        assert ref.tensors[name.lower()].data == fast[name.lower()].tobytes() == blocks[name].tobytes()
