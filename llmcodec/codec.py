@@ -273,16 +273,18 @@ class CodedPlane:
         return self.stream.shape[0]
 
 
-def encode_plane(plane: np.ndarray, methods=None, min_gain: float = kernels.MIN_GAIN) -> CodedPlane:
-    """Store `plane` (uint8[n], n >= 1) the way `encode_chunk` does (kernels.encode_plane), or by
-    one of `methods` only (method ids) when given; `min_gain=-inf` codes even a plane that grows."""
+def encode_plane(plane: np.ndarray, methods=None, min_gain: float = kernels.MIN_GAIN,
+                 pair_tolerance: float = kernels.PAIR_TOLERANCE) -> CodedPlane:
+    """Store `plane` (uint8[n], n >= 1) the way `encode_chunk` does at level "fast" (kernels.encode_plane),
+    or by one of `methods` only (method ids) when given; `min_gain=-inf` codes even a plane that grows."""
     plane = np.ascontiguousarray(plane, np.uint8)
     n = plane.shape[0]
     allowed = kernels.ALL_METHODS if methods is None else sum(1 << m for m in methods)
     out = np.empty(2 * n + 8192, np.uint8)  # room for a forced stream larger than the plane
     ids, words = np.empty(n, np.uint16), np.empty(n + 1, np.uint16)
     counts = np.bincount(plane, minlength=256).astype(np.int64)
-    method, parameter, length = kernels.encode_plane(plane, counts, out, 0, ids, words, allowed, float(min_gain))
+    method, parameter, length = kernels.encode_plane(plane, counts, out, 0, ids, words, allowed, float(min_gain),
+                                                     float(pair_tolerance))
     return CodedPlane(int(method), int(parameter), out[:length].copy())
 
 

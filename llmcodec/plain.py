@@ -37,7 +37,10 @@ def decode_spans(spans: list, out: np.ndarray, coded) -> bool:
                     stream = data[pos:pos + p.length]
                     pos += p.length
                     planes.append(reference._plane(p.method, p.parameter, stream, n * width, "")())
-                raw = planes[0] if len(planes) == 1 else reference._unplane(entry.layout, planes, itemsize, fields)
+                if len(planes) == 1:
+                    raw = planes[0]
+                else:
+                    raw = reference._unplane(entry.layout, planes, itemsize, fields, entry.dtype.id)
                 if len(raw) != n * itemsize or checksum64(raw) != chunk.checksum:
                     return False
                 out[at:at + len(raw)] = np.frombuffer(raw, np.uint8)

@@ -11,9 +11,21 @@ def test_kernels_methods_are_the_specs():
 
 
 def test_kernels_layouts_are_the_dtype_tables():
-    assert (kernels.BYTES, kernels.FIELDS16, kernels.FIELDS32, kernels.BLOCK_FIELDS) == (
-        dtypes.LAYOUT_BYTES, dtypes.LAYOUT_FIELDS16, dtypes.LAYOUT_FIELDS32, dtypes.LAYOUT_BLOCK_FIELDS)
-    assert set(dtypes.LAYOUT_ITEMSIZE) == {kernels.BYTES, kernels.FIELDS16, kernels.FIELDS32, kernels.BLOCK_FIELDS}
+    assert (kernels.BYTES, kernels.FIELDS16, kernels.FIELDS32, kernels.BLOCK_FIELDS, kernels.BLOCK_QUANTS) == (
+        dtypes.LAYOUT_BYTES, dtypes.LAYOUT_FIELDS16, dtypes.LAYOUT_FIELDS32, dtypes.LAYOUT_BLOCK_FIELDS,
+        dtypes.LAYOUT_BLOCK_QUANTS)
+    assert set(dtypes.LAYOUT_ITEMSIZE) == {kernels.BYTES, kernels.FIELDS16, kernels.FIELDS32, kernels.BLOCK_FIELDS,
+                                           kernels.BLOCK_QUANTS}
+
+
+def test_kernels_block_quant_types_are_the_dtype_tables():
+    """split_quants / merge_quants tell the four types apart by their block bytes, and know their bits."""
+    joined = {d.name: (d.itemsize, d.quant_bits) for d in dtypes.BY_ID.values() if d.quant_bits}
+    assert joined == {"GGML_Q5_0": (kernels.Q5_0_BYTES, 5), "GGML_Q5_1": (kernels.Q5_1_BYTES, 5),
+                      "GGML_Q5_K": (kernels.Q5_K_BYTES, 5), "GGML_Q6_K": (kernels.Q6_K_BYTES, 6)}
+    for d in dtypes.BY_ID.values():
+        if d.quant_bits:
+            assert len(d.quant_planes) <= kernels.MAX_PLANES and d.quant_planes[-1] == (d.itemsize, d.block_size)
 
 
 def test_every_dtype_fits_the_kernels_descriptor_rows():
