@@ -5,7 +5,8 @@
 The input's first byte picks how the source file is made: a safetensors file built from the rest
 of the input (mostly valid; any field liable to be off, `builders.safetensors_file`), a GGUF file
 built the same way (`builders.gguf_file`), either with a few byte edits, or the rest of the input
-as it is (the seeds hold valid files of both kinds). The property, for every source:
+as it is (the seeds hold valid files of both kinds); its top bit picks the level (fast or max:
+max tries layouts and chunk sizes). The property, for every source:
 
 - `encode_file` refuses it with an `LlmcodecError`, or
 - what it wrote verifies (`verify_file`), decodes to the source byte for byte (`decode_file`), and
@@ -38,27 +39,28 @@ CHUNK_SIZES = [None, 64, 256, 1000, 4096, 64 << 20, (64 << 20) + 1]
 KINDS = ("safetensors", "gguf", "raw")
 
 
-def source(data: bytes) -> tuple[bytes, int | None]:
-    """(source file, chunk size) that input `data` stands for."""
+def source(data: bytes) -> tuple[bytes, int | None, str]:
+    """(source file, chunk size, level) that input `data` stands for."""
     head = data[0] if data else 0
     chunk_size = CHUNK_SIZES[(head >> 2) % len(CHUNK_SIZES)]
+    level = "max" if head & 0x80 else "fast"
     draw = Draw(data[1:])
     kind = head & 3
     if kind == 3:
-        return data[1:], chunk_size
+        return data[1:], chunk_size, level
     built = builders.gguf_file(draw) if kind == 2 else builders.safetensors_file(draw)
     if len(built) > 64 << 10:  # 17 MiB of metadata in chunks of 64 bytes: a minute to encode
         chunk_size = None
-    return (harness.mutate(draw, built) if draw.chance(4) else built), chunk_size
+    return (harness.mutate(draw, built) if draw.chance(4) else built), chunk_size, level
 
 
 def check(data: bytes) -> None:
-    raw, chunk_size = source(data)
+    raw, chunk_size, level = source(data)
     src, dst, back = SCRATCH / "in", SCRATCH / "out.llmc", SCRATCH / "back"
     src.write_bytes(raw)
     try:
         try:
-            llmcodec.encode_file(src, dst, threads=1, chunk_size=chunk_size)
+            llmcodec.encode_file(src, dst, threads=1, chunk_size=chunk_size, level=level)
         except LlmcodecError:
             return  # refused up front
         # Only now: the gguf package's reader takes minutes over a 532-byte file declaring an
