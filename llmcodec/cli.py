@@ -98,8 +98,10 @@ def _errors():
 def _progress(description: str, total: int, quiet: bool):
     """A progress bar on stderr counting original (decoded) bytes against their total, or nothing
     when quiet or not on a terminal."""
+    from . import output
+
     if quiet or not sys.stderr.isatty():
-        yield None
+        yield output.check_interrupted_progress
         return
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
@@ -109,7 +111,12 @@ def _progress(description: str, total: int, quiet: bool):
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+
+        def advance(n: int) -> None:
+            output.check_interrupted()  # an interrupt numba swallowed stops the work here
+            bar.advance(task, n)
+
+        yield advance
 
 
 def _size(path: Path) -> int:
@@ -441,8 +448,10 @@ def _echo_table(title: str, header: tuple, rows: list, total: tuple, right: rang
 
 
 def main() -> None:
-    # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out; exit 143.
+    # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out; exit 143. Both
+    # are also noted in llmcodec.output, which commits no output after one (numba can lose them).
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
     # A warm start (numba, typer's pydantic) allocates ~185,000 objects that live until exit: collect
     # only after more new objects than that, and not at exit, where the interpreter's collections would
     # walk them all. A cold start's numba compiles still get collected.
@@ -454,7 +463,17 @@ def main() -> None:
 
 
 def _terminate(signum, frame) -> None:
+    from . import output
+
+    output.interrupted = Terminated
     raise Terminated
+
+
+def _interrupt(signum, frame) -> None:
+    from . import output
+
+    output.interrupted = KeyboardInterrupt
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

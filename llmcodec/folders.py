@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from .errors import FormatError, InvalidArgumentError
-from .output import UMASK, is_stream
+from .output import UMASK, check_interrupted, is_stream
 from .sources import CHECKPOINT_SUFFIXES
 
 SUFFIX = ".llmc"
@@ -177,6 +177,7 @@ def write_folder(dst: Path, targets: dict, build, what: str) -> None:
                     raise type(exc)(exc.errno, exc.strerror, os.fspath(dst / out)) from None
                 raise
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp made it 0700
+        check_interrupted()
         check_replaceable(dst, targets, what)  # again: the user may have added files meanwhile
         _replace(tmp, dst)
     except BaseException:

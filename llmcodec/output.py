@@ -28,6 +28,23 @@ from pathlib import Path
 from .errors import InvalidArgumentError
 
 STDOUT = "-"
+
+# Set by the command line's SIGINT / SIGTERM handlers to the exception they raise. Such an exception
+# can be lost on its way out: numba swallows a KeyboardInterrupt raised while it compiles a kernel
+# (the call then returns normally). So the request is also kept here, and no output is committed
+# after one (`check_interrupted`): an interrupted command never leaves a complete-looking output.
+interrupted: type[BaseException] | None = None
+
+
+def check_interrupted() -> None:
+    """Raise the interrupt the command line received, if any (see `interrupted`)."""
+    if interrupted is not None:
+        raise interrupted()
+
+
+def check_interrupted_progress(nbytes: int) -> None:
+    """A progress callback that shows nothing and stops the work after an interrupt (see `interrupted`)."""
+    check_interrupted()
 COPY_PIECE = 16 << 20  # bytes per copy from a spool file
 
 
@@ -119,6 +136,7 @@ class AtomicFile(_Output):
 
     def commit(self) -> None:
         try:
+            check_interrupted()
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
@@ -224,6 +242,7 @@ class SpooledOutput(_Output):
 
     def commit(self) -> None:
         try:
+            check_interrupted()
             self.file.seek(0)
             while piece := self.file.read(COPY_PIECE):
                 self._stream.write(piece)
