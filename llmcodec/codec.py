@@ -156,6 +156,9 @@ def encode_chunk(raw: np.ndarray, entry: TensorEntry,
     """Checksum, plane records and streams (back to back) of one chunk of `entry` at level
     `effort`; `raw` is its n * itemsize bytes (uint8, n >= 1). One GIL-free kernel call does all of it."""
     fields, widths = plane_geometry(entry)
+    if raw.flags.writeable:  # one compiled signature for all callers: bytes read from files are read-only
+        raw = raw.view()
+        raw.flags.writeable = False
     out = np.empty(raw.shape[0] // entry.dtype.itemsize * entry.plane_bytes, np.uint8)
     info = np.empty((widths.shape[0], 3), np.int64)
     check, total = kernels.encode_chunk(raw, entry.layout, entry.dtype.itemsize, fields, widths, out, info,

@@ -33,6 +33,9 @@ MIN_GAIN = 0.02
 # chosen while it costs at most this fraction more than RANS0. Level "max" uses 0.
 PAIR_TOLERANCE = 0.01
 
+# Kernels take these constants as np.int64(...): numba types a bare module constant passed as an
+# argument as Literal[value] and compiles the callee (and all it inlines) once per value.
+
 # Methods and layouts (spec sections 5 and 6), as format.py numbers them.
 RAW, CONSTANT, RANS0, RANS0_PAIRS = 0, 1, 2, 3
 BYTES, FIELDS16, FIELDS32, BLOCK_FIELDS, BLOCK_QUANTS = 0, 1, 2, 3, 4
@@ -684,8 +687,8 @@ def encode_plane(plane, counts, out, pos, ids, words, allowed, min_gain, pair_to
         return CONSTANT, symbols[0], 0
     budget = n * (1.0 - min_gain) if allowed & (1 << RAW) else np.inf
     c = counts[symbols]
-    freq = quantize_frequencies(c, PRECISION)
-    cost = RANS0_TABLE + 2 * s + ideal_bits(c, freq, PRECISION) / 8 if allowed & (1 << RANS0) else np.inf
+    freq = quantize_frequencies(c, np.int64(PRECISION))
+    cost = RANS0_TABLE + 2 * s + ideal_bits(c, freq, np.int64(PRECISION)) / 8 if allowed & (1 << RANS0) else np.inf
     dense = np.zeros(256, np.int64)
     for t in range(s):
         dense[symbols[t]] = t
@@ -721,7 +724,7 @@ def _price_pairs(plane, dense, s, ids):
     if cells.shape[0] > MAX_PAIRS:
         return False, cells, np.zeros(0, np.int64), np.zeros(0, np.int64), 0, np.inf
     pc = cell_counts[cells]
-    pfreq = quantize_frequencies(pc, PAIR_PRECISION)
+    pfreq = quantize_frequencies(pc, np.int64(PAIR_PRECISION))
     # Byte set S: the bytes of present pairs (with n odd, the last byte may be in none).
     in_pair = np.zeros(s, np.int64)
     for cell in cells:
@@ -729,7 +732,7 @@ def _price_pairs(plane, dense, s, ids):
         in_pair[cell % s] = 1
     s2 = in_pair.sum()
     table_size = PAIRS_TABLE + (s2 * s2 + 7) // 8 + cells.shape[0] + np.count_nonzero(pfreq > 128)
-    return True, cells, pfreq, in_pair, table_size, table_size + ideal_bits(pc, pfreq, PAIR_PRECISION) / 8
+    return True, cells, pfreq, in_pair, table_size, table_size + ideal_bits(pc, pfreq, np.int64(PAIR_PRECISION)) / 8
 
 
 @_inline
@@ -746,7 +749,7 @@ def _write_pairs(plane, symbols, cells, pfreq, in_pair, table_size, ids, words, 
     sym_ids = ids[:n2]
     for i in range(n2):
         sym_ids[i] = rank[sym_ids[i]]
-    states, first = rans_encode(sym_ids, pfreq, np.cumsum(pfreq) - pfreq, PAIR_PRECISION, words[:n2 + 1])
+    states, first = rans_encode(sym_ids, pfreq, np.cumsum(pfreq) - pfreq, np.int64(PAIR_PRECISION), words[:n2 + 1])
     length = table_size + 4 * ENCODE_LANES + 2 * (n2 + 1 - first)
     if length >= budget:
         return -1
@@ -758,7 +761,7 @@ def _write_pairs(plane, symbols, cells, pfreq, in_pair, table_size, ids, words, 
     out[pos] = PAIR_PRECISION
     out[pos + 1] = ENCODE_LANES
     out[pos + 2] = plane[n - 1] if n % 2 else 0
-    _put_bitmap(used, 32, out, pos + 3)
+    _put_bitmap(used, np.int64(32), out, pos + 3)
     bits = np.empty(cells.shape[0], np.int64)
     for t in range(cells.shape[0]):
         bits[t] = newer[cells[t] // s] * s2 + newer[cells[t] % s]
@@ -786,13 +789,13 @@ def _write_rans0(plane, symbols, dense, freq, ids, words, out, pos, budget):
     sym_ids = ids[:n]
     for i in range(n):
         sym_ids[i] = dense[plane[i]]
-    states, first = rans_encode(sym_ids, freq, np.cumsum(freq) - freq, PRECISION, words[:n + 1])
+    states, first = rans_encode(sym_ids, freq, np.cumsum(freq) - freq, np.int64(PRECISION), words[:n + 1])
     length = RANS0_TABLE + 2 * s + 4 * ENCODE_LANES + 2 * (n + 1 - first)
     if length >= budget:
         return -1
     out[pos] = PRECISION
     out[pos + 1] = ENCODE_LANES
-    _put_bitmap(symbols, 32, out, pos + 2)
+    _put_bitmap(symbols, np.int64(32), out, pos + 2)
     for t in range(s):
         _put_u16(out, pos + RANS0_TABLE + 2 * t, freq[t] - 1)
     _put_stream(states, words[:n + 1], first, out, pos + RANS0_TABLE + 2 * s)
@@ -823,13 +826,13 @@ def encode_chunk(raw, layout, itemsize, fields, widths, out, info, min_gain, pai
         widest = max(widest, widths[j])
     ids = np.empty(n * widest, np.uint16)
     words = np.empty(n * widest + 1, np.uint16)
-    pos = 0
+    pos = np.int64(0)  # typed: a literal 0 would compile encode_plane twice (Literal[0], then int64)
     start = 0
     for j in range(k):
         plane = planes[start:start + n * widths[j]]
         start += n * widths[j]
         method, parameter, length = encode_plane(plane, byte_histogram(plane), out, pos, ids, words,
-                                                 ALL_METHODS, min_gain, pair_tolerance)
+                                                 np.int64(ALL_METHODS), min_gain, pair_tolerance)
         info[j, 0] = method
         info[j, 1] = parameter
         info[j, 2] = length
@@ -950,7 +953,7 @@ def _rans0_table(stream):
         return FAULT_LANES, 0, 0, empty, empty, 0
     k = 0
     for s in range(256):
-        k += _bit(stream, 2, s)
+        k += _bit(stream, np.int64(2), s)
     size = RANS0_TABLE + 2 * k
     if k == 0:
         return FAULT_BITMAP_EMPTY, 0, 0, empty, empty, 0
@@ -960,7 +963,7 @@ def _rans0_table(stream):
     freq = np.empty(k, np.int64)
     m = 0
     for s in range(256):
-        if _bit(stream, 2, s):
+        if _bit(stream, np.int64(2), s):
             symbols[m] = s
             at = RANS0_TABLE + 2 * m
             freq[m] = (np.int64(stream[at]) | (np.int64(stream[at + 1]) << 8)) + 1
@@ -988,7 +991,7 @@ def _pairs_table(stream, n):
     used = np.empty(256, np.int64)
     s = 0
     for b in range(256):
-        if _bit(stream, 3, b):
+        if _bit(stream, np.int64(3), b):
             used[s] = b
             s += 1
     if s == 0:
@@ -999,7 +1002,7 @@ def _pairs_table(stream, n):
     k = 0
     seen = np.zeros(s, np.int64)
     for cell in range(8 * (end - PAIRS_TABLE)):
-        if _bit(stream, PAIRS_TABLE, cell):
+        if _bit(stream, np.int64(PAIRS_TABLE), cell):
             if cell >= s * s:
                 return FAULT_PAIR_PADDING, 0, 0, empty, empty, 0
             k += 1
@@ -1014,7 +1017,7 @@ def _pairs_table(stream, n):
     pos = end
     m = 0
     for cell in range(s * s):
-        if _bit(stream, PAIRS_TABLE, cell):
+        if _bit(stream, np.int64(PAIRS_TABLE), cell):
             symbols[m] = used[cell // s] | (used[cell % s] << 8)
             if pos >= length:
                 return FAULT_FREQ_END, 0, 0, empty, empty, 0
