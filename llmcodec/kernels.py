@@ -444,22 +444,11 @@ def rans_decode(stream, table, precision, lanes, width, out):
     if lanes == ENCODE_LANES and width == 1:
         i, used = _rans0_lanes8(stream[wpos:wend], table, precision, states, out[:n])
         wpos += 2 * used
-    elif lanes == ENCODE_LANES:
-        # Pairs: whole groups of lanes while a word for every lane is surely left, so the
-        # branchless refill may read the next word whether or not it takes it.
-        while i + ENCODE_LANES <= n and wpos + 2 * ENCODE_LANES <= wend:
-            for j in range(ENCODE_LANES):
-                x = states[j]
-                e = table[x & mask]
-                out[2 * (i + j)] = e & 0xFF
-                out[2 * (i + j) + 1] = (e >> 8) & 0xFF
-                x = ((e >> 16) & 0xFFFF) * (x >> precision) + (e >> 32)
-                take = np.int64(x < RANS_L)
-                at = np.uint64(wpos)
-                word = np.int64(stream[at]) | (np.int64(stream[at + np.uint64(1)]) << 8)
-                states[j] = (x << (take << 4)) | (word & -take)
-                wpos += take << 1
-            i += ENCODE_LANES
+    elif lanes == ENCODE_LANES and 4 * n >= (np.int64(1) << precision):
+        # Its table split costs 2^precision steps: below a quarter of that many pairs (a plane
+        # under 4 KiB at P = 13) the checked loop alone is as fast.
+        i, used = _pairs_lanes8(stream[wpos:wend], table, precision, states, out[:2 * n])
+        wpos += 2 * used
     done = i
     j = done % lanes
     for i in range(done, n):
@@ -545,6 +534,73 @@ def _rans0_step(x, packed, mask, precision, words, w):
     take = np.int64(x < RANS_L)
     x = (x << (take << 4)) | (np.int64(words[np.uint64(w)]) & -take)
     return x, e & 0xFF, w + take
+
+
+@_jit
+def _pairs_lanes8(data, table, precision, states, out):
+    """The bulk of an 8-lane RANS0_PAIRS decode, as _rans0_lanes8: symbols 0, 1, .. (two bytes
+    each, low byte first) into `out` while a word for every lane is surely left, lane states in
+    locals, unsigned indices. The table is split in two arrays per slot: the uint16 pair and a
+    uint32 freq | bias << 16 (freq <= 2^14, bias < 2^14), 48 KiB at P = 13 where the int64 table
+    takes 64 KiB (measured faster than one uint64 array, issue 17). `data`: the
+    words' bytes (an even number); `table`: a fill_decode_table of precision <= 14; `out`: an
+    even number of bytes. Returns (symbols decoded, words read), `states` updated; the caller
+    decodes the rest with checked refills."""
+    size = np.int64(1) << precision
+    pairs = np.empty(size, np.uint16)
+    fb = np.empty(size, np.uint32)
+    for s in range(size):
+        e = table[s]
+        pairs[s] = e & 0xFFFF
+        fb[s] = ((e >> 16) & 0xFFFF) | ((e >> 32) << 16)
+    words = data.view(np.uint16)
+    nw = np.int64(words.shape[0])
+    n = np.int64(out.shape[0] // 2)
+    mask = size - 1
+    x0, x1, x2, x3 = states[0], states[1], states[2], states[3]
+    x4, x5, x6, x7 = states[4], states[5], states[6], states[7]
+    w = np.int64(0)
+    i = np.int64(0)
+    while i + 8 <= n and w + 8 <= nw:
+        x0, s, w = _pairs_step(x0, pairs, fb, mask, precision, words, w)
+        _put_pair(out, i, s)
+        x1, s, w = _pairs_step(x1, pairs, fb, mask, precision, words, w)
+        _put_pair(out, i + 1, s)
+        x2, s, w = _pairs_step(x2, pairs, fb, mask, precision, words, w)
+        _put_pair(out, i + 2, s)
+        x3, s, w = _pairs_step(x3, pairs, fb, mask, precision, words, w)
+        _put_pair(out, i + 3, s)
+        x4, s, w = _pairs_step(x4, pairs, fb, mask, precision, words, w)
+        _put_pair(out, i + 4, s)
+        x5, s, w = _pairs_step(x5, pairs, fb, mask, precision, words, w)
+        _put_pair(out, i + 5, s)
+        x6, s, w = _pairs_step(x6, pairs, fb, mask, precision, words, w)
+        _put_pair(out, i + 6, s)
+        x7, s, w = _pairs_step(x7, pairs, fb, mask, precision, words, w)
+        _put_pair(out, i + 7, s)
+        i += 8
+    states[0], states[1], states[2], states[3] = x0, x1, x2, x3
+    states[4], states[5], states[6], states[7] = x4, x5, x6, x7
+    return i, w
+
+
+@_inline
+def _pairs_step(x, pairs, fb, mask, precision, words, w):
+    """One pair of a lane, as _rans0_step: (state after, pair, next word)."""
+    slot = np.uint64(x & mask)
+    e = np.int64(fb[slot])
+    x = (e & 0xFFFF) * (x >> precision) + (e >> 16)
+    take = np.int64(x < RANS_L)
+    x = (x << (take << 4)) | (np.int64(words[np.uint64(w)]) & -take)
+    return x, np.int64(pairs[slot]), w + take
+
+
+@_inline
+def _put_pair(out, i, s):
+    """Pair i's two bytes, low first: byte stores are right at any offset of `out`, and LLVM
+    merges them into one 16-bit store (as fast as a store through a uint16 view)."""
+    out[np.uint64(2 * i)] = s & 0xFF
+    out[np.uint64(2 * i + 1)] = s >> 8
 
 
 @_jit

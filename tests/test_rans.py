@@ -215,3 +215,59 @@ def test_a_rans0_plane_of_one_symbol_decodes(n):
     coded = codec.encode_plane(plane, methods=[METHOD_RANS0], min_gain=-np.inf)
     assert coded.method == METHOD_RANS0 and _table_size(coded.stream, METHOD_RANS0, n)[1].tolist() == [4096]
     assert _decode(coded, n)[0].tobytes() == plane.tobytes()
+
+
+def _pairs_stream(plane: np.ndarray, precision: int) -> bytes:
+    """A RANS0_PAIRS stream (spec 6.4) of `plane` at any precision, 8 lanes, assembled here from
+    kernels.rans_encode: the writer itself always uses PAIR_PRECISION."""
+    n = plane.size
+    pairs = plane[:n - n % 2].view("<u2").astype(np.int64)
+    used = np.unique(np.concatenate([pairs & 0xFF, pairs >> 8]))
+    s = used.size
+    cells, ids, counts = np.unique(np.searchsorted(used, pairs & 0xFF) * s + np.searchsorted(used, pairs >> 8),
+                                   return_inverse=True, return_counts=True)
+    freq = quantize_frequencies(counts, precision)
+    words = np.empty(ids.size + 1, np.uint16)
+    states, first = kernels.rans_encode(ids.astype(np.uint16), freq, np.cumsum(freq) - freq, precision, words)
+    table = _pairs(used.tolist(), cells.tolist(), freq.tolist(), odd=int(plane[-1]) if n % 2 else 0,
+                   precision=precision, tail=b"")
+    return (table[:1] + bytes([LANES]) + table[2:] + states.astype("<u4").tobytes()
+            + words[first:].astype("<u2").tobytes())
+
+
+def _kernel_pairs(stream: bytes, n: int) -> tuple[int, bytes]:
+    """(fault, bytes) of kernels decoding a RANS0_PAIRS plane into an odd offset of a buffer."""
+    buf = np.zeros(n + 1, np.uint8)
+    fault = kernels._decode_plane(np.frombuffer(stream, np.uint8), METHOD_RANS0_PAIRS, n, buf[1:],
+                                  np.empty(1 << 14, np.int64))
+    return int(fault), buf[1:].tobytes()
+
+
+@pytest.mark.parametrize("precision", [3, 9, PAIR_PRECISION, 14])
+@pytest.mark.parametrize("n", [*range(2, 80), 127, 128, 129, 1001, 4097, 65_537])
+def test_pairs_decode_like_the_reference(n, precision):
+    """Every plane length around the 8-lane bulk loop's edges (fewer pairs than lanes, whole
+    groups, tails, odd planes), into an odd offset, at any precision (the bulk loop runs from
+    2^precision / 4 pairs: at P = 3 on every plane): the kernels' bytes are the reference
+    decoder's and the plane's; a stream one word short or long fails in both."""
+    rng = np.random.default_rng(n * precision)
+    if precision == 3:  # two bytes: at most 4 pairs
+        plane = (rng.random(n) < 0.2).astype(np.uint8) + 100
+    else:  # a few dozen pairs, skewed
+        plane = np.minimum(rng.geometric(0.3, n) + 100, 255).astype(np.uint8)
+    stream = _pairs_stream(plane, precision)
+    decode = reference._rans0_pairs(reference._Reader(stream, "here", FormatError), n)
+    assert decode() == plane.tobytes()
+    assert _kernel_pairs(stream, n) == (kernels.FAULT_OK, plane.tobytes())
+    for broken in (stream[:-2], stream + bytes(2)):
+        assert _kernel_pairs(broken, n)[0] != kernels.FAULT_OK
+        with pytest.raises(FormatError):
+            reference._rans0_pairs(reference._Reader(broken, "here", FormatError), n)()
+
+
+@pytest.mark.parametrize("n", [2, 17, 1000, 100_003])
+def test_a_pairs_plane_of_one_pair_decodes(n):
+    """One pair may own all 2^14 slots: the largest frequency the pair table holds."""
+    plane = np.full(n, 7, np.uint8)
+    stream = _pairs_stream(plane, 14)
+    assert _kernel_pairs(stream, n) == (kernels.FAULT_OK, plane.tobytes())
