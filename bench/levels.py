@@ -47,9 +47,10 @@ def main() -> None:
     ensure_gguf_packages()
     rows, float_ratio, bf16_ratio, max_speed = [], [], [], []
     import numpy as np
+    from llmcodec import api
 
     for level in ("fast", "max"):  # compile the kernels before anything is timed
-        llmcodec.api.save({"w": np.ones(1000, np.float32)}, threads=1, level=level)
+        api.save({"w": np.ones(1000, np.float32)}, threads=1, level=level)
     ram = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=ram) as work:
         work = Path(work)
