@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import markdown_table, write_section  # noqa: E402
-from gguf_fields import ensure_packages as ensure_gguf_packages, gguf_files  # noqa: E402
-from speed import Zipnn, Zstd, float_files  # noqa: E402
+from gguf_fields import ensure_packages as ensure_gguf_packages  # noqa: E402
+from speed import Zipnn, Zstd, cases  # noqa: E402
 from weights import ensure_packages  # noqa: E402
 
 
@@ -54,9 +54,7 @@ def main() -> None:
     ram = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=ram) as work:
         work = Path(work)
-        cases = [(label, path, dtype) for label, (path, dtype) in float_files(Path(tmp)).items()]
-        cases += [(label, path, "gguf") for label, path in gguf_files(Path(tmp)).items()]
-        for label, path, dtype in cases:
+        for label, path, dtype in cases(Path(tmp)):
             raw = path.read_bytes()
             mb = len(raw) / 1e6
             peer = Zstd(raw) if dtype == "gguf" else Zipnn(raw, dtype)

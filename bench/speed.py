@@ -144,6 +144,12 @@ def measure(runners: list, raw_bytes: int, rounds: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def cases(tmp: Path) -> list[tuple[str, Path, str]]:
+    """(label, file, dtype label or "gguf") of every real file the speed and level benchmarks run."""
+    out = [(label, path, dtype) for label, (path, dtype) in float_files(tmp).items()]
+    return out + [(label, path, "gguf") for label, path in gguf_files(tmp).items()]
+
+
 def float_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     files = {f"sentence encoder (MiniLM-L6) {dtype}": (path, dtype) for dtype, path in minilm_files(tmp).items()}
     files.update(real_files())
@@ -160,9 +166,7 @@ def main() -> None:
     ram = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=ram) as work:
         work = Path(work)
-        cases = [(label, path, dtype) for label, (path, dtype) in float_files(Path(tmp)).items()]
-        cases += [(label, path, "gguf") for label, path in gguf_files(Path(tmp)).items()]
-        for label, path, dtype in cases:
+        for label, path, dtype in cases(Path(tmp)):
             raw = path.read_bytes()
             mb = len(raw) / 1e6
             ours = Llmcodec(path, work)

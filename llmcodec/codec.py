@@ -201,6 +201,12 @@ def encode_delta_chunk(raw: np.ndarray, base: np.ndarray, entry: TensorEntry, tr
     return checksum64(raw), planes, streams
 
 
+def spread(n: int, k: int) -> list[int]:
+    """Up to `k` distinct indices of 0..n-1 spread evenly from the first to the last, in order
+    (all of them when n <= k)."""
+    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)}) if n > 0 else []
+
+
 SAMPLE_CHUNKS = 4  # chunks of a tensor coded each way to choose its delta transform
 SAMPLE_BYTES = 256 << 10  # of each, at most its first 256 KiB
 
@@ -216,7 +222,7 @@ def choose_delta(entry: TensorEntry, read, read_base, effort: Level = LEVELS["fa
         return 0, 0
     step = SAMPLE_BYTES // entry.dtype.itemsize * entry.dtype.itemsize or entry.dtype.itemsize
     picks = sorted({(a, min(b, a + step)) for a, b in
-                    (spans[round(i * (len(spans) - 1) / max(1, SAMPLE_CHUNKS - 1))] for i in range(SAMPLE_CHUNKS))})
+                    (spans[i] for i in spread(len(spans), SAMPLE_CHUNKS))})
     sizes = {0: 0, delta.DIFF: 0, delta.SUB: 0}
     for start, stop in picks:
         raw, base = read(start, stop), read_base(start, stop)
@@ -243,7 +249,7 @@ def choose_chunk_size(entry: TensorEntry, read, read_base, effort: Level) -> tup
     windows = -(-entry.nbytes // window)
     if windows == 0:
         return sizes[-1], 0
-    picks = sorted({round(i * (windows - 1) / max(1, TRIAL_WINDOWS - 1)) for i in range(min(windows, TRIAL_WINDOWS))})
+    picks = spread(windows, TRIAL_WINDOWS)
     cost = dict.fromkeys(sizes, 0)
     # a chunk's header record (spec 4.3): offset, checksum, 6 bytes per plane; a delta's Base_Checksum
     record = 16 + 6 * len(entry.planes) + (8 if read_base is not None else 0)

@@ -1239,7 +1239,8 @@ def _decode_chunk(data, row, out, scratch, table, base):
         b = base[row[ROW_BASE]:row[ROW_BASE] + out.shape[0]]
         if xxh64(b) != np.uint64(row[ROW_BASE_CHECKSUM]):
             return FAULT_BASE
-        undo_delta(row[ROW_DELTA], 1 if layout >= BLOCK_FIELDS else itemsize, out, b)
+        block = layout == BLOCK_FIELDS or layout == BLOCK_QUANTS  # a block's delta words are its bytes
+        undo_delta(row[ROW_DELTA], 1 if block else itemsize, out, b)
     if xxh64(out) != np.uint64(row[ROW_CHECKSUM]):
         return FAULT_CHECKSUM
     return FAULT_OK
