@@ -130,6 +130,38 @@ def _check_input(path: Path) -> None:
         _fail(f"{path}: no such file or folder")
 
 
+STDIN = Path("-")
+
+
+@contextlib.contextmanager
+def _input(src: Path):
+    """The input as a path the command may open more than once (a header read, then the work):
+    `src` itself when it is a regular file or a folder; standard input (`-`), a pipe or a device
+    copied first, as zstd reads them, to a temporary file of the same name, removed after."""
+    if src != STDIN:
+        _check_input(src)
+        if src.is_file() or src.is_dir():
+            yield src
+            return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="llmcodec-") as tmp:
+        spool = Path(tmp) / ("stdin" if src == STDIN else src.name)
+        with (contextlib.nullcontext(sys.stdin.buffer) if src == STDIN else open(src, "rb")) as f, \
+                open(spool, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+        yield spool
+
+
+def _named_output(src: Path, read: Path, default) -> Path:
+    """The default output for input `src` read from `read` (_input), named by `default(read)`:
+    next to `src`, never in the temporary folder; standard input has no name to derive one from."""
+    if src == STDIN:
+        _fail("reading standard input (-): give the output name (--output)")
+    return src.parent / default(read).name
+
+
 # The kernels every command may run; when numba holds no compiled code for one of them, all are
 # compiled before any progress bar starts (see _prepare_kernels).
 _KERNELS = ("encode_chunk", "decode_chunks")
@@ -193,19 +225,20 @@ def _check_output(path: Path, force: bool) -> None:
         _fail(f"{path} already exists; use --force to replace it")
 
 
-def _report(src: Path, dst: Path, what: str = "") -> None:
-    """The closing line on stderr: `src -> dst`, and the output's size against the input's."""
+def _report(src: Path, dst: Path, what: str = "", *, size: int) -> None:
+    """The closing line on stderr: `src -> dst`, and the output's size against the input's `size`."""
     from .output import is_stream
 
     if is_stream(dst):
         typer.echo(f"{src} -> {dst}", err=True)
     else:
-        typer.echo(f"{src} -> {dst}: {_size(dst) / max(_size(src), 1):.2%} of the original{what}", err=True)
+        typer.echo(f"{src} -> {dst}: {_size(dst) / max(size, 1):.2%} of the original{what}", err=True)
 
 
 @app.command()
 def encode(
-    src: Path = typer.Argument(..., help="A .safetensors or .gguf file, or a folder with a sharded checkpoint."),
+    src: Path = typer.Argument(..., help="A .safetensors or .gguf file, or a folder with a sharded "
+                             "checkpoint; - for standard input."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file or folder; - for standard output.",
                                        show_default="x.safetensors -> x.llmc, folder m -> m.llmc"),
     threads: int | None = Threads,
@@ -219,25 +252,24 @@ def encode(
     quiet: bool = Quiet,
 ) -> None:
     """Compress a checkpoint losslessly (with --base: as a delta against its base model)."""
-    with _errors():
+    with _errors(), _input(src) as read:
         from . import files
 
-        _check_input(src)
         if base is not None:
             _check_input(base)
-        dst = output or files.encoded_name(src)
+        dst = output or _named_output(src, read, files.encoded_name)
         _check_output(dst, force)
         _prepare_kernels(quiet)
-        with _progress(f"encode {src.name}", _size(src), quiet) as progress:
-            files.encode_file(src, dst, threads=threads, chunk_size=chunk_size, progress=progress, base=base,
+        with _progress(f"encode {read.name}", _size(read), quiet) as progress:
+            files.encode_file(read, dst, threads=threads, chunk_size=chunk_size, progress=progress, base=base,
                               level=level.value)
-    if not quiet:
-        _report(src, dst)
+        if not quiet:
+            _report(src, dst, size=_size(read))
 
 
 @app.command()
 def quantize(
-    src: Path = typer.Argument(..., help="A .safetensors file."),
+    src: Path = typer.Argument(..., help="A .safetensors file; - for standard input."),
     output: Path = typer.Option(..., "--output", "-o", help="The .llmc file to write; - for standard output."),
     bits: int = typer.Option(8, "--bits", help="8 or 4."),
     group_size: int = typer.Option(128, "--group-size", min=0,
@@ -263,7 +295,7 @@ def quantize(
 
 @app.command()
 def factorize(
-    src: Path = typer.Argument(..., help="A .safetensors file."),
+    src: Path = typer.Argument(..., help="A .safetensors file; - for standard input."),
     output: Path = typer.Option(..., "--output", "-o", help="The .llmc file to write; - for standard output."),
     rank: int | None = typer.Option(None, "--rank", min=1, help="Keep this many singular values."),
     energy: float | None = typer.Option(None, "--energy", min=0.0, max=1.0,
@@ -280,14 +312,14 @@ def factorize(
 
 
 def _transform(src: Path, dst: Path, force: bool, quiet: bool, kind: str, **options) -> None:
-    with _errors():
+    with _errors(), _input(src) as read:
         from . import files
 
-        _check_input(src)
         _check_output(dst, force)
         _prepare_kernels(quiet)
-        with _progress(f"{kind} {src.name}", _size(src), quiet) as progress:
-            done = files.transform_file(src, dst, kind, progress=progress, **options)
+        with _progress(f"{kind} {read.name}", _size(read), quiet) as progress:
+            done = files.transform_file(read, dst, kind, progress=progress, **options)
+        size = _size(read)
     for name, error in sorted(done.unmet.items()):
         typer.echo(f"llmcodec: {name}: no group size meets --max-error {options['max_error']:.3%} "
                    f"(smallest relative error {error:.3%}): stored losslessly", err=True)
@@ -298,12 +330,13 @@ def _transform(src: Path, dst: Path, force: bool, quiet: bool, kind: str, **opti
         chosen = (", group sizes chosen: " + ", ".join(f"{g or 'row'} x{n}" for g, n in groups)
                   if options.get("max_error") and groups else "")
         unmet = f", {len(done.unmet)} left unquantized" if done.unmet else ""
-        _report(src, dst, f"; {len(done)} tensors {kind}d{chosen}{unmet}, largest relative error {worst:.3%}")
+        _report(src, dst, f"; {len(done)} tensors {kind}d{chosen}{unmet}, largest relative error {worst:.3%}",
+                size=size)
 
 
 @app.command()
 def decode(
-    src: Path = typer.Argument(..., help="A .llmc file or folder."),
+    src: Path = typer.Argument(..., help="A .llmc file or folder; - for standard input."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file or folder; - for standard output.",
                                        show_default="x.llmc -> its original's name, folder m.llmc -> m"),
     threads: int | None = Threads,
@@ -312,43 +345,42 @@ def decode(
     quiet: bool = Quiet,
 ) -> None:
     """Restore the original checkpoint, byte-identical (its SHA-256 is checked)."""
-    with _errors():
+    with _errors(), _input(src) as read:
         from . import files
 
-        _check_input(src)
-        output = output or files.decoded_name(src)
+        output = output or _named_output(src, read, files.decoded_name)
         _check_output(output, force)
-        total = files.original_bytes(src)
+        total = files.original_bytes(read)
         _prepare_kernels(quiet)
-        with _progress(f"decode {src.name}", total, quiet) as progress:
-            files.decode_file(src, output, threads=threads, progress=progress, base=base)
+        with _progress(f"decode {read.name}", total, quiet) as progress:
+            files.decode_file(read, output, threads=threads, progress=progress, base=base)
     if not quiet:
         typer.echo(f"{src} -> {output}", err=True)
 
 
 @app.command()
 def verify(
-    src: Path = typer.Argument(..., help="A .llmc file or folder."),
+    src: Path = typer.Argument(..., help="A .llmc file or folder; - for standard input."),
     threads: int | None = Threads,
     base: Path | None = Base,
     quiet: bool = Quiet,
 ) -> None:
     """Decode everything in memory and check every checksum; exit 0 only if all is right."""
-    with _errors():
+    with _errors(), _input(src) as read:
         from . import files
 
-        _check_input(src)
-        total = files.original_bytes(src)
+        total = files.original_bytes(read)
         _prepare_kernels(quiet)
-        with _progress(f"verify {src.name}", total, quiet) as progress:
-            files.verify_file(src, threads=threads, progress=progress, base=base)
+        with _progress(f"verify {read.name}", total, quiet) as progress:
+            files.verify_file(read, threads=threads, progress=progress, base=base)
     if not quiet:
         typer.echo(f"{src}: OK", err=True)
 
 
 @app.command()
 def info(
-    src: Path = typer.Argument(..., help="A .llmc file, or an encoded folder (each of its .llmc shards)."),
+    src: Path = typer.Argument(..., help="A .llmc file, or an encoded folder (each of its .llmc shards); "
+                               "- for standard input."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     limits: bool = typer.Option(False, "--limits", help="Also show how far each plane is from its entropy "
                                 "limits: order-0, conditioned on each context tried, and adaptive."),
@@ -358,14 +390,13 @@ def info(
     quiet: bool = Quiet,
 ) -> None:
     """Per tensor: dtype, shape, sizes, ratio, and per plane its coded bits next to its entropy."""
-    with _errors():
+    with _errors(), _input(src) as read:
         from . import bases, files, folders, stats
 
-        _check_input(src)
-        paths = folders.shards(src) if src.is_dir() else [src]
-        total = files.original_bytes(src)
+        paths = folders.shards(read) if read.is_dir() else [read]
+        total = files.original_bytes(read)
         _prepare_kernels(quiet)
-        with _progress(f"info {src.name}", total, quiet) as progress:
+        with _progress(f"info {read.name}", total, quiet) as progress:
             opened = bases.open_base(base) if base is not None else None
             try:
                 shards = [stats.file_stats(p, threads=threads, limits=limits, progress=progress, base=opened)

@@ -428,10 +428,10 @@ def _plan(spans: list, from_file: bool) -> tuple[np.ndarray, list, list, int, in
     for entry, first, stop in spans:
         firsts.append(flat)
         k, planes = entry.dtype.itemsize, entry.plane_bytes
-        full, last = entry.chunk_elements * k, len(entry.chunks) - 1
+        full, last, chunks = entry.chunk_elements * k, len(entry.chunks) - 1, entry.chunks
         for i in range(first, stop):
             raw = full if i < last else entry.chunk_span(i)[1] * k
-            length = entry.chunks[i].length if from_file else 0
+            length = sum([p.length for p in chunks[i].planes]) if from_file else 0
             if n and (n == BATCH_CHUNKS or size + raw > BATCH_BYTES or coded + length > BATCH_BYTES):
                 cuts.append(flat)
                 outs.append(total)
@@ -454,21 +454,22 @@ def chunk_rows(spans) -> np.ndarray:
     rows = []
     for entry, first, stop in spans:
         planes = entry.planes
-        pad = [0] * (kernels.MAX_PLANES - len(planes))
-        geometry = [w for _, w in planes] + pad + [f for f, _ in planes] + pad
-        shape = [len(planes), entry.layout, entry.dtype.itemsize]
-        size, last = entry.chunk_elements, len(entry.chunks) - 1
+        pad = (0,) * (kernels.MAX_PLANES - len(planes))
+        head = (len(planes), entry.layout, entry.dtype.itemsize)
+        tail = tuple(w for _, w in planes) + pad + tuple(f for f, _ in planes) + pad
+        size, last, delta = entry.chunk_elements, len(entry.chunks) - 1, entry.delta
         for i in range(first, stop):
             c = entry.chunks[i]
+            ps = c.planes
             check = c.checksum - (1 << 64) if c.checksum >= 1 << 63 else c.checksum
             n = size if i < last else entry.chunk_span(i)[1]
-            base = [0, 0, 0]
-            if entry.delta is not None:
-                b = entry.delta.base_checksums[i]
-                base = [entry.delta.transform, 0, b - (1 << 64) if b >= 1 << 63 else b]
-            rows.append([c.offset, check, n, *shape, *[p.method for p in c.planes], *pad,
-                         *[p.parameter for p in c.planes], *pad, *[p.length for p in c.planes], *pad, *geometry,
-                         *base])
+            if delta is None:
+                base = (0, 0, 0)
+            else:
+                b = delta.base_checksums[i]
+                base = (delta.transform, 0, b - (1 << 64) if b >= 1 << 63 else b)
+            rows.append((c.offset, check, n, *head, *[p.method for p in ps], *pad, *[p.parameter for p in ps], *pad,
+                         *[p.length for p in ps], *pad, *tail, *base))
     return np.array(rows, np.int64).reshape(len(rows), kernels.ROW_SIZE)
 
 

@@ -359,8 +359,12 @@ class ContainerReader:
         """Take the source: bytes in memory, or a regular file's identity (and descriptor if given open)."""
         if isinstance(source, (str, os.PathLike)):
             with builtins.open(source, "rb") as f:  # the errors of open(): missing file, a folder
-                self._identity = _identity(os.fstat(f.fileno()))
-            self._path = os.fspath(source)
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):  # a pipe or a device: read once, as a file object is
+                    self._data = np.frombuffer(f.read(), np.uint8)
+                else:
+                    self._identity = _identity(st)
+                    self._path = os.fspath(source)
         elif isinstance(source, (bytes, bytearray, memoryview)):
             self._data = np.frombuffer(source, np.uint8)
         elif hasattr(source, "read"):

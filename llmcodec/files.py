@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
         raise InvalidArgumentError(f"max_error must be a positive number, not {max_error}")
     done = Transformed()
     items = []
-    with open(src, "rb") as f:
+    with _seekable(src) as (f, mode):
         size = os.fstat(f.fileno()).st_size
         layout = safetensors_file.read_layout(f, size, str(src))
         names = {t.name for t in layout.tensors}
@@ -272,7 +273,7 @@ def transform_file(src, dst, kind: str, *, bits: int = 8, group_size: int = 128,
                     items.append(TensorSource(record.parts[role], dtypes.from_numpy(part.dtype), part.shape, part))
             if progress is not None:
                 progress(t.end - t.begin)
-    with ContainerWriter(dst, threads=threads, chunk_size=chunk_size, level=level) as writer:
+    with ContainerWriter(dst, threads=threads, chunk_size=chunk_size, mode=mode, level=level) as writer:
         writer.add_many(items)
         writer.finish(layout.metadata, transforms=done)
     return done
@@ -295,8 +296,23 @@ def verify_file(src, *, threads: int | None = None, progress=None, limits: Limit
 # --- one file ------------------------------------------------------------------------------------
 
 
-def _encode_one(src: Path, dst: Path, threads, chunk_size, progress, base, level) -> None:
+@contextmanager
+def _seekable(src: Path):
+    """(`src` opened for reading at any offset, the permission bits its output gets): a pipe or a
+    device is first copied to an unnamed temporary file, and its output gets open()'s bits."""
     with open(src, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISREG(info.st_mode):
+            yield f, stat.S_IMODE(info.st_mode)
+            return
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(f, spool, 1 << 20)
+            spool.flush()
+            yield spool, output.default_mode()
+
+
+def _encode_one(src: Path, dst: Path, threads, chunk_size, progress, base, level) -> None:
+    with _seekable(src) as (f, mode):
         size = os.fstat(f.fileno()).st_size
         layout = sources.read_layout(f, size, str(src))
         fd = f.fileno()
@@ -329,7 +345,6 @@ def _encode_one(src: Path, dst: Path, threads, chunk_size, progress, base, level
                 items.append(TensorSource(name, dtype, shape, _file_reader(fd, begin)))
             pos = end
         items += blobs(pos, size)
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
         with ContainerWriter(dst, threads=threads, chunk_size=chunk_size, mode=mode, level=level) as writer:
             if base is not None:
                 bases.plan_deltas(items, base, chunk_size, writer.threads, level)

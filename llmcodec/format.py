@@ -97,6 +97,21 @@ class Limits:
     work: int = 1 << 16  # rebuild multiply-adds, and plane bytes `info` decodes, per byte of the file
 
 
+class _computed_once:
+    """A property computed at its first use and then kept in the instance (a plain attribute
+    from then on). functools.cached_property does the same under a lock, which costs more
+    than these small computations."""
+
+    def __init__(self, fn):
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
 @dataclass
 class PlaneRef:
     method: int
@@ -136,16 +151,18 @@ class TensorEntry:
     hidden: bool = False  # holds non-tensor bytes of the original (a coded blob): not listed
     delta: Delta | None = None  # a delta tensor (spec 11): its planes hold transformed words
 
-    @property
+    # name, dtype, shape, layout and chunk_elements are never reassigned, so what follows from
+    # them is computed once: a load asks for it several times per tensor.
+    @_computed_once
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    @property
+    @_computed_once
     def elements(self) -> int:
         """Elements of the tensor, as chunks count them: values, or blocks of a block type."""
         return self.numel // self.dtype.block_size
 
-    @property
+    @_computed_once
     def nbytes(self) -> int:
         return self.elements * self.dtype.itemsize
 
@@ -474,6 +491,10 @@ def parse_preamble(data: bytes, file_size: int, limits: Limits) -> Preamble:
     return Preamble(major, minor, h_off, h_len, h_sum)
 
 
+_U16 = struct.Struct("<H")
+_SEGMENT_HEAD = struct.Struct("<BI")  # Segment_Kind, and a tensor segment's Tensor_Index
+
+
 @lru_cache(maxsize=256)
 def _struct(fmt: str) -> struct.Struct:
     return struct.Struct("<" + fmt)
@@ -589,10 +610,18 @@ def _parse_source(cur: _Cursor, n_tensors: int, limits: Limits) -> Source:
     size, sha, n_seg = cur.unpack("Q32sI", "Source")
     check_count("Segment_Count", n_seg, limits.segment_count)
     segments = []
+    data = cur.data
     for i in range(n_seg):
-        seg_kind = cur.one("B", "segment %d Segment_Kind", i)
+        pos = cur.pos
+        if pos + 5 <= len(data):  # a tensor segment's fields, read at once (a checkpoint has thousands)
+            seg_kind, index = _SEGMENT_HEAD.unpack_from(data, pos)
+            cur.pos = pos + (5 if seg_kind in (SEGMENT_TENSOR, SEGMENT_CODED_BLOB) else 1)
+        else:
+            seg_kind = cur.one("B", "segment %d Segment_Kind", i)
+            index = None
         if seg_kind in (SEGMENT_TENSOR, SEGMENT_CODED_BLOB):
-            index = cur.one("I", "segment %d Tensor_Index", i)
+            if index is None:
+                index = cur.one("I", "segment %d Tensor_Index", i)
             if index >= n_tensors:
                 raise FormatError(f"segment {i}: Tensor_Index {index} but the file has {n_tensors} tensors")
             segments.append(Segment(seg_kind, tensor_index=index))
@@ -605,19 +634,33 @@ def _parse_source(cur: _Cursor, n_tensors: int, limits: Limits) -> Source:
 
 
 def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
-    name = cur.text(cur.one("H", "tensor %d Name_Length", index), "tensor %d Name", index)
-    dtype_id, ndim = cur.unpack("BB", "tensor %r Dtype/Ndim", name)
+    # The fields are read with struct calls of their own rather than through the cursor's methods
+    # where the header surely holds them: a checkpoint has thousands of tensors. Where it may not,
+    # the cursor reads them and names the field it runs out in.
+    data, pos = cur.data, cur.pos
+    if pos + 2 <= len(data):
+        length = _U16.unpack_from(data, pos)[0]
+        cur.pos = pos + 2
+    else:
+        length = cur.one("H", "tensor %d Name_Length", index)
+    name = cur.text(length, "tensor %d Name", index)
+    pos = cur.pos
+    if pos + 2 <= len(data):
+        dtype_id, ndim = data[pos], data[pos + 1]
+        cur.pos = pos = pos + 2
+    else:
+        dtype_id, ndim = cur.unpack("BB", "tensor %r Dtype/Ndim", name)
     dtype = dtypes.from_id(dtype_id)
     fixed = _tensor_fields(ndim)
-    if fixed.size <= len(cur.data) - cur.pos:  # Shape, Layout, Chunk_Elements, Chunk_Count at once
-        *shape, layout, chunk_elems, n_chunks = fixed.unpack_from(cur.data, cur.pos)
-        cur.pos += fixed.size
+    if fixed.size <= len(data) - pos:  # Shape, Layout, Chunk_Elements, Chunk_Count at once
+        *shape, layout, chunk_elems, n_chunks = fixed.unpack_from(data, pos)
+        cur.pos = pos + fixed.size
     else:  # the header ends inside one of them: name it
         shape = cur.unpack("Q" * ndim, "tensor %r Shape", name)
         layout, chunk_elems, n_chunks = cur.unpack("BQQ", "tensor %r Layout/Chunk_Elements/Chunk_Count", name)
     entry = TensorEntry(name, dtype, tuple(shape), layout, chunk_elems)
     check_tensor(entry, limits)
-    elements = math.prod(shape) // dtype.block_size  # entry.elements
+    elements = entry.elements
     expected = -(-elements // chunk_elems)
     if n_chunks != expected:
         raise FormatError(f"tensor {name!r}: Chunk_Count {n_chunks}, expected {expected} for {elements} "
@@ -625,7 +668,7 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
     widths, record = _chunk_record(dtype_id, layout)
     k = len(widths)
     # n_chunks <= elements is bounded by the header's size: each chunk takes 16 + 6k header bytes.
-    cur_left = len(cur.data) - cur.pos
+    cur_left = len(data) - cur.pos
     if n_chunks * (16 + 6 * k) > cur_left:
         raise TruncatedError(f"tensor {name!r}: {n_chunks} chunks do not fit in the {cur_left} header "
                              f"bytes left")
@@ -636,14 +679,14 @@ def _parse_tensor(cur: _Cursor, index: int, limits: Limits) -> TensorEntry:
         if c == last:  # the last chunk holds what is left
             sizes = [(elements - c * chunk_elems) * w for w in widths]
         planes = []
-        fields = iter(flat)
-        for method, parameter, length, size in zip(fields, fields, fields, sizes):
-            plane = PlaneRef(method, parameter, length)
+        for j in range(k):
+            method, parameter, length = flat[3 * j], flat[3 * j + 1], flat[3 * j + 2]
             # _check_plane's rules, inline: a plane that breaks one is named by _check_plane
-            if not (length == size and parameter == 0 if method == METHOD_RAW else length == 0
+            if not (length == sizes[j] and parameter == 0 if method == METHOD_RAW else length == 0
                     if method == METHOD_CONSTANT else length >= _MIN_LENGTH[method] and parameter == 0):
-                _check_plane(plane, size, "tensor %r chunk %d plane %d", name, c, len(planes))
-            planes.append(plane)
+                _check_plane(PlaneRef(method, parameter, length), sizes[j], "tensor %r chunk %d plane %d",
+                             name, c, j)
+            planes.append(PlaneRef(method, parameter, length))
         chunks.append(Chunk(offset, check, planes))
     return entry
 

@@ -438,6 +438,9 @@ def rebuild_bytes(reader, name: str) -> tuple[int, int]:
     return elements * transforms.FLOAT_DTYPES[t.dtype].itemsize, parts + 12 * elements
 
 
+_INTP_MAX = int(np.iinfo(np.intp).max)
+
+
 def array_shape(entry: TensorEntry, file: str) -> tuple:
     """The shape of the array `get_tensor` returns: the tensor's, a block type's last dimension
     the bytes of its blocks. numpy cannot hold a shape whose nonzero dimensions multiply past
@@ -448,7 +451,7 @@ def array_shape(entry: TensorEntry, file: str) -> tuple:
     size = dtype.numpy.itemsize
     for d in shape:
         size *= d or 1
-    if size > np.iinfo(np.intp).max:
+    if size > _INTP_MAX:
         raise LimitExceededError(f"{file}: tensor {entry.name!r}: numpy cannot hold an array of shape {list(shape)}")
     return shape
 
@@ -456,6 +459,8 @@ def array_shape(entry: TensorEntry, file: str) -> tuple:
 def as_array(raw: np.ndarray, entry: TensorEntry, file: str) -> np.ndarray:
     """The tensor's raw bytes viewed as the array `get_tensor` returns (array_shape)."""
     return raw.view(entry.dtype.numpy).reshape(array_shape(entry, file))
+
+
 def _import_torch():
     try:
         import torch

@@ -2,6 +2,7 @@
 standard output, permissions, --force on folders, nested shards, and the command line's conventions."""
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 import llmcodec
 from llmcodec import codec, files, folders, output
 from llmcodec.cli import app
+from llmcodec.container import ContainerReader
 
 runner = CliRunner()
 CLI = [sys.executable, "-m", "llmcodec.cli"]
@@ -122,6 +124,87 @@ def test_decode_to_stdout_and_encode_to_stdout(model, encoded, tmp_path):
     assert not (tmp_path / "-").exists()
 
 
+class FifoWriter:
+    """Writes `data` into a FIFO from a thread (opening it blocks until a reader opens it)."""
+
+    def __init__(self, path: Path, data: bytes):
+        self.thread = threading.Thread(target=lambda: Path(path).write_bytes(data), daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive()
+
+
+def test_encode_and_decode_read_standard_input(model, encoded, tmp_path):
+    """`-` reads a pipe, as zstd does; the output must then be named."""
+    out = tmp_path / "piped.llmc"
+    r = subprocess.run([*CLI, "encode", "-", "-o", str(out), "-q"], input=model.read_bytes(), capture_output=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == encoded.read_bytes()
+    assert stat.S_IMODE(out.stat().st_mode) == output.default_mode()
+    r = subprocess.run([*CLI, "decode", "-", "-o", "-", "-q"], input=out.read_bytes(), capture_output=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == model.read_bytes()
+    for command in (["verify", "-", "-q"], ["info", "-", "--json", "-q"]):
+        r = subprocess.run([*CLI, *command], input=out.read_bytes(), capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    assert sorted(p["name"] for p in json.loads(r.stdout)["tensors"]) == ["n", "w"]
+    for command in ("encode", "decode"):
+        r = subprocess.run([*CLI, command, "-", "-q"], input=b"", capture_output=True, timeout=300)
+        assert r.returncode == 1 and b"give the output name" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.llmc", "model.safetensors", "piped.llmc"]
+
+
+def test_a_fifo_input_is_read_once_and_named_like_a_file(model, encoded, tmp_path):
+    """A FIFO can be read once and not at offsets: encode, decode, verify and info copy it first;
+    the default output is named after the FIFO, next to it."""
+    fifo = tmp_path / "in.safetensors"
+    os.mkfifo(fifo)
+    writer = FifoWriter(fifo, model.read_bytes())
+    r = run("encode", fifo, "-q")
+    writer.join()
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "in.llmc").read_bytes() == encoded.read_bytes()
+    fifo.unlink()
+    fifo = tmp_path / "in2.llmc"
+    os.mkfifo(fifo)
+    writer = FifoWriter(fifo, encoded.read_bytes())
+    r = run("decode", fifo, "-q")
+    writer.join()
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "in2.safetensors").read_bytes() == model.read_bytes()
+    for command in ("verify", "info"):
+        writer = FifoWriter(fifo, encoded.read_bytes())
+        r = run(command, fifo, "-q")
+        writer.join()
+        assert r.exit_code == 0, (command, r.output)
+    fifo = tmp_path / "in3.safetensors"
+    os.mkfifo(fifo)
+    writer = FifoWriter(fifo, model.read_bytes())
+    r = run("quantize", fifo, "-o", tmp_path / "q.llmc", "-q")
+    writer.join()
+    assert r.exit_code == 0, r.output
+    with ContainerReader(tmp_path / "q.llmc") as reader:
+        assert list(reader.transforms) == ["w"]
+
+
+def test_the_library_reads_fifos(model, encoded, tmp_path):
+    """encode_file copies a FIFO to a temporary file; llmcodec.open reads one whole, once."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = FifoWriter(fifo, model.read_bytes())
+    files.encode_file(fifo, tmp_path / "out.llmc")
+    writer.join()
+    assert (tmp_path / "out.llmc").read_bytes() == encoded.read_bytes()
+    writer = FifoWriter(fifo, encoded.read_bytes())
+    with llmcodec.open(fifo) as f:
+        assert f.get_tensor("w").tobytes() == safe_open(str(model), "np").get_tensor("w").tobytes()
+    writer.join()
+
+
 def test_stdout_on_a_terminal_is_refused(encoded):
     import pty
 
@@ -167,6 +250,17 @@ def test_outputs_keep_the_inputs_permission_bits(model, tmp_path):
     (tmp_path / "model.llmc").chmod(0o640)
     assert run("decode", tmp_path / "model.llmc", "-o", tmp_path / "back.safetensors", "-q").exit_code == 0
     assert stat.S_IMODE((tmp_path / "back.safetensors").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("command", [["quantize"], ["factorize", "--rank", "8"]])
+def test_lossy_outputs_keep_the_inputs_permission_bits(model, tmp_path, command):
+    model.chmod(0o640)
+    out = tmp_path / "small.llmc"
+    r = run(command[0], model, "-o", out, *command[1:], "-q")
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    with ContainerReader(out) as reader:
+        assert list(reader.transforms) == ["w"]  # the matrix was transformed, not merely copied
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
